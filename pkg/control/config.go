@@ -1,0 +1,90 @@
+package control
+
+import (
+	"net/netip"
+	"time"
+)
+
+// ListenerSpec is one address the server answers STUN/TURN on.
+type ListenerSpec struct {
+	// Network is "udp", "tcp" or "tls".
+	Network string
+	Addr    netip.AddrPort
+}
+
+// Config is everything the control plane needs to run. The zero value is not
+// usable; start from DefaultConfig.
+type Config struct {
+	Listeners []ListenerSpec
+	// RelayIPs are the addresses relayed transport addresses are allocated
+	// on (one per family at most is used for a given allocation). Empty:
+	// derived from the listener addresses (unspecified listeners make this
+	// an error, the operator must say which address peers can reach).
+	RelayIPs []netip.Addr
+	MinPort  uint16
+	MaxPort  uint16
+
+	Realm string
+	// Users are static long-term credentials: name -> password.
+	Users map[string]string
+	// AuthSecrets are TURN REST API shared secrets (coturn's
+	// static-auth-secret); all of them are accepted, for rotation.
+	AuthSecrets []string
+
+	TLSCertFile string
+	TLSKeyFile  string
+
+	// AllowPeers wins over DenyPeers and over the built-in deny list.
+	AllowPeers []netip.Prefix
+	DenyPeers  []netip.Prefix
+
+	DefaultLifetime    time.Duration // Allocate without LIFETIME (600 s)
+	MaxLifetime        time.Duration // upper bound of LIFETIME (3600 s)
+	PermissionLifetime time.Duration // 300 s, RFC 8656 section 9
+	ChannelLifetime    time.Duration // 600 s, RFC 8656 section 12
+	NonceLifetime      time.Duration // after this a nonce is stale (438)
+
+	MaxAllocationsPerUser int // 0: unlimited
+	MaxAllocations        int // 0: unlimited
+	// BandwidthLimit is bytes per second per allocation, both directions
+	// summed; 0 means unlimited.
+	BandwidthLimit int64
+
+	// UnauthRate and UnauthBurst bound requests without valid credentials
+	// per source IP (token bucket, requests per second).
+	UnauthRate  float64
+	UnauthBurst int
+
+	MaxMessageSize    int // bytes; larger STUN messages are dropped
+	MaxAttributeCount int
+
+	// Datapath is auto, xdp, gso or plain.
+	Datapath string
+}
+
+// DefaultConfig returns the embedded defaults: UDP and TCP on 0.0.0.0:3478,
+// relay ports 49152-65535, the RFC lifetimes and safe limits.
+func DefaultConfig() Config {
+	return Config{
+		Listeners: []ListenerSpec{
+			{Network: "udp", Addr: netip.MustParseAddrPort("0.0.0.0:3478")},
+			{Network: "tcp", Addr: netip.MustParseAddrPort("0.0.0.0:3478")},
+		},
+		MinPort:               49152,
+		MaxPort:               65535,
+		Realm:                 "hybridrelay",
+		Users:                 map[string]string{},
+		DefaultLifetime:       600 * time.Second,
+		MaxLifetime:           3600 * time.Second,
+		PermissionLifetime:    300 * time.Second,
+		ChannelLifetime:       600 * time.Second,
+		NonceLifetime:         10 * time.Minute,
+		MaxAllocationsPerUser: 100,
+		MaxAllocations:        10000,
+		UnauthRate:            20,
+		UnauthBurst:           40,
+		MaxMessageSize:        1500,
+		MaxAttributeCount:     32,
+		Datapath:              "auto",
+	}
+}

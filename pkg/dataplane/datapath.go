@@ -1,0 +1,50 @@
+package dataplane
+
+import (
+	"net/netip"
+)
+
+// Handler is called for every datagram received on a socket. payload is only
+// valid during the call; a handler that keeps it must copy it. Replies and
+// relayed datagrams produced while handling go through tx, so that the
+// datapath can batch them with the rest of the receive batch.
+type Handler func(tx Tx, c Conn, from netip.AddrPort, payload []byte)
+
+// Tx sends datagrams produced while a receive batch is processed. A datapath
+// may hold them until the end of the batch (gso) or write them at once
+// (plain). Send copies payload before it returns.
+type Tx interface {
+	Send(c Conn, payload []byte, dst netip.AddrPort)
+}
+
+// Conn is one UDP socket (or, for a listener served by several loops, one
+// SO_REUSEPORT group) managed by a datapath.
+type Conn interface {
+	// LocalAddr is the bound address, with the real port when 0 was asked.
+	LocalAddr() netip.AddrPort
+	// WriteTo sends one datagram right away. It is for sends that do not
+	// come from a receive batch: timers, TCP clients, Data indications
+	// produced outside a loop.
+	WriteTo(payload []byte, dst netip.AddrPort) error
+	// Close stops reading and closes the socket(s). Safe to call twice.
+	Close() error
+}
+
+// Datapath opens and serves UDP sockets.
+type Datapath interface {
+	// Name is "plain" or "gso".
+	Name() string
+	// Listen opens a listener socket on addr and serves it with h. A
+	// datapath may open several SO_REUSEPORT sockets for one listener (one
+	// per loop); the returned Conn sends on one of them.
+	Listen(addr netip.AddrPort, h Handler) (Conn, error)
+	// OpenRelay opens one relay socket bound to addr (port 0 picks a free
+	// port) and serves it with h. It returns an error wrapping
+	// syscall.EADDRINUSE when the port is taken, so the caller can try
+	// another port of its range.
+	OpenRelay(addr netip.AddrPort, h Handler) (Conn, error)
+	// Stats returns a copy of the datapath's counters.
+	Stats() Stats
+	// Close closes every socket the datapath opened.
+	Close() error
+}

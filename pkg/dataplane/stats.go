@@ -1,0 +1,34 @@
+package dataplane
+
+// BatchHistogramBuckets are the upper bounds (inclusive) of the batch-size
+// histogram buckets: a batch of n datagrams is counted in the first bucket
+// whose bound is >= n.
+var BatchHistogramBuckets = [...]int{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+
+// Stats are the counters of one datapath, summed over its loops. All fields
+// are totals since start.
+type Stats struct {
+	Datapath string `json:"datapath"`
+	Loops    int    `json:"loops"`
+
+	ReadCalls     uint64 `json:"read_calls"`
+	RxPackets     uint64 `json:"rx_packets"`
+	RxBytes       uint64 `json:"rx_bytes"`
+	RxGROReads    uint64 `json:"rx_gro_reads"`    // reads that returned a GRO-coalesced buffer
+	RxKernelDrops uint64 `json:"rx_kernel_drops"` // SO_RXQ_OVFL
+
+	// BatchSizes[i] counts receive batches whose size fell in bucket i of
+	// BatchHistogramBuckets.
+	BatchSizes [len(BatchHistogramBuckets)]uint64 `json:"batch_sizes"`
+
+	TxPackets     uint64 `json:"tx_packets"`
+	TxBytes       uint64 `json:"tx_bytes"`
+	TxGSOSends    uint64 `json:"tx_gso_sends"`    // sendmsg calls carrying UDP_SEGMENT
+	TxGSOSegments uint64 `json:"tx_gso_segments"` // datagrams sent inside those calls
+	TxMmsgCalls   uint64 `json:"tx_mmsg_calls"`   // sendmmsg calls
+	TxMmsgPackets uint64 `json:"tx_mmsg_packets"` // datagrams sent by sendmmsg
+	TxSingleSends uint64 `json:"tx_single_sends"` // one datagram, one syscall
+	TxErrors      uint64 `json:"tx_errors"`
+	GSOFallbacks  uint64 `json:"gso_fallbacks"` // sockets that turned GSO off for good
+	Drops         uint64 `json:"drops"`         // datagrams dropped in userspace (queue full, errors)
+}
