@@ -1,0 +1,132 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+)
+
+// Settings is the complete, validated configuration of `hybridrelay serve`:
+// the control plane's Config plus what the command itself needs (datapath
+// tuning, XDP attachment, logging, admin and metrics endpoints).
+type Settings struct {
+	Listeners []control.ListenerSpec
+	RelayIPs  []netip.Addr
+	MinPort   uint16
+	MaxPort   uint16
+
+	Realm       string
+	Users       map[string]string
+	AuthSecrets []string
+
+	TLSCert string
+	TLSKey  string
+
+	AllowPeers []netip.Prefix
+	DenyPeers  []netip.Prefix
+
+	MaxAllocations        int
+	MaxAllocationsPerUser int
+	BandwidthLimit        int64 // bytes per second per allocation; 0 unlimited
+	UnauthRate            float64
+	UnauthBurst           int
+
+	DefaultLifetime time.Duration
+	MaxLifetime     time.Duration
+
+	// Datapath is auto, xdp, gso or plain.
+	Datapath string
+	// XDPMode is native, generic or auto (native, falling back to generic).
+	XDPMode   string
+	XDPIfaces []string
+	BPFFS     string
+	StateFile string
+
+	BatchSize    int
+	Loops        int
+	SocketBuffer int
+
+	LogLevel  string // debug, info, warn, error
+	LogFormat string // text, json
+
+	// AdminSocket is the unix socket path of the admin endpoint; "" is off.
+	AdminSocket string
+	// MetricsListen is the Prometheus endpoint address; "" is off.
+	MetricsListen string
+
+	// origins records, per key, where its effective value came from.
+	origins map[string]Entry
+}
+
+// Origin returns where key's effective value came from ("built-in default"
+// when nothing set it).
+func (s *Settings) Origin(key string) string {
+	if e, ok := s.origins[key]; ok {
+		return e.Origin
+	}
+	return "built-in default"
+}
+
+// Control returns the control plane configuration. It starts from
+// control.DefaultConfig so fields this package does not expose keep their
+// defaults (permission and channel lifetimes, message bounds).
+func (s *Settings) Control() control.Config {
+	c := control.DefaultConfig()
+	c.Listeners = append([]control.ListenerSpec(nil), s.Listeners...)
+	c.RelayIPs = append([]netip.Addr(nil), s.RelayIPs...)
+	c.MinPort, c.MaxPort = s.MinPort, s.MaxPort
+	c.Realm = s.Realm
+	c.Users = make(map[string]string, len(s.Users))
+	for k, v := range s.Users {
+		c.Users[k] = v
+	}
+	c.AuthSecrets = append([]string(nil), s.AuthSecrets...)
+	c.TLSCertFile, c.TLSKeyFile = s.TLSCert, s.TLSKey
+	c.AllowPeers = append([]netip.Prefix(nil), s.AllowPeers...)
+	c.DenyPeers = append([]netip.Prefix(nil), s.DenyPeers...)
+	c.MaxAllocations = s.MaxAllocations
+	c.MaxAllocationsPerUser = s.MaxAllocationsPerUser
+	c.BandwidthLimit = s.BandwidthLimit
+	c.UnauthRate, c.UnauthBurst = s.UnauthRate, s.UnauthBurst
+	c.DefaultLifetime, c.MaxLifetime = s.DefaultLifetime, s.MaxLifetime
+	c.Datapath = s.Datapath
+	return c
+}
+
+// defaults are the settings before any source is applied: the control
+// plane's defaults plus the command's own.
+func defaults() *Settings {
+	c := control.DefaultConfig()
+	return &Settings{
+		Listeners:             append([]control.ListenerSpec(nil), c.Listeners...),
+		RelayIPs:              append([]netip.Addr(nil), c.RelayIPs...),
+		MinPort:               c.MinPort,
+		MaxPort:               c.MaxPort,
+		Realm:                 c.Realm,
+		Users:                 map[string]string{},
+		AuthSecrets:           append([]string(nil), c.AuthSecrets...),
+		TLSCert:               c.TLSCertFile,
+		TLSKey:                c.TLSKeyFile,
+		AllowPeers:            append([]netip.Prefix(nil), c.AllowPeers...),
+		DenyPeers:             append([]netip.Prefix(nil), c.DenyPeers...),
+		MaxAllocations:        c.MaxAllocations,
+		MaxAllocationsPerUser: c.MaxAllocationsPerUser,
+		BandwidthLimit:        c.BandwidthLimit,
+		UnauthRate:            c.UnauthRate,
+		UnauthBurst:           c.UnauthBurst,
+		DefaultLifetime:       c.DefaultLifetime,
+		MaxLifetime:           c.MaxLifetime,
+		Datapath:              c.Datapath,
+		XDPMode:               "auto",
+		BPFFS:                 "/sys/fs/bpf/hybridrelay",
+		BatchSize:             64,
+		Loops:                 0,
+		SocketBuffer:          4 << 20,
+		LogLevel:              "info",
+		LogFormat:             "text",
+		AdminSocket:           "/run/hybridrelay/admin.sock",
+		MetricsListen:         "",
+		origins:               map[string]Entry{},
+	}
+}
