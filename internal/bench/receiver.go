@@ -164,10 +164,10 @@ func (r *Receiver) decap(d []byte, ctl *turnclient.Client) ([]byte, bool) {
 		}
 		return data, true
 	case stun.IsMessage(d):
-		// Data indication 0x0117 (RFC 8656 section 11.4); a Send
+		// Data indication 0x0017 (RFC 8656 section 11.4); a Send
 		// indication 0x0016 is opened too, so a receiver can check what a
 		// generator puts on the wire.
-		if t := binary.BigEndian.Uint16(d[0:2]); t == 0x0117 || t == 0x0016 {
+		if t := binary.BigEndian.Uint16(d[0:2]); t == 0x0017 || t == 0x0016 {
 			data, err := indicationData(d)
 			if err != nil {
 				r.invalid.Add(1)
