@@ -1,0 +1,290 @@
+package control
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/pion/stun/v3"
+)
+
+// handleAllocate implements RFC 8656 section 7.2 ("Receiving an Allocate
+// Request"). Authentication (step 1) has already succeeded.
+func (s *Server) handleAllocate(r *reqCtx) {
+	msg := r.msg
+	// Step 2: "The server checks if the 5-tuple is currently in use by an
+	// existing allocation. If yes, the server rejects the request with a
+	// 437 (Allocation Mismatch) error." — unless it is a retransmission
+	// (section 7.2, last paragraph: same transaction ID → same success).
+	if a := s.lookup(r.tuple); a != nil {
+		if a.allocTxID == msg.TransactionID && a.allocResp != nil {
+			r.sink.send(r.tx, a.allocResp)
+			s.stats.requests[mAllocate][resultIndex(0)].Add(1)
+			return
+		}
+		r.fail(stun.CodeAllocMismatch)
+		return
+	}
+	// Step 3: REQUESTED-TRANSPORT missing or malformed → 400; not UDP →
+	// 442.
+	proto, ok, err := getRequestedTransport(msg)
+	if err != nil || !ok {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	if proto != protoUDP {
+		r.fail(stun.CodeUnsupportedTransProto)
+		return
+	}
+	// Step 4: DONT-FRAGMENT is supported (the kernel path sets DF; the
+	// userspace path relies on the relay socket's default path MTU
+	// discovery, which sets DF on Linux).
+	dontFrag := msg.Contains(stun.AttrDontFragment)
+
+	even, reserve, err := getEvenPort(msg)
+	if err != nil {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	token, hasToken, err := getReservationToken(msg)
+	if err != nil {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	reqFam, hasReqFam, err := getFamilyAttr(msg, stun.AttrRequestedAddressFamily)
+	if err != nil {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	addFam, hasAddFam, err := getFamilyAttr(msg, attrAdditionalAddressFamily)
+	if err != nil {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	// Step 5: "If the request contains a RESERVATION-TOKEN attribute, the
+	// server ... checks that the request does not also contain an
+	// EVEN-PORT attribute [400] ... REQUESTED-ADDRESS-FAMILY or
+	// ADDITIONAL-ADDRESS-FAMILY [400]."
+	if hasToken && (even || hasReqFam || hasAddFam) {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	// Step 7/8: REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY
+	// together → 400; an unknown REQUESTED-ADDRESS-FAMILY value → 440;
+	// ADDITIONAL-ADDRESS-FAMILY other than IPv6 → 400.
+	if hasReqFam && hasAddFam {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	if hasReqFam && reqFam != familyIPv4 && reqFam != familyIPv6 {
+		r.fail(stun.CodeAddrFamilyNotSupported)
+		return
+	}
+	if hasAddFam && addFam != familyIPv6 {
+		r.fail(stun.CodeBadRequest)
+		return
+	}
+	// Step 9 (quota): "the server checks if it ... has the resources...
+	// If not, 486 (Allocation Quota Reached)."
+	if !s.reserveQuota(r.username) {
+		r.fail(stun.CodeAllocQuotaReached)
+		return
+	}
+	quotaHeld := true
+	defer func() {
+		if quotaHeld {
+			s.releaseQuota(r.username)
+		}
+	}()
+
+	// RFC 8656 section 7.2: without REQUESTED-ADDRESS-FAMILY the relayed
+	// address is IPv4. Deviation, for clients that never send the
+	// attribute (the pion/turn client) on IPv6-only relays: when this
+	// server has no IPv4 relay address, the family of the address the
+	// client contacted is used instead of answering 440.
+	primary := familyIPv4
+	if hasReqFam {
+		primary = reqFam
+	} else if _, ok := s.relayIPFor(familyIPv4, netip.Addr{}); !ok {
+		primary = familyOf(r.tuple.server.Addr())
+	}
+	a := newAllocation(s, r.tuple, r.sink, r.username, r.now)
+	a.dontFrag = dontFrag
+	var relays [2]*relaySock
+	var resToken [8]byte
+	hasResToken := false
+	var addrErr stun.ErrorCode
+	if hasToken {
+		// Step 5 (cont.): "If the token is not valid for some reason, the
+		// server rejects the request with a 508 (Insufficient Capacity)."
+		rs := s.takeReservation(token, r.now)
+		if rs == nil {
+			r.fail(stun.CodeInsufficientCapacity)
+			return
+		}
+		relays[famIndex(familyOf(rs.addr.Addr()))] = rs
+	} else {
+		ip, ok := s.relayIPFor(primary, r.tuple.server.Addr())
+		if !ok {
+			r.fail(stun.CodeAddrFamilyNotSupported)
+			return
+		}
+		rs, tok, err := s.allocRelay(ip, even, reserve, r.now)
+		if err != nil {
+			// Step 6/10: EVEN-PORT that cannot be honoured and an
+			// exhausted port range are both 508.
+			if !errors.Is(err, errNoPorts) {
+				s.log.Warn("open relay socket", "err", err)
+			}
+			r.fail(stun.CodeInsufficientCapacity)
+			return
+		}
+		relays[famIndex(primary)] = rs
+		if reserve {
+			resToken, hasResToken = tok, true
+		}
+		if hasAddFam {
+			// Dual allocation (RFC 8656 section 7.2): failure of the
+			// additional family is reported with ADDRESS-ERROR-CODE, not
+			// as a failure of the request.
+			if ip6, ok := s.relayIPFor(familyIPv6, netip.Addr{}); !ok {
+				addrErr = stun.CodeAddrFamilyNotSupported
+			} else if rs6, _, err := s.allocRelay(ip6, false, false, r.now); err != nil {
+				addrErr = stun.CodeInsufficientCapacity
+			} else {
+				relays[1] = rs6
+			}
+		}
+	}
+
+	// Lifetime (section 7.2): min(requested, max); the default when the
+	// result is below it.
+	life := s.cfg.DefaultLifetime
+	if req, ok, err := getLifetime(msg); err != nil {
+		s.closeRelays(relays)
+		r.fail(stun.CodeBadRequest)
+		return
+	} else if ok {
+		life = clampLifetime(req, s.cfg.DefaultLifetime, s.cfg.MaxLifetime)
+	}
+	a.relays = relays
+	a.expires = r.now.Add(life)
+
+	resp := r.build(stun.ClassSuccessResponse, 0,
+		setterFunc(func(m *stun.Message) error {
+			for _, rs := range relays {
+				if rs != nil {
+					if err := addXORAddr(m, stun.AttrXORRelayedAddress, rs.addr); err != nil {
+						return err
+					}
+				}
+			}
+			if addrErr != 0 {
+				addAddressErrorCode(m, familyIPv6, addrErr, reasonOf(addrErr))
+			}
+			addLifetime(m, life)
+			if hasResToken {
+				m.Add(stun.AttrReservationToken, resToken[:])
+			}
+			return addXORAddr(m, stun.AttrXORMappedAddress, r.tuple.client)
+		}),
+	)
+	if resp == nil {
+		s.closeRelays(relays)
+		r.fail(stun.CodeServerError)
+		return
+	}
+	a.allocTxID = msg.TransactionID
+	a.allocResp = resp
+	for _, rs := range relays {
+		if rs != nil {
+			rs.alloc.Store(a)
+		}
+	}
+	if _, loaded := s.allocs.LoadOrStore(r.tuple, a); loaded {
+		// A concurrent Allocate on the same 5-tuple won (parallel UDP
+		// loops): this one is a mismatch.
+		s.closeRelays(relays)
+		r.fail(stun.CodeAllocMismatch)
+		return
+	}
+	r.sink.send(r.tx, resp)
+	s.stats.requests[mAllocate][resultIndex(0)].Add(1)
+	quotaHeld = false
+	s.nAlloc.Add(1)
+	s.stats.allocationsCreated.Add(1)
+	s.state.markDirty()
+	s.log.Debug("allocation created", "client", r.tuple.client, "transport", r.tuple.proto,
+		"user", r.username, "relays", a.relays, "lifetime", life)
+}
+
+func reasonOf(c stun.ErrorCode) string {
+	m := &stun.Message{}
+	m.WriteHeader()
+	_ = c.AddTo(m)
+	var ec stun.ErrorCodeAttribute
+	if ec.GetFrom(m) == nil {
+		return string(ec.Reason)
+	}
+	return ""
+}
+
+func (s *Server) closeRelays(rs [2]*relaySock) {
+	for _, r := range rs {
+		if r != nil {
+			s.releaseRelay(r)
+		}
+	}
+}
+
+// clampLifetime implements the lifetime rule of RFC 8656 sections 7.2 and
+// 8.2: min(requested, max), raised to the default when below it.
+func clampLifetime(req, def, max time.Duration) time.Duration {
+	l := min(req, max)
+	if l < def {
+		l = def
+	}
+	return l
+}
+
+// relayIPFor picks the relay address of family fam: the address the client
+// contacted when it is a relay address, else the first configured one.
+func (s *Server) relayIPFor(fam byte, preferred netip.Addr) (netip.Addr, bool) {
+	preferred = preferred.Unmap()
+	for _, ip := range s.relayIPs {
+		if ip == preferred && familyOf(ip) == fam {
+			return ip, true
+		}
+	}
+	for _, ip := range s.relayIPs {
+		if familyOf(ip) == fam {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// reserveQuota counts a new allocation against the total and per-user
+// quotas (486 when either is reached).
+func (s *Server) reserveQuota(user string) bool {
+	s.quotaMu.Lock()
+	defer s.quotaMu.Unlock()
+	if s.cfg.MaxAllocations > 0 && s.quotaTotal >= s.cfg.MaxAllocations {
+		return false
+	}
+	if s.cfg.MaxAllocationsPerUser > 0 && s.perUser[user] >= s.cfg.MaxAllocationsPerUser {
+		return false
+	}
+	s.perUser[user]++
+	s.quotaTotal++
+	return true
+}
+
+func (s *Server) releaseQuota(user string) {
+	s.quotaMu.Lock()
+	defer s.quotaMu.Unlock()
+	s.quotaTotal--
+	if s.perUser[user]--; s.perUser[user] <= 0 {
+		delete(s.perUser, user)
+	}
+}

@@ -1,0 +1,564 @@
+package control
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+)
+
+// Options are the run-time collaborators of a Server.
+type Options struct {
+	// Datapath serves the UDP listeners and the relay sockets. Required.
+	Datapath dataplane.Datapath
+	// Offload is the kernel fast path; nil means every packet takes the
+	// userspace path.
+	Offload Offload
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// StateFile, when set, is where allocation state is persisted so a
+	// restarted daemon re-adopts live allocations (see doc.go).
+	StateFile string
+}
+
+// transport is the client-facing transport of a 5-tuple.
+type transport uint8
+
+const (
+	tUDP transport = iota
+	tTCP
+	tTLS
+)
+
+func (t transport) String() string {
+	switch t {
+	case tTCP:
+		return "tcp"
+	case tTLS:
+		return "tls"
+	}
+	return "udp"
+}
+
+// fiveTuple identifies an allocation (RFC 8656 section 2: client address,
+// server address and transport). For TCP/TLS the connection is the tuple.
+type fiveTuple struct {
+	proto  transport
+	client netip.AddrPort
+	server netip.AddrPort
+}
+
+// janitorInterval is how often lifetimes are enforced; the kernel path
+// enforces expiry on every packet on its own.
+const janitorInterval = 250 * time.Millisecond
+
+// Server is a STUN/TURN server (RFC 8489, RFC 8656).
+type Server struct {
+	cfg      Config
+	dp       dataplane.Datapath
+	off      Offload
+	log      *slog.Logger
+	relayIPs []netip.Addr
+	nonces   *nonceSource
+	limiter  *ipLimiter
+	stats    counters
+
+	creds   atomic.Pointer[credentials]
+	tlsCert atomic.Pointer[tls.Certificate]
+
+	// policy is replaced once in Start, when the bound listener ports are
+	// known; read per packet.
+	policy atomic.Pointer[peerPolicy]
+
+	// Per-packet lookups: no global lock.
+	allocs sync.Map // fiveTuple -> *allocation
+	relays sync.Map // netip.AddrPort -> *relaySock (live relay sockets, for hairpin)
+	nAlloc atomic.Int64
+
+	quotaMu    sync.Mutex // guards perUser and quotaTotal
+	perUser    map[string]int
+	quotaTotal int
+	ports      portPool
+	offFull    atomic.Bool // ErrOffloadFull logged once
+	offErrLog  atomic.Bool // other offload errors logged once
+
+	state stateWriter
+
+	lnMu      sync.Mutex // guards the fields below
+	started   bool
+	closed    bool
+	udpConns  []dataplane.Conn
+	streamLns []net.Listener
+	streams   map[*streamConn]struct{}
+	addrs     []ListenerSpec
+
+	wg      sync.WaitGroup // listener accept loops, stream connections, janitor
+	closers sync.WaitGroup // relay socket closes in flight
+	done    chan struct{}
+}
+
+// NewServer validates cfg and returns a server that is not listening yet.
+// Zero lifetimes and limits take the DefaultConfig values; invalid values
+// are errors naming the field.
+func NewServer(cfg Config, opts Options) (*Server, error) {
+	if opts.Datapath == nil {
+		return nil, errors.New("new server: options.Datapath is required")
+	}
+	if err := normalizeConfig(&cfg); err != nil {
+		return nil, fmt.Errorf("new server: %w", err)
+	}
+	s := &Server{
+		cfg:     cfg,
+		dp:      opts.Datapath,
+		off:     opts.Offload,
+		log:     opts.Logger,
+		limiter: newIPLimiter(cfg.UnauthRate, cfg.UnauthBurst, 65536),
+		perUser: map[string]int{},
+		streams: map[*streamConn]struct{}{},
+		done:    make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.ports.init()
+	s.state.path = opts.StateFile
+	var err error
+	if s.nonces, err = newNonceSource(); err != nil {
+		return nil, fmt.Errorf("new server: %w", err)
+	}
+	s.creds.Store(newCredentials(cfg.Users, cfg.AuthSecrets))
+	if needsTLS(cfg.Listeners) {
+		if err := s.ReloadTLS(); err != nil {
+			return nil, fmt.Errorf("new server: %w", err)
+		}
+	}
+	s.relayIPs = relayIPsOf(&cfg)
+	return s, nil
+}
+
+func needsTLS(ls []ListenerSpec) bool {
+	for _, l := range ls {
+		if l.Network == "tls" {
+			return true
+		}
+	}
+	return false
+}
+
+// relayIPsOf returns cfg.RelayIPs, or the specified listener addresses.
+func relayIPsOf(cfg *Config) []netip.Addr {
+	var out []netip.Addr
+	if len(cfg.RelayIPs) > 0 {
+		for _, a := range cfg.RelayIPs {
+			out = append(out, a.Unmap())
+		}
+		return out
+	}
+	for _, l := range cfg.Listeners {
+		a := l.Addr.Addr().Unmap()
+		if !a.IsUnspecified() && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// normalizeConfig fills zero values from DefaultConfig and rejects bad
+// ones, naming the field.
+func normalizeConfig(c *Config) error {
+	d := DefaultConfig()
+	if len(c.Listeners) == 0 {
+		return errors.New("listeners: at least one is required")
+	}
+	for i, l := range c.Listeners {
+		switch l.Network {
+		case "udp", "tcp", "tls":
+		default:
+			return fmt.Errorf("listeners[%d].network: %q is not udp, tcp or tls", i, l.Network)
+		}
+		if !l.Addr.Addr().IsValid() {
+			return fmt.Errorf("listeners[%d].addr: invalid address", i)
+		}
+	}
+	for i, a := range c.RelayIPs {
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("relay_ips[%d]: %v is not a unicast address", i, a)
+		}
+	}
+	if len(c.RelayIPs) == 0 && len(relayIPsOf(c)) == 0 {
+		return errors.New("relay_ips: required when every listener address is unspecified")
+	}
+	if c.MinPort == 0 && c.MaxPort == 0 {
+		c.MinPort, c.MaxPort = d.MinPort, d.MaxPort
+	}
+	if c.MinPort == 0 || c.MinPort > c.MaxPort {
+		return fmt.Errorf("min_port/max_port: range %d-%d is empty or starts at 0", c.MinPort, c.MaxPort)
+	}
+	if c.Realm == "" {
+		c.Realm = d.Realm
+	}
+	for _, f := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"default_lifetime", &c.DefaultLifetime, d.DefaultLifetime},
+		{"max_lifetime", &c.MaxLifetime, d.MaxLifetime},
+		{"permission_lifetime", &c.PermissionLifetime, d.PermissionLifetime},
+		{"channel_lifetime", &c.ChannelLifetime, d.ChannelLifetime},
+		{"nonce_lifetime", &c.NonceLifetime, d.NonceLifetime},
+	} {
+		if *f.v < 0 {
+			return fmt.Errorf("%s: negative duration %v", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if c.MaxLifetime < c.DefaultLifetime {
+		return fmt.Errorf("max_lifetime: %v is below default_lifetime %v", c.MaxLifetime, c.DefaultLifetime)
+	}
+	if c.MaxAllocations < 0 || c.MaxAllocationsPerUser < 0 {
+		return errors.New("max_allocations/max_allocations_per_user: negative")
+	}
+	if c.BandwidthLimit < 0 {
+		return errors.New("bandwidth_limit: negative")
+	}
+	if c.UnauthRate < 0 || c.UnauthBurst < 0 {
+		return errors.New("unauth_rate/unauth_burst: negative")
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = d.MaxMessageSize
+	}
+	if c.MaxMessageSize < 548 || c.MaxMessageSize > 65535 {
+		return fmt.Errorf("max_message_size: %d outside 548-65535", c.MaxMessageSize)
+	}
+	if c.MaxAttributeCount == 0 {
+		c.MaxAttributeCount = d.MaxAttributeCount
+	}
+	if c.MaxAttributeCount < 8 {
+		return fmt.Errorf("max_attribute_count: %d below 8", c.MaxAttributeCount)
+	}
+	if needsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
+		return errors.New("tls_cert_file/tls_key_file: required by a tls listener")
+	}
+	return nil
+}
+
+// Start opens every listener. On error the listeners opened so far are
+// closed again and the error names the address.
+func (s *Server) Start() error {
+	s.lnMu.Lock()
+	if s.started || s.closed {
+		s.lnMu.Unlock()
+		return errors.New("start: server already started or closed")
+	}
+	s.started = true
+	s.lnMu.Unlock()
+
+	// The policy needs the final listener ports, but UDP listeners serve
+	// as soon as they are opened: bind first with a provisional policy,
+	// then swap in the final one before any allocation can exist (an
+	// allocation needs a completed Allocate, which needs the policy only
+	// for later permissions).
+	s.policy.Store(newPeerPolicy(&s.cfg, s.relayIPs, s.cfg.Listeners))
+	var addrs []ListenerSpec
+	for _, l := range s.cfg.Listeners {
+		bound, err := s.openListener(l)
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("start: listen %s %s: %w", l.Network, l.Addr, err)
+		}
+		addrs = append(addrs, ListenerSpec{Network: l.Network, Addr: bound})
+	}
+	pol := newPeerPolicy(&s.cfg, s.relayIPs, addrs)
+	s.lnMu.Lock()
+	s.addrs = addrs
+	s.policy.Store(pol)
+	s.lnMu.Unlock()
+
+	if err := s.restoreState(); err != nil {
+		s.log.Warn("restore allocation state", "file", s.state.path, "err", err)
+	}
+	s.wg.Add(1)
+	go s.janitor()
+	s.log.Info("turn server started", "listeners", addrs, "relay_ips", s.relayIPs,
+		"ports", fmt.Sprintf("%d-%d", s.cfg.MinPort, s.cfg.MaxPort), "datapath", s.dp.Name(),
+		"offload", s.off != nil)
+	return nil
+}
+
+func (s *Server) openListener(l ListenerSpec) (netip.AddrPort, error) {
+	switch l.Network {
+	case "udp":
+		c, err := s.dp.Listen(l.Addr, s.udpHandler)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		s.lnMu.Lock()
+		s.udpConns = append(s.udpConns, c)
+		s.lnMu.Unlock()
+		return c.LocalAddr(), nil
+	case "tcp", "tls":
+		network := "tcp4"
+		if l.Addr.Addr().Is6() && !l.Addr.Addr().Is4In6() {
+			network = "tcp6"
+		}
+		ln, err := net.Listen(network, l.Addr.String())
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		bound := ln.Addr().(*net.TCPAddr).AddrPort()
+		proto := tTCP
+		if l.Network == "tls" {
+			proto = tTLS
+			ln = tls.NewListener(ln, &tls.Config{
+				MinVersion: tls.VersionTLS12,
+				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+					return s.tlsCert.Load(), nil
+				},
+			})
+		}
+		s.lnMu.Lock()
+		s.streamLns = append(s.streamLns, ln)
+		s.lnMu.Unlock()
+		s.wg.Add(1)
+		go s.acceptLoop(ln, proto)
+		return netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port()), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("unknown network %q", l.Network)
+}
+
+// Addrs returns the bound listener addresses (real ports when 0 was
+// configured), in configuration order.
+func (s *Server) Addrs() []ListenerSpec {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	return slices.Clone(s.addrs)
+}
+
+// RelayIPs returns the addresses relay sockets are opened on.
+func (s *Server) RelayIPs() []netip.Addr { return slices.Clone(s.relayIPs) }
+
+// SetCredentials replaces static users and REST secrets (SIGHUP). Existing
+// allocations keep running; their next request is checked against the new
+// credentials.
+func (s *Server) SetCredentials(users map[string]string, secrets []string) {
+	s.creds.Store(newCredentials(users, secrets))
+}
+
+// ReloadTLS re-reads the certificate and key files and swaps them in
+// atomically; handshakes in progress keep the old certificate.
+func (s *Server) ReloadTLS() error {
+	if s.cfg.TLSCertFile == "" && s.cfg.TLSKeyFile == "" {
+		return nil
+	}
+	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+	if err != nil {
+		return fmt.Errorf("reload tls: tls_cert_file %s / tls_key_file %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+	}
+	s.tlsCert.Store(&cert)
+	return nil
+}
+
+// Close stops the listeners, removes every offload entry and releases the
+// allocations' relay sockets. With a StateFile, the allocations that were
+// live are saved first, so a new process can re-adopt them.
+func (s *Server) Close() error { return s.Shutdown(false) }
+
+// Shutdown stops the server. keepOffload=true is for a restart without
+// dropping media: kernel entries stay installed (they expire on their own
+// in the kernel), the state file is written, and a new Server with the same
+// StateFile re-adopts the allocations and reinstalls (replaces) the
+// entries. keepOffload=false is Close.
+func (s *Server) Shutdown(keepOffload bool) error {
+	s.lnMu.Lock()
+	if s.closed {
+		s.lnMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	udp := s.udpConns
+	lns := s.streamLns
+	streams := make([]*streamConn, 0, len(s.streams))
+	for c := range s.streams {
+		streams = append(streams, c)
+	}
+	s.lnMu.Unlock()
+	close(s.done)
+
+	var errs []error
+	for _, c := range udp {
+		if err := c.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close udp listener: %w", err))
+		}
+	}
+	for _, ln := range lns {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("close stream listener: %w", err))
+		}
+	}
+	for _, c := range streams {
+		c.close()
+	}
+	s.wg.Wait()
+	// Listeners are down: no request can change state any more.
+	if err := s.saveState(true); err != nil {
+		errs = append(errs, err)
+	}
+	s.allocs.Range(func(_, v any) bool {
+		v.(*allocation).shutdown(keepOffload)
+		return true
+	})
+	s.ports.closeReservations()
+	s.closers.Wait()
+	return errors.Join(errs...)
+}
+
+// recoverPacket is the per-packet last resort: a bug handling one datagram
+// must not take the relay down. It is counted and logged.
+func (s *Server) recoverPacket() {
+	if r := recover(); r != nil {
+		n := s.stats.panics.Add(1)
+		if n <= 10 {
+			s.log.Error("recovered panic handling a packet", "panic", r, "stack", string(debug.Stack()))
+		}
+	}
+}
+
+// udpHandler serves datagrams arriving on a UDP listener.
+func (s *Server) udpHandler(tx dataplane.Tx, c dataplane.Conn, from netip.AddrPort, p []byte) {
+	defer s.recoverPacket()
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	local := c.LocalAddr()
+	t := fiveTuple{proto: tUDP, client: from, server: netip.AddrPortFrom(local.Addr().Unmap(), local.Port())}
+	s.handlePacket(tx, &udpSink{conn: c, addr: from}, t, p)
+}
+
+// handlePacket demultiplexes STUN and ChannelData by the first two bits
+// (RFC 8656 section 12: 0b00 STUN, 0b01 ChannelData).
+func (s *Server) handlePacket(tx dataplane.Tx, sink clientSink, t fiveTuple, p []byte) {
+	if len(p) < 4 {
+		s.stats.dropMalformed.Add(1)
+		return
+	}
+	switch p[0] >> 6 {
+	case 0:
+		s.handleSTUN(tx, sink, t, p)
+	case 1:
+		s.channelDataFromClient(tx, t, p)
+	default:
+		s.stats.dropMalformed.Add(1)
+	}
+}
+
+// janitor enforces lifetimes (allocations, permissions, channels,
+// reservations), prunes the rate limiter and writes debounced state.
+func (s *Server) janitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(janitorInterval)
+	defer t.Stop()
+	lastPrune := time.Now()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			s.allocs.Range(func(_, v any) bool {
+				v.(*allocation).expire(now)
+				return true
+			})
+			s.ports.expireReservations(now)
+			if now.Sub(lastPrune) > 5*time.Second {
+				s.limiter.prune(now)
+				lastPrune = now
+			}
+			if err := s.saveState(false); err != nil {
+				s.log.Warn("save allocation state", "err", err)
+			}
+		}
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() ServerStats {
+	c := &s.stats
+	st := ServerStats{
+		AllocationsCreated:   c.allocationsCreated.Load(),
+		AllocationsExpired:   c.allocationsExpired.Load(),
+		AllocationsDeleted:   c.allocationsDeleted.Load(),
+		AuthFailures:         map[string]uint64{},
+		Requests:             map[string]map[string]uint64{},
+		UserspaceToPeer:      PathCounters{c.toPeerPackets.Load(), c.toPeerBytes.Load()},
+		UserspaceToClient:    PathCounters{c.toClientPackets.Load(), c.toClientBytes.Load()},
+		DataIndications:      c.dataIndications.Load(),
+		OffloadInstalls:      c.offloadInstalls.Load(),
+		OffloadInstallErrors: c.offloadInstallErrors.Load(),
+		OffloadFull:          c.offloadFull.Load(),
+		OffloadRefreshErrors: c.offloadRefreshErrors.Load(),
+		OffloadRemoves:       c.offloadRemoves.Load(),
+		OffloadRemoveErrors:  c.offloadRemoveErrors.Load(),
+		RateLimiterSources:   s.limiter.size(),
+		Drops: map[string]uint64{
+			"malformed":     c.dropMalformed.Load(),
+			"no_allocation": c.dropNoAllocation.Load(),
+			"no_permission": c.dropNoPermission.Load(),
+			"no_channel":    c.dropNoChannel.Load(),
+			"bandwidth":     c.dropBandwidth.Load(),
+			"peer_policy":   c.dropPolicy.Load(),
+			"oversize":      c.dropOversize.Load(),
+			"stream_queue":  c.dropStreamQueue.Load(),
+			"panics":        c.panics.Load(),
+		},
+	}
+	for i := range c.authFailures {
+		st.AuthFailures[authFailureNames[i]] = c.authFailures[i].Load()
+	}
+	for m := range c.requests {
+		rm := map[string]uint64{}
+		for r := range c.requests[m] {
+			if n := c.requests[m][r].Load(); n > 0 {
+				rm[resultName(r)] = n
+			}
+		}
+		st.Requests[methodNames[m]] = rm
+	}
+	st.KernelToPeer = PathCounters{c.retiredToPeerPackets.Load(), c.retiredToPeerBytes.Load()}
+	st.KernelToClient = PathCounters{c.retiredToClientPackets.Load(), c.retiredToClientBytes.Load()}
+	now := time.Now()
+	s.allocs.Range(func(_, v any) bool {
+		a := v.(*allocation)
+		perms, chans, offl, u := a.counts(now)
+		st.Allocations++
+		st.Permissions += perms
+		st.Channels += chans
+		st.OffloadedChannels += offl
+		st.KernelToPeer.Packets += u.ToPeerPackets
+		st.KernelToPeer.Bytes += u.ToPeerBytes
+		st.KernelToClient.Packets += u.ToClientPackets
+		st.KernelToClient.Bytes += u.ToClientBytes
+		return true
+	})
+	return st
+}
+
+// Allocations describes every live allocation, sorted by client address.
+func (s *Server) Allocations() []AllocationInfo {
+	var out []AllocationInfo
+	now := time.Now()
+	s.allocs.Range(func(_, v any) bool {
+		out = append(out, v.(*allocation).info(now))
+		return true
+	})
+	slices.SortFunc(out, func(a, b AllocationInfo) int { return a.Client.Compare(b.Client) })
+	return out
+}

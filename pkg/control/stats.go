@@ -1,0 +1,182 @@
+package control
+
+import (
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/stun/v3"
+)
+
+// Request methods counted in ServerStats.Requests.
+const (
+	mBinding = iota
+	mAllocate
+	mRefresh
+	mCreatePermission
+	mChannelBind
+	mSend
+	mOther
+	numMethods
+)
+
+var methodNames = [numMethods]string{"binding", "allocate", "refresh", "create_permission", "channel_bind", "send_indication", "other"}
+
+func methodIndex(m stun.Method) int {
+	switch m {
+	case methodBinding:
+		return mBinding
+	case methodAllocate:
+		return mAllocate
+	case methodRefresh:
+		return mRefresh
+	case methodCreatePermission:
+		return mCreatePermission
+	case methodChannelBind:
+		return mChannelBind
+	case methodSend:
+		return mSend
+	}
+	return mOther
+}
+
+// Results counted per method: "ok", "dropped" and the error codes used.
+var resultCodes = [...]int{0, -1, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508}
+
+const numResults = len(resultCodes)
+
+func resultIndex(code int) int {
+	for i, c := range resultCodes {
+		if c == code {
+			return i
+		}
+	}
+	return 13 // 500
+}
+
+func resultName(i int) string {
+	switch resultCodes[i] {
+	case 0:
+		return "ok"
+	case -1:
+		return "dropped"
+	}
+	return strconv.Itoa(resultCodes[i])
+}
+
+// counters are the server's totals; typed atomics, no lock.
+type counters struct {
+	requests     [numMethods][numResults]atomic.Uint64
+	authFailures [numAuthFailures]atomic.Uint64
+
+	toPeerPackets, toPeerBytes     atomic.Uint64
+	toClientPackets, toClientBytes atomic.Uint64
+	dataIndications                atomic.Uint64 // to-client datagrams sent as Data indications
+
+	dropMalformed    atomic.Uint64
+	dropNoAllocation atomic.Uint64
+	dropNoPermission atomic.Uint64
+	dropNoChannel    atomic.Uint64
+	dropBandwidth    atomic.Uint64
+	dropPolicy       atomic.Uint64
+	dropOversize     atomic.Uint64
+	dropStreamQueue  atomic.Uint64
+	panics           atomic.Uint64
+
+	allocationsCreated atomic.Uint64
+	allocationsExpired atomic.Uint64
+	allocationsDeleted atomic.Uint64
+
+	offloadInstalls      atomic.Uint64
+	offloadInstallErrors atomic.Uint64
+	offloadFull          atomic.Uint64
+	offloadRefreshErrors atomic.Uint64
+	offloadRemoves       atomic.Uint64
+	offloadRemoveErrors  atomic.Uint64
+
+	// Kernel usage of channels whose offload entry is gone.
+	retiredToPeerPackets, retiredToPeerBytes     atomic.Uint64
+	retiredToClientPackets, retiredToClientBytes atomic.Uint64
+}
+
+// PathCounters are packets and bytes relayed in one direction.
+type PathCounters struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// ServerStats is a snapshot of the control plane's counters.
+type ServerStats struct {
+	Allocations int `json:"allocations"`
+	Permissions int `json:"permissions"`
+	Channels    int `json:"channels"`
+	// OffloadedChannels are channels the kernel fast path forwards.
+	OffloadedChannels int `json:"offloaded_channels"`
+
+	AllocationsCreated uint64 `json:"allocations_created"`
+	AllocationsExpired uint64 `json:"allocations_expired"`
+	AllocationsDeleted uint64 `json:"allocations_deleted"`
+
+	// AuthFailures by reason (missing_credentials is the normal first 401
+	// of every long-term credential exchange).
+	AuthFailures map[string]uint64 `json:"auth_failures"`
+	// Requests by method, then result ("ok", "dropped" or an error code).
+	Requests map[string]map[string]uint64 `json:"requests"`
+
+	// Userspace path, by direction.
+	UserspaceToPeer   PathCounters `json:"userspace_to_peer"`
+	UserspaceToClient PathCounters `json:"userspace_to_client"`
+	DataIndications   uint64       `json:"data_indications"`
+	// Kernel path (Offload.Usage summed over channels, including channels
+	// that are gone); zero without an offload.
+	KernelToPeer   PathCounters `json:"kernel_to_peer"`
+	KernelToClient PathCounters `json:"kernel_to_client"`
+
+	Drops map[string]uint64 `json:"drops"`
+
+	OffloadInstalls      uint64 `json:"offload_installs"`
+	OffloadInstallErrors uint64 `json:"offload_install_errors"`
+	OffloadFull          uint64 `json:"offload_full"`
+	OffloadRefreshErrors uint64 `json:"offload_refresh_errors"`
+	OffloadRemoves       uint64 `json:"offload_removes"`
+	OffloadRemoveErrors  uint64 `json:"offload_remove_errors"`
+
+	// RateLimiterSources is how many source IPs the unauthenticated-request
+	// limiter remembers.
+	RateLimiterSources int `json:"rate_limiter_sources"`
+}
+
+// PermissionInfo is one permission of an allocation.
+type PermissionInfo struct {
+	Peer    netip.Addr `json:"peer"`
+	Expires time.Time  `json:"expires"`
+}
+
+// ChannelInfo is one channel binding of an allocation.
+type ChannelInfo struct {
+	Number    uint16         `json:"number"`
+	Peer      netip.AddrPort `json:"peer"`
+	Expires   time.Time      `json:"expires"`
+	Offloaded bool           `json:"offloaded"`
+	// Kernel is what the kernel path counted for this channel (zero when
+	// not offloaded).
+	Kernel ChannelUsage `json:"kernel"`
+}
+
+// AllocationInfo describes one allocation.
+type AllocationInfo struct {
+	Transport    string           `json:"transport"` // udp, tcp, tls
+	Client       netip.AddrPort   `json:"client"`
+	Server       netip.AddrPort   `json:"server"`
+	Username     string           `json:"username"`
+	Relays       []netip.AddrPort `json:"relays"`
+	Created      time.Time        `json:"created"`
+	Expires      time.Time        `json:"expires"`
+	DontFragment bool             `json:"dont_fragment"`
+	Permissions  []PermissionInfo `json:"permissions"`
+	Channels     []ChannelInfo    `json:"channels"`
+	// Userspace packets relayed for this allocation.
+	ToPeer   PathCounters `json:"to_peer"`
+	ToClient PathCounters `json:"to_client"`
+}

@@ -1,0 +1,211 @@
+package control
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+)
+
+// clientSink is how datagrams reach a client: through the UDP listener the
+// client talks to, or down its TCP/TLS connection.
+type clientSink interface {
+	// send writes one STUN message or ChannelData frame. tx, when not nil,
+	// is the batch of the packet being handled (UDP only uses it). b is
+	// not retained.
+	send(tx dataplane.Tx, b []byte)
+	// stream reports whether ChannelData must be padded to 4 bytes
+	// (RFC 8656 section 12.5: always over TCP/TLS).
+	stream() bool
+}
+
+// udpSink sends through the listener socket the client reached us on.
+type udpSink struct {
+	conn dataplane.Conn
+	addr netip.AddrPort
+}
+
+func (u *udpSink) send(tx dataplane.Tx, b []byte) {
+	if tx != nil {
+		tx.Send(u.conn, b, u.addr)
+		return
+	}
+	_ = u.conn.WriteTo(b, u.addr) // counted by the datapath
+}
+
+func (u *udpSink) stream() bool { return false }
+
+// Stream connection limits.
+const (
+	streamQueue       = 256              // frames queued towards a slow TCP client before dropping
+	streamIdleTimeout = 60 * time.Second // connection without allocation
+	maxStreamConns    = 16384
+)
+
+// streamConn is one TCP or TLS client connection (RFC 8656 section 3.1:
+// the connection is the 5-tuple; closing it deletes the allocation).
+type streamConn struct {
+	s     *Server
+	nc    net.Conn
+	tuple fiveTuple
+
+	out       chan []byte
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func (c *streamConn) stream() bool { return true }
+
+// send queues a copy of b; a client that does not read is dropped from,
+// never waited for, so a slow client cannot stall the relay loop that
+// produced the datagram.
+func (c *streamConn) send(_ dataplane.Tx, b []byte) {
+	cp := make([]byte, len(b))
+	copy(cp, b)
+	select {
+	case c.out <- cp:
+	case <-c.closed:
+	default:
+		c.s.stats.dropStreamQueue.Add(1) // the datagram is lost, as it could be on UDP
+	}
+}
+
+func (c *streamConn) close() {
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		_ = c.nc.Close()
+	})
+}
+
+func (s *Server) acceptLoop(ln net.Listener, proto transport) {
+	defer s.wg.Done()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			select {
+			case <-s.done:
+				return
+			case <-time.After(50 * time.Millisecond): // e.g. EMFILE: back off
+			}
+			continue
+		}
+		ra, _ := nc.RemoteAddr().(*net.TCPAddr)
+		la, _ := nc.LocalAddr().(*net.TCPAddr)
+		if ra == nil || la == nil {
+			_ = nc.Close()
+			continue
+		}
+		c := &streamConn{
+			s: s, nc: nc,
+			tuple: fiveTuple{proto: proto,
+				client: netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port()),
+				server: netip.AddrPortFrom(la.AddrPort().Addr().Unmap(), la.AddrPort().Port())},
+			out:    make(chan []byte, streamQueue),
+			closed: make(chan struct{}),
+		}
+		s.lnMu.Lock()
+		if s.closed || len(s.streams) >= maxStreamConns {
+			s.lnMu.Unlock()
+			_ = nc.Close()
+			continue
+		}
+		s.streams[c] = struct{}{}
+		s.wg.Add(2)
+		s.lnMu.Unlock()
+		go c.writeLoop()
+		go c.readLoop()
+	}
+}
+
+func (c *streamConn) writeLoop() {
+	defer c.s.wg.Done()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case b := <-c.out:
+			_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.nc.Write(b); err != nil {
+				c.close()
+				return
+			}
+		}
+	}
+}
+
+// readLoop splits the byte stream into STUN messages (20-byte header plus
+// length) and ChannelData frames (4-byte header plus length padded to a
+// multiple of 4, RFC 8656 section 12.5). Anything else cannot be
+// resynchronised and closes the connection.
+func (c *streamConn) readLoop() {
+	s := c.s
+	defer s.wg.Done()
+	defer func() {
+		c.close()
+		if a := s.lookup(c.tuple); a != nil {
+			a.delete("connection closed")
+		}
+		s.lnMu.Lock()
+		delete(s.streams, c)
+		s.lnMu.Unlock()
+	}()
+	br := bufio.NewReaderSize(c.nc, 4096)
+	buf := make([]byte, 4+65535+3)
+	for {
+		deadline := streamIdleTimeout
+		if a := s.lookup(c.tuple); a != nil {
+			if d := time.Until(a.expiry()) + 30*time.Second; d > deadline {
+				deadline = d
+			}
+		}
+		_ = c.nc.SetReadDeadline(time.Now().Add(deadline))
+		if _, err := io.ReadFull(br, buf[:4]); err != nil {
+			return
+		}
+		var total int
+		switch buf[0] >> 6 {
+		case 0:
+			total = 20 + int(binary.BigEndian.Uint16(buf[2:4]))
+			if total > s.cfg.MaxMessageSize {
+				s.stats.dropOversize.Add(1)
+				return
+			}
+		case 1:
+			total = 4 + (int(binary.BigEndian.Uint16(buf[2:4]))+3)&^3
+		default:
+			s.stats.dropMalformed.Add(1)
+			return
+		}
+		if _, err := io.ReadFull(br, buf[4:total]); err != nil {
+			return
+		}
+		if !s.handleStreamFrame(c, buf[:total]) {
+			return
+		}
+	}
+}
+
+// handleStreamFrame handles one frame; false closes the connection.
+func (s *Server) handleStreamFrame(c *streamConn, frame []byte) (ok bool) {
+	defer s.recoverPacket()
+	select {
+	case <-c.closed:
+		return false
+	default:
+	}
+	s.handlePacket(nil, c, c.tuple, frame)
+	return true
+}
