@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Constants shared by the XDP program and (through bpf2go -type) the Go loader. */
+#ifndef HR_CONSTS_H
+#define HR_CONSTS_H
+
+/* EtherTypes (IEEE 802.3 / 802.1Q). */
+#define HR_ETH_P_IP     0x0800
+#define HR_ETH_P_IPV6   0x86DD
+#define HR_ETH_P_8021Q  0x8100
+#define HR_ETH_P_8021AD 0x88A8
+
+#define HR_ETH_HLEN  14
+#define HR_VLAN_HLEN 4
+#define HR_IP4_HLEN  20 /* IHL 5: packets with IPv4 options are passed */
+#define HR_IP6_HLEN  40 /* no extension headers: anything else is passed */
+#define HR_UDP_HLEN  8
+
+#define HR_IPPROTO_UDP 17
+#define HR_AF_INET     2
+#define HR_AF_INET6    10
+
+/* IPv4 flags/fragment offset field (RFC 791 section 3.1). */
+#define HR_IP_DF     0x4000
+#define HR_IP_MF     0x2000
+#define HR_IP_OFFSET 0x1FFF
+
+/* ChannelData (RFC 8656 section 12.4): 2-byte channel number, 2-byte
+ * length, then the data. Valid channel numbers are 0x4000-0x4FFF
+ * (section 12); the first two bits are 01 which tells ChannelData apart
+ * from STUN (00). Over UDP the padding to a multiple of 4 is optional
+ * (section 12.5), so at most 3 bytes may follow the data. */
+#define HR_CHANNELDATA_HLEN 4
+#define HR_CHANNEL_MIN      0x4000
+#define HR_CHANNEL_MAX      0x4FFF
+#define HR_MAX_PAD          3
+
+/* Address family tags in map keys (not AF_* values: they are stable on
+ * every OS the loader may be built on). */
+#define HR_FAMILY_V4 4
+#define HR_FAMILY_V6 6
+
+/* c2p_val.flags */
+#define HR_F_DONT_FRAGMENT 0x1
+
+/* Defaults for map sizes; the loader overrides max_entries before load. */
+#define HR_DEFAULT_MAX_CHANNELS 1024
+#define HR_MAX_IFACES           64
+
+/* Indexes of the per-CPU counters array. Every XDP_PASS has exactly one
+ * reason; HR_CNT_PASS_MAP_FULL is written by userspace only (a channel the
+ * control plane could not install), the program never touches it. */
+enum hr_counter {
+	HR_CNT_FWD_TO_PEER_PACKETS = 0,
+	HR_CNT_FWD_TO_PEER_BYTES,    /* ChannelData data bytes relayed */
+	HR_CNT_FWD_TO_CLIENT_PACKETS,
+	HR_CNT_FWD_TO_CLIENT_BYTES,  /* peer payload bytes relayed */
+	HR_CNT_PASS_NO_ENTRY,        /* ChannelData-shaped, no channel/peer entry */
+	HR_CNT_PASS_EXPIRED,         /* entry found, expiry passed */
+	HR_CNT_PASS_TOO_BIG,         /* result exceeds egress MTU */
+	HR_CNT_PASS_NO_NEIGH,        /* fib: no neighbour for the next hop */
+	HR_CNT_PASS_NOT_FORWARDED,   /* fib: local (hairpin), unreachable, forwarding off */
+	HR_CNT_PASS_NO_EGRESS,       /* egress device not in tx_ports / VLAN mismatch */
+	HR_CNT_PASS_NOT_CHANNELDATA, /* UDP, not ChannelData, no peer entry */
+	HR_CNT_PASS_MALFORMED,       /* truncated, inconsistent lengths, bad IPv4 header checksum */
+	HR_CNT_PASS_HEADROOM,        /* bpf_xdp_adjust_head(-4) refused */
+	HR_CNT_PASS_MAP_FULL,        /* userspace: channel left to userspace, table full */
+	HR_CNT_PASS_TTL,             /* TTL/hop limit <= 1 (RFC 8656 section 14) */
+	HR_CNT_PASS_OTHER,           /* not IP/UDP, IPv4 options, fragments, IPv6 ext headers, QinQ */
+	HR_CNT_MAX,
+};
+
+#endif

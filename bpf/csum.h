@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Incremental Internet checksum updates (RFC 1071, RFC 1624).
+ *
+ * All arithmetic is done on 16-bit words exactly as they sit in memory
+ * (loaded natively, never byte-swapped): the one's complement sum is byte
+ * order independent (RFC 1071 section 2(B)), so the result can be stored
+ * back as is. A byte at an even offset of the summed stream is the first
+ * byte of its word, i.e. the low byte of a little-endian load, and a byte at
+ * an odd offset the high byte; hr_csum_byte() encodes that for the
+ * little-endian BPF target this program is built for (bpfel).
+ *
+ * Updates follow RFC 1624 equation 3: HC' = ~(~HC + ~m + m'). The sum is
+ * kept in 64 bits and folded once at the end. */
+#ifndef HR_CSUM_H
+#define HR_CSUM_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+/* Start an update of checksum field value check (as stored). */
+static __always_inline __u64 hr_csum_start(__u16 check)
+{
+	return (__u16)~check;
+}
+
+static __always_inline __u64 hr_csum_add(__u64 sum, __u16 word)
+{
+	return sum + word;
+}
+
+/* One's complement subtraction: add the complement. */
+static __always_inline __u64 hr_csum_sub(__u64 sum, __u16 word)
+{
+	return sum + (__u16)~word;
+}
+
+/* Replace n words old[] by new[] (n is a compile time constant). */
+static __always_inline __u64 hr_csum_replace(__u64 sum, const __u16 *old, const __u16 *new, const int n)
+{
+#pragma unroll
+	for (int i = 0; i < n; i++) {
+		sum = hr_csum_sub(sum, old[i]);
+		sum = hr_csum_add(sum, new[i]);
+	}
+	return sum;
+}
+
+/* The word contribution of byte b at offset off of the summed stream. */
+static __always_inline __u16 hr_csum_byte(__u8 b, __u32 off)
+{
+	return (off & 1) ? (__u16)((__u16)b << 8) : (__u16)b;
+}
+
+static __always_inline __u16 hr_csum_fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* Finish an update: the new checksum field value. */
+static __always_inline __u16 hr_csum_finish(__u64 sum)
+{
+	return (__u16)~hr_csum_fold(sum);
+}
+
+/* Full sum of an IPv4 header without options (10 words); a correct header
+ * folds to 0xffff. */
+static __always_inline __u16 hr_ip4_hdr_sum(const __u16 *w)
+{
+	__u64 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	return hr_csum_fold(sum);
+}
+
+#endif

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Every map of the program. The control plane is the only writer of the
+ * entry maps (DESIGN.md invariant 2); the program writes counters only. */
+#ifndef HR_MAPS_H
+#define HR_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "structs.h"
+
+/* client -> peer entries, one per offloaded channel. A plain hash (not LRU:
+ * LRU would evict live bindings); max_entries is set from config by the
+ * loader. A full map leaves the channel to userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct c2p_key);
+	__type(value, struct c2p_val);
+	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
+} c2p_channels SEC(".maps");
+
+/* peer -> client entries, one per offloaded channel (a peer transport
+ * address is bound to at most one channel per allocation, RFC 8656
+ * section 12). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct p2c_key);
+	__type(value, struct p2c_val);
+	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
+} p2c_channels SEC(".maps");
+
+/* Per-channel usage counters indexed by the entries' slot; sized like the
+ * entry maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct chan_stats);
+	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
+} chan_usage SEC(".maps");
+
+/* Global counters, indexed by enum hr_counter; per-CPU so the hot path
+ * never contends (DESIGN.md invariant 7). Userspace sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, HR_CNT_MAX);
+} counters SEC(".maps");
+
+/* Interfaces the program may redirect to, keyed and valued by ifindex.
+ * Egress on the ingress interface uses XDP_TX and needs no entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, HR_MAX_IFACES);
+} tx_ports SEC(".maps");
+
+/* VLAN devices (by ifindex) the fib may return as egress, with their parent
+ * and tag. Tagged frames are only sent back out their own parent with the
+ * mapped tag (XDP_TX); anything else is passed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct vlan_egress);
+	__uint(max_entries, HR_MAX_IFACES);
+} vlan_devs SEC(".maps");
+
+#endif

@@ -1,0 +1,178 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// Counter indexes the program's per-CPU counters (enum hr_counter of
+// bpf/consts.h, generated into relay_bpfel.go).
+type Counter int
+
+// The counters. Forwarded bytes are data bytes (ChannelData payload to the
+// peer, peer datagram payload to the client). Every XDP_PASS counts exactly
+// one reason; PassMapFull is counted by userspace (a channel the table had
+// no room for), never by the program.
+const (
+	FwdToPeerPackets   = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS)
+	FwdToPeerBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
+	FwdToClientPackets = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS)
+	FwdToClientBytes   = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES)
+	PassNoEntry        = Counter(relayHrCounterHR_CNT_PASS_NO_ENTRY)
+	PassExpired        = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
+	PassTooBig         = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
+	PassNoNeigh        = Counter(relayHrCounterHR_CNT_PASS_NO_NEIGH)
+	PassNotForwarded   = Counter(relayHrCounterHR_CNT_PASS_NOT_FORWARDED)
+	PassNoEgress       = Counter(relayHrCounterHR_CNT_PASS_NO_EGRESS)
+	PassNotChannelData = Counter(relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA)
+	PassMalformed      = Counter(relayHrCounterHR_CNT_PASS_MALFORMED)
+	PassHeadroom       = Counter(relayHrCounterHR_CNT_PASS_HEADROOM)
+	PassMapFull        = Counter(relayHrCounterHR_CNT_PASS_MAP_FULL)
+	PassTTL            = Counter(relayHrCounterHR_CNT_PASS_TTL)
+	PassOther          = Counter(relayHrCounterHR_CNT_PASS_OTHER)
+	NumCounters        = int(relayHrCounterHR_CNT_MAX)
+)
+
+var counterNames = [NumCounters]string{
+	FwdToPeerPackets:   "fwd_to_peer_packets",
+	FwdToPeerBytes:     "fwd_to_peer_bytes",
+	FwdToClientPackets: "fwd_to_client_packets",
+	FwdToClientBytes:   "fwd_to_client_bytes",
+	PassNoEntry:        "pass_no_entry",
+	PassExpired:        "pass_expired",
+	PassTooBig:         "pass_too_big",
+	PassNoNeigh:        "pass_no_neigh",
+	PassNotForwarded:   "pass_not_forwarded",
+	PassNoEgress:       "pass_no_egress",
+	PassNotChannelData: "pass_not_channeldata",
+	PassMalformed:      "pass_malformed",
+	PassHeadroom:       "pass_headroom",
+	PassMapFull:        "pass_map_full",
+	PassTTL:            "pass_ttl",
+	PassOther:          "pass_other",
+}
+
+// String is the counter's name: fwd_to_peer_packets, pass_no_entry, ...
+func (c Counter) String() string {
+	if c < 0 || int(c) >= NumCounters {
+		return fmt.Sprintf("counter(%d)", int(c))
+	}
+	return counterNames[c]
+}
+
+// Counters is a snapshot of the program's counters.
+type Counters struct {
+	// Total sums the CPUs.
+	Total [NumCounters]uint64
+	// PerCPU[cpu][counter].
+	PerCPU [][NumCounters]uint64
+}
+
+// Get returns the summed value of c.
+func (s Counters) Get(c Counter) uint64 { return s.Total[c] }
+
+// Map returns the summed counters by name.
+func (s Counters) Map() map[string]uint64 {
+	m := make(map[string]uint64, NumCounters)
+	for i, v := range s.Total {
+		m[Counter(i).String()] = v
+	}
+	return m
+}
+
+// Counters reads every counter of every CPU.
+func (x *XDP) Counters() (Counters, error) {
+	var s Counters
+	for i := 0; i < NumCounters; i++ {
+		var per []uint64
+		if err := x.objs.Counters.Lookup(uint32(i), &per); err != nil {
+			return s, fmt.Errorf("read counter %s: %w", Counter(i), err)
+		}
+		if s.PerCPU == nil {
+			s.PerCPU = make([][NumCounters]uint64, len(per))
+		}
+		for cpu, v := range per {
+			if cpu < len(s.PerCPU) {
+				s.PerCPU[cpu][i] = v
+			}
+			s.Total[i] += v
+		}
+	}
+	return s, nil
+}
+
+// countMapFull adds one to PassMapFull (CPU 0's slot; the program never
+// writes this index, so the read-modify-write has one writer: x.mu is
+// held by the callers).
+func (x *XDP) countMapFull() {
+	var per []uint64
+	idx := uint32(PassMapFull)
+	if err := x.objs.Counters.Lookup(idx, &per); err != nil || len(per) == 0 {
+		x.log.Warn("xdp: count map full", "err", err)
+		return
+	}
+	per[0]++
+	if err := x.objs.Counters.Put(idx, per); err != nil {
+		x.log.Warn("xdp: count map full", "err", err)
+	}
+}
+
+// SetRedirectIfaces makes ifindexes the set of interfaces the program may
+// redirect to (devmap). Egress on the ingress interface (XDP_TX) needs no
+// entry; a fib result outside the set is passed to the stack.
+func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	want := map[uint32]bool{}
+	for _, i := range ifindexes {
+		if i <= 0 {
+			return fmt.Errorf("set redirect interfaces: bad ifindex %d", i)
+		}
+		want[uint32(i)] = true
+	}
+	var stale []uint32
+	var k, v uint32
+	it := x.objs.TxPorts.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("set redirect interfaces: read devmap: %w", err)
+	}
+	for _, k := range stale {
+		if err := x.objs.TxPorts.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set redirect interfaces: remove ifindex %d: %w", k, err)
+		}
+	}
+	for i := range want {
+		if err := x.objs.TxPorts.Put(i, i); err != nil {
+			return fmt.Errorf("set redirect interfaces: add ifindex %d (does it support XDP redirect?): %w", i, err)
+		}
+	}
+	return nil
+}
+
+// SetVLANDevice tells the program that the fib's egress device ifindex is
+// VLAN vid on parent: tagged frames arriving on parent are sent back out of
+// it with that tag. vid 0 removes the device.
+func (x *XDP) SetVLANDevice(ifindex, parent int, vid uint16) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if vid == 0 {
+		if err := x.objs.VlanDevs.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove vlan device %d: %w", ifindex, err)
+		}
+		return nil
+	}
+	if ifindex <= 0 || parent <= 0 || vid > 4094 {
+		return fmt.Errorf("set vlan device %d on %d vid %d: bad argument", ifindex, parent, vid)
+	}
+	if err := x.objs.VlanDevs.Put(uint32(ifindex), relayVlanEgress{ParentIfindex: uint32(parent), Vid: vid}); err != nil {
+		return fmt.Errorf("set vlan device %d: %w", ifindex, err)
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+// Package loader owns the kernel side of hybridrelay's XDP fast path as seen
+// from Go: the bpf2go output for bpf/relay.bpf.c (committed, so building needs
+// no clang), loading it with map sizes from config, pinning its maps and links
+// under a bpffs directory, re-adopting them after a restart, attaching it to
+// interfaces, and typed access to its maps. It does not import pkg/control;
+// pkg/control/offload_xdp.go adapts it to control.Offload.
+//
+// # Lifecycle
+//
+//	x, err := loader.Load(loader.Options{MaxChannels: 4096})     // pins under /sys/fs/bpf/hybridrelay
+//	err = x.Attach([]int{ifindex}, loader.ModeAuto)               // native, generic fallback with a warning
+//	err = x.SetRedirectIfaces([]int{ifindexA, ifindexB})          // devmap for egress on another interface
+//	...
+//	x.Close()   // restart: FDs closed, maps and links stay pinned, XDP keeps forwarding
+//	x.Unpin()   // shutdown: pins removed and links detached (then Close)
+//
+// Load re-adopts maps already pinned in the directory (entries and counters
+// survive) and Attach replaces the program of a pinned link on the same
+// interface atomically (bpf_link update), so a restarting daemon never leaves
+// a gap in the kernel path. The channel index (which slot belongs to which
+// channel) is rebuilt from the maps; Reconcile deletes what the new process
+// did not re-install.
+//
+// # Map layout and byte order
+//
+// Keys and values are the C structs of bpf/structs.h. Addresses, ports and the
+// channel number are stored in network byte order exactly as on the wire;
+// IPv4 addresses occupy the first 4 of 16 address bytes (IPv4-mapped IPv6
+// addresses are unmapped first). All of that is done in one place, keys.go.
+// Expiry is CLOCK_MONOTONIC nanoseconds (the bpf_ktime_get_ns clock),
+// converted from time.Time in one place, MonotonicNanos.
+//
+// # Namespaces
+//
+// Attach and AttachPass resolve interface indexes in the network namespace of
+// the calling OS thread: from a test or a benchmark harness call them inside
+// netns.(*NS).Do. Load and pin from the root namespace (a mount namespace made
+// by `ip netns exec` has its own /sys, so pins made there are invisible
+// outside).
+//
+// # Using the fast path from a benchmark harness
+//
+//	x, _ := loader.Load(loader.Options{PinDir: dir})      // or DisablePin: true
+//	relayNS.Do(func() error { return x.Attach([]int{cliIdx, peerIdx}, loader.ModeNative) })
+//	x.SetRedirectIfaces([]int{cliIdx, peerIdx})
+//	clientNS.Do(func() error { _, err := x.AttachPass(clientIfIdx, loader.ModeNative); return err })
+//	...                                                   // control.NewXDPOffload(x, nil) in control.Options.Offload
+//	x.Unpin(); x.Close()
+//
+// The far end of every veth the program transmits into needs an XDP program
+// (AttachPass) or frames sent with XDP_TX/redirect are lost (DESIGN.md).
+package loader

@@ -1,0 +1,121 @@
+package loader
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Family tags of the map keys (bpf/consts.h HR_FAMILY_*).
+const (
+	familyV4 = 4
+	familyV6 = 6
+)
+
+// wire16 returns the uint16 whose in-memory bytes are v in network order,
+// i.e. how the program sees a port or channel number in the packet.
+func wire16(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// host16 undoes wire16.
+func host16(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+// addrBytes stores a in the 16-byte key layout: IPv4 in the first four
+// bytes, the rest zero; IPv4-mapped IPv6 counts as IPv4 (that is what the
+// packet carries).
+func addrBytes(a netip.Addr) (out [16]byte, family uint8) {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		copy(out[:4], b[:])
+		return out, familyV4
+	}
+	return a.As16(), familyV6
+}
+
+func addrFrom(b [16]byte, family uint8) netip.Addr {
+	if family == familyV4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+// keys builds both directions' keys and values of c. This is the only place
+// map keys are made.
+func (c Channel) keys(slot uint32, expires uint64) (ck relayC2pKey, cv relayC2pVal, pk relayP2cKey, pv relayP2cVal, err error) {
+	if c.Number < 0x4000 || c.Number > 0x4FFF {
+		return ck, cv, pk, pv, fmt.Errorf("channel %#x outside 0x4000-0x4FFF: %w", c.Number, ErrUnsupported)
+	}
+	client, f1 := addrBytes(c.Client.Addr())
+	listener, f2 := addrBytes(c.Listener.Addr())
+	relay, f3 := addrBytes(c.Relay.Addr())
+	peer, f4 := addrBytes(c.Peer.Addr())
+	if !c.Client.IsValid() || !c.Listener.IsValid() || !c.Relay.IsValid() || !c.Peer.IsValid() {
+		return ck, cv, pk, pv, fmt.Errorf("channel %#x: missing address: %w", c.Number, ErrUnsupported)
+	}
+	// The program rewrites headers in place: it cannot translate between
+	// IPv4 and IPv6 (an IPv6 client with an IPv4 allocation stays in
+	// userspace).
+	if f1 != f2 || f1 != f3 || f1 != f4 {
+		return ck, cv, pk, pv, fmt.Errorf("channel %#x mixes address families: %w", c.Number, ErrUnsupported)
+	}
+	ck = relayC2pKey{
+		ClientAddr:   client,
+		ListenerAddr: listener,
+		ClientPort:   wire16(c.Client.Port()),
+		ListenerPort: wire16(c.Listener.Port()),
+		Channel:      wire16(c.Number),
+		Family:       f1,
+	}
+	cv = relayC2pVal{
+		ExpiresNs: expires,
+		PeerAddr:  peer,
+		RelayAddr: relay,
+		PeerPort:  wire16(c.Peer.Port()),
+		RelayPort: wire16(c.Relay.Port()),
+		Slot:      slot,
+	}
+	if c.DontFragment {
+		cv.Flags |= flagDontFragment
+	}
+	pk = relayP2cKey{
+		PeerAddr:  peer,
+		RelayAddr: relay,
+		PeerPort:  wire16(c.Peer.Port()),
+		RelayPort: wire16(c.Relay.Port()),
+		Family:    f1,
+	}
+	pv = relayP2cVal{
+		ExpiresNs:    expires,
+		ClientAddr:   client,
+		ListenerAddr: listener,
+		ClientPort:   wire16(c.Client.Port()),
+		ListenerPort: wire16(c.Listener.Port()),
+		Channel:      wire16(c.Number),
+		Slot:         slot,
+	}
+	return ck, cv, pk, pv, nil
+}
+
+// channelFrom rebuilds a Channel from a stored c2p entry.
+func channelFrom(k relayC2pKey, v relayC2pVal) Channel {
+	return Channel{
+		Client:       netip.AddrPortFrom(addrFrom(k.ClientAddr, k.Family), host16(k.ClientPort)),
+		Listener:     netip.AddrPortFrom(addrFrom(k.ListenerAddr, k.Family), host16(k.ListenerPort)),
+		Relay:        netip.AddrPortFrom(addrFrom(v.RelayAddr, k.Family), host16(v.RelayPort)),
+		Peer:         netip.AddrPortFrom(addrFrom(v.PeerAddr, k.Family), host16(v.PeerPort)),
+		Number:       host16(k.Channel),
+		Expires:      TimeFromMonotonic(v.ExpiresNs),
+		DontFragment: v.Flags&flagDontFragment != 0,
+	}
+}
+
+// flagDontFragment is HR_F_DONT_FRAGMENT of bpf/consts.h.
+const flagDontFragment = 0x1

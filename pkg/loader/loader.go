@@ -1,0 +1,499 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// DefaultPinDir is where maps and links are pinned unless Options say
+// otherwise.
+const DefaultPinDir = "/sys/fs/bpf/hybridrelay"
+
+// DefaultMaxChannels sizes the channel maps when Options.MaxChannels is 0.
+const DefaultMaxChannels = 1024
+
+var (
+	// ErrFull means the channel maps have no room; the channel stays on
+	// the userspace path (and the map-full counter counts it).
+	ErrFull = errors.New("xdp channel table full")
+	// ErrUnsupported means the channel cannot be forwarded by the program
+	// (mixed address families, ...); it stays on the userspace path.
+	ErrUnsupported = errors.New("channel not supported by the xdp path")
+	// ErrNotFound is returned for operations on a channel not installed.
+	ErrNotFound = errors.New("xdp channel not installed")
+)
+
+// Options configure Load.
+type Options struct {
+	// MaxChannels is the number of channels the kernel can forward (each
+	// direction's hash map and the usage array get this many entries).
+	// 0 means DefaultMaxChannels. Re-adopting maps pinned with another
+	// size fails: unpin them (hybridrelay maps unpin) or keep the size.
+	MaxChannels int
+	// PinDir is the bpffs directory for maps and links; "" means
+	// DefaultPinDir. Maps already pinned there are re-adopted.
+	PinDir string
+	// DisablePin loads private maps and unpinned links (benchmarks,
+	// BPF_PROG_RUN tests): everything goes away on Close.
+	DisablePin bool
+	// Logger receives warnings (generic-mode fallback); nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Channel is one bound channel as the kernel forwards it, in both
+// directions:
+//
+//	Client -> Listener  ChannelData(Number)  ==>  Relay -> Peer          data
+//	Peer   -> Relay     data                 ==>  Listener -> Client     ChannelData(Number)
+//
+// All four addresses must be of one family.
+type Channel struct {
+	Client, Listener, Relay, Peer netip.AddrPort
+	Number                        uint16 // 0x4000-0x4FFF
+	// Expires is when the kernel stops forwarding (it then passes the
+	// packets to userspace). The zero Time means already expired.
+	Expires time.Time
+	// DontFragment sets DF on relayed IPv4 packets to the peer.
+	DontFragment bool
+}
+
+// ChannelStats are the kernel's per-channel usage counters (data bytes,
+// i.e. ChannelData payload / peer datagram payload).
+type ChannelStats struct {
+	ToPeerPackets, ToPeerBytes     uint64
+	ToClientPackets, ToClientBytes uint64
+}
+
+// ChannelEntry is one installed channel as read back from the maps.
+type ChannelEntry struct {
+	Channel
+	// ExpiresNs is the stored CLOCK_MONOTONIC expiry.
+	ExpiresNs uint64
+	Slot      uint32
+	Stats     ChannelStats
+	// PeerEntry reports whether the peer->client direction is present.
+	PeerEntry bool
+}
+
+// entry is what the index remembers about an installed channel: enough to
+// rewrite both values and delete both keys without reading the maps.
+type entry struct {
+	cv relayC2pVal
+	pk relayP2cKey
+	pv relayP2cVal
+}
+
+// XDP is the loaded program with its maps. Its methods are safe for
+// concurrent use; the process holding it is the only writer of the maps.
+type XDP struct {
+	objs   relayObjects
+	opts   Options
+	max    int
+	pinDir string // "" when pinning is disabled
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	index   map[relayC2pKey]*entry
+	free    []uint32 // free slots of chan_usage
+	adopted map[relayC2pKey]bool
+	links   map[int]xdpLink // by ifindex, the relay program's links
+	closed  bool
+}
+
+// Load loads the program with maps sized from opts, pinned under
+// opts.PinDir (re-adopting maps already pinned there). It does not attach.
+func Load(opts Options) (*XDP, error) {
+	if opts.MaxChannels < 0 {
+		return nil, fmt.Errorf("load xdp: max channels %d is negative", opts.MaxChannels)
+	}
+	if opts.MaxChannels == 0 {
+		opts.MaxChannels = DefaultMaxChannels
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	spec, err := loadRelay()
+	if err != nil {
+		return nil, fmt.Errorf("load xdp: read embedded object: %w", err)
+	}
+	for _, name := range []string{relayMapC2pChannels, relayMapP2cChannels, relayMapChanUsage} {
+		spec.Maps[name].MaxEntries = uint32(opts.MaxChannels)
+	}
+	x := &XDP{
+		opts:    opts,
+		max:     opts.MaxChannels,
+		log:     log,
+		index:   map[relayC2pKey]*entry{},
+		adopted: map[relayC2pKey]bool{},
+		links:   map[int]xdpLink{},
+	}
+	var copts ebpf.CollectionOptions
+	if !opts.DisablePin {
+		x.pinDir = opts.PinDir
+		if x.pinDir == "" {
+			x.pinDir = DefaultPinDir
+		}
+		if err := os.MkdirAll(x.pinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("load xdp: create pin directory (is bpffs mounted?): %w", err)
+		}
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		copts.Maps.PinPath = x.pinDir
+	}
+	if err := spec.LoadAndAssign(&x.objs, &copts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load xdp: verifier: %+v", verr)
+		}
+		return nil, fmt.Errorf("load xdp: %w", err)
+	}
+	if err := x.rebuildIndex(); err != nil {
+		x.objs.Close()
+		return nil, err
+	}
+	return x, nil
+}
+
+// rebuildIndex reads the (possibly re-adopted) maps back into the index and
+// the free slot list. Entries found here count as "adopted" until the
+// control plane installs them again (see Reconcile).
+func (x *XDP) rebuildIndex() error {
+	used := make([]bool, x.max)
+	var k relayC2pKey
+	var v relayC2pVal
+	it := x.objs.C2pChannels.Iterate()
+	for it.Next(&k, &v) {
+		if int(v.Slot) >= x.max || used[v.Slot] {
+			// A corrupt or foreign entry: forget it, Reconcile or the
+			// next Install replaces it.
+			continue
+		}
+		used[v.Slot] = true
+		c := channelFrom(k, v)
+		_, _, pk, pv, err := c.keys(v.Slot, v.ExpiresNs)
+		if err != nil {
+			continue
+		}
+		x.index[k] = &entry{cv: v, pk: pk, pv: pv}
+		x.adopted[k] = true
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("load xdp: read pinned channels: %w", err)
+	}
+	for i := x.max - 1; i >= 0; i-- {
+		if !used[i] {
+			x.free = append(x.free, uint32(i))
+		}
+	}
+	return nil
+}
+
+// PinDir is the directory maps and links are pinned in ("" if disabled).
+func (x *XDP) PinDir() string { return x.pinDir }
+
+// MaxChannels is the size of the channel maps.
+func (x *XDP) MaxChannels() int { return x.max }
+
+// Program is the relay program (for BPF_PROG_RUN tests and benchmarks).
+func (x *XDP) Program() *ebpf.Program { return x.objs.Hybridrelay }
+
+// PassProgram is the XDP_PASS-only program of the same object.
+func (x *XDP) PassProgram() *ebpf.Program { return x.objs.PassAll }
+
+// PutChannel installs or replaces both directions of c. Re-installing a
+// channel keeps its slot and usage counters. A full table returns ErrFull
+// (and counts it); a channel the program cannot forward ErrUnsupported.
+func (x *XDP) PutChannel(c Channel) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return fmt.Errorf("put channel: %w", os.ErrClosed)
+	}
+	probe, _, _, _, err := c.keys(0, 0)
+	if err != nil {
+		return fmt.Errorf("put channel: %w", err)
+	}
+	old := x.index[probe]
+	var slot uint32
+	switch {
+	case old != nil:
+		slot = old.cv.Slot
+	case len(x.free) == 0:
+		x.countMapFull()
+		return fmt.Errorf("put channel %#x: %w", c.Number, ErrFull)
+	default:
+		slot = x.free[len(x.free)-1]
+	}
+	ck, cv, pk, pv, err := c.keys(slot, MonotonicNanos(c.Expires))
+	if err != nil {
+		return fmt.Errorf("put channel: %w", err)
+	}
+	if old == nil {
+		// A new owner of the slot starts from zero.
+		if err := x.objs.ChanUsage.Put(slot, relayChanStats{}); err != nil {
+			return fmt.Errorf("put channel %#x: reset usage: %w", c.Number, err)
+		}
+	}
+	// Peer direction first: a client packet forwarded before the peer
+	// entry exists would only mean the answer takes userspace.
+	if err := x.objs.P2cChannels.Put(pk, pv); err != nil {
+		if isFull(err) {
+			x.countMapFull()
+			return fmt.Errorf("put channel %#x: peer entry: %w", c.Number, ErrFull)
+		}
+		return fmt.Errorf("put channel %#x: peer entry: %w", c.Number, err)
+	}
+	if err := x.objs.C2pChannels.Put(ck, cv); err != nil {
+		_ = x.objs.P2cChannels.Delete(pk)
+		if isFull(err) {
+			x.countMapFull()
+			return fmt.Errorf("put channel %#x: client entry: %w", c.Number, ErrFull)
+		}
+		return fmt.Errorf("put channel %#x: client entry: %w", c.Number, err)
+	}
+	if old != nil && old.pk != pk {
+		// Same channel, other peer: the old reverse entry must go.
+		_ = x.objs.P2cChannels.Delete(old.pk)
+	}
+	if old == nil {
+		x.free = x.free[:len(x.free)-1]
+	}
+	x.index[ck] = &entry{cv: cv, pk: pk, pv: pv}
+	delete(x.adopted, ck)
+	return nil
+}
+
+// UpdateExpiry moves the expiry of an installed channel (both directions).
+// Counters are not touched (they live outside the entries).
+func (x *XDP) UpdateExpiry(c Channel) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return fmt.Errorf("update expiry: %w", os.ErrClosed)
+	}
+	ck, _, _, _, err := c.keys(0, 0)
+	if err != nil {
+		return fmt.Errorf("update expiry: %w", err)
+	}
+	e := x.index[ck]
+	if e == nil {
+		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, ErrNotFound)
+	}
+	ns := MonotonicNanos(c.Expires)
+	cv, pv := e.cv, e.pv
+	cv.ExpiresNs, pv.ExpiresNs = ns, ns
+	if err := x.objs.P2cChannels.Update(e.pk, pv, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("update expiry of channel %#x: peer entry: %w", c.Number, err)
+	}
+	if err := x.objs.C2pChannels.Update(ck, cv, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("update expiry of channel %#x: client entry: %w", c.Number, err)
+	}
+	e.cv, e.pv = cv, pv
+	delete(x.adopted, ck)
+	return nil
+}
+
+// DeleteChannel removes both directions; an absent channel is not an error.
+// Only Client, Listener and Number of c are used.
+func (x *XDP) DeleteChannel(c Channel) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return fmt.Errorf("delete channel: %w", os.ErrClosed)
+	}
+	ck, err := c.c2pKey()
+	if err != nil {
+		return nil // never installable, so not installed
+	}
+	return x.deleteLocked(ck)
+}
+
+func (x *XDP) deleteLocked(ck relayC2pKey) error {
+	e := x.index[ck]
+	if e == nil {
+		return nil
+	}
+	var errs []error
+	if err := x.objs.C2pChannels.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("client entry: %w", err))
+	}
+	if err := x.objs.P2cChannels.Delete(e.pk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("peer entry: %w", err))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("delete channel %#x: %w", host16(ck.Channel), errors.Join(errs...))
+	}
+	delete(x.index, ck)
+	delete(x.adopted, ck)
+	x.free = append(x.free, e.cv.Slot)
+	return nil
+}
+
+// c2pKey is the client->peer key of c (only Client, Listener, Number).
+func (c Channel) c2pKey() (relayC2pKey, error) {
+	full := c
+	if !full.Relay.IsValid() {
+		full.Relay = c.Listener
+	}
+	if !full.Peer.IsValid() {
+		full.Peer = c.Client
+	}
+	if full.Relay.Addr().Unmap().Is4() != full.Client.Addr().Unmap().Is4() {
+		full.Relay, full.Peer = c.Listener, c.Client
+	}
+	ck, _, _, _, err := full.keys(0, 0)
+	return ck, err
+}
+
+// ChannelCounters reads the usage counters of an installed channel.
+func (x *XDP) ChannelCounters(c Channel) (ChannelStats, error) {
+	ck, err := c.c2pKey()
+	if err != nil {
+		return ChannelStats{}, fmt.Errorf("channel counters: %w", err)
+	}
+	x.mu.Lock()
+	e := x.index[ck]
+	x.mu.Unlock()
+	if e == nil {
+		return ChannelStats{}, fmt.Errorf("channel counters of %#x: %w", c.Number, ErrNotFound)
+	}
+	return x.slotStats(e.cv.Slot)
+}
+
+func (x *XDP) slotStats(slot uint32) (ChannelStats, error) {
+	var s relayChanStats
+	if err := x.objs.ChanUsage.Lookup(slot, &s); err != nil {
+		return ChannelStats{}, fmt.Errorf("read channel usage slot %d: %w", slot, err)
+	}
+	return ChannelStats{
+		ToPeerPackets: s.ToPeerPackets, ToPeerBytes: s.ToPeerBytes,
+		ToClientPackets: s.ToClientPackets, ToClientBytes: s.ToClientBytes,
+	}, nil
+}
+
+// IterateChannels calls fn for every channel in the kernel's client->peer
+// map (what `hybridrelay maps dump` shows), read from the map itself, not
+// from the index. fn returning false stops the iteration.
+func (x *XDP) IterateChannels(fn func(ChannelEntry) bool) error {
+	var k relayC2pKey
+	var v relayC2pVal
+	it := x.objs.C2pChannels.Iterate()
+	for it.Next(&k, &v) {
+		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: v.ExpiresNs, Slot: v.Slot}
+		if st, err := x.slotStats(v.Slot); err == nil {
+			e.Stats = st
+		}
+		_, _, pk, _, err := e.Channel.keys(0, 0)
+		if err == nil {
+			var pv relayP2cVal
+			e.PeerEntry = x.objs.P2cChannels.Lookup(pk, &pv) == nil
+		}
+		if !fn(e) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate channels: %w", err)
+	}
+	return nil
+}
+
+// Len is the number of channels installed.
+func (x *XDP) Len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.index)
+}
+
+// Reconcile deletes the channels found in re-adopted maps that were not
+// installed (PutChannel/UpdateExpiry) since Load: after a restart the
+// control plane restores its state, re-installs what it still has, and then
+// calls Reconcile so stale entries do not linger until they expire.
+func (x *XDP) Reconcile() (removed int, err error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var errs []error
+	for ck := range x.adopted {
+		if err := x.deleteLocked(ck); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed++
+	}
+	return removed, errors.Join(errs...)
+}
+
+func isFull(err error) bool {
+	// A preallocated hash map with no free element returns E2BIG.
+	return errors.Is(err, syscall.E2BIG)
+}
+
+// Close releases this process's handles. Pinned maps and links stay, and
+// with them the attached program keeps forwarding: this is what a
+// restarting daemon does. Unpinned links (DisablePin, AttachPass) detach.
+func (x *XDP) Close() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return nil
+	}
+	x.closed = true
+	var errs []error
+	for idx, l := range x.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close link on ifindex %d: %w", idx, err))
+		}
+	}
+	if err := x.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close xdp objects: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Unpin removes the pins of maps and links (the links detach when their
+// last handle closes, at the latest on Close). Shutdown does Unpin then
+// Close; a restart only Close.
+func (x *XDP) Unpin() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.pinDir == "" {
+		return nil
+	}
+	var errs []error
+	for idx, l := range x.links {
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin link on ifindex %d: %w", idx, err))
+		}
+	}
+	if !x.closed {
+		for _, m := range []*ebpf.Map{x.objs.C2pChannels, x.objs.P2cChannels, x.objs.ChanUsage,
+			x.objs.Counters, x.objs.TxPorts, x.objs.VlanDevs} {
+			if err := m.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin map: %w", err))
+			}
+		}
+	}
+	// Links pinned by an earlier process on interfaces this one did not
+	// attach, and anything left: the directory belongs to us.
+	if err := os.RemoveAll(x.pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove pin directory: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// linkPin is the pin path of the link on ifindex.
+func (x *XDP) linkPin(ifindex int) string {
+	return filepath.Join(x.pinDir, fmt.Sprintf("link_%d", ifindex))
+}

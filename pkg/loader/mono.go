@@ -1,0 +1,29 @@
+package loader
+
+import "time"
+
+// MonotonicNanos converts t to CLOCK_MONOTONIC nanoseconds, the clock the
+// program compares expiries against (bpf_ktime_get_ns). This is the only
+// place that conversion is made. Times before the clock's origin give 0
+// (already expired); the zero Time is 0.
+func MonotonicNanos(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	mono, now := monoNow()
+	ns := mono + int64(t.Sub(now))
+	if ns < 0 {
+		return 0
+	}
+	return uint64(ns)
+}
+
+// TimeFromMonotonic is the inverse of MonotonicNanos (wall clock time with a
+// monotonic reading, to within the conversion's microsecond).
+func TimeFromMonotonic(ns uint64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	mono, now := monoNow()
+	return now.Add(time.Duration(int64(ns) - mono))
+}

@@ -1,0 +1,14 @@
+//go:build !linux
+
+package loader
+
+import "time"
+
+var monoStart = time.Now()
+
+// monoNow has no bpf_ktime_get_ns to match off Linux; it keeps the
+// conversions consistent with themselves.
+func monoNow() (int64, time.Time) {
+	now := time.Now()
+	return int64(now.Sub(monoStart)), now
+}
