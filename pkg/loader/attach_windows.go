@@ -35,8 +35,8 @@ type xdpLink interface {
 }
 
 func (x *XDP) Attach([]int, Mode) error { return fmt.Errorf("attach xdp: %w", errNoXDP) }
-func (x *XDP) Detach(int) error          { return fmt.Errorf("detach xdp: %w", errNoXDP) }
-func (x *XDP) Attached() []int           { return nil }
+func (x *XDP) Detach(int) error         { return fmt.Errorf("detach xdp: %w", errNoXDP) }
+func (x *XDP) Attached() []int          { return nil }
 func (x *XDP) AttachPass(int, Mode) (interface{ Close() error }, error) {
 	return nil, fmt.Errorf("attach xdp: %w", errNoXDP)
 }
