@@ -51,15 +51,27 @@ func testEcho(t *testing.T, dp Datapath) {
 			}
 		}
 	}
-	st := dp.Stats()
-	if st.RxPackets != 100 || st.TxPackets != 100 {
-		t.Fatalf("stats rx=%d tx=%d, want 100/100", st.RxPackets, st.TxPackets)
+	// Counters are added after a send returns, so the last echo may be
+	// read before it is counted.
+	deadline := time.Now().Add(3 * time.Second)
+	for st := dp.Stats(); st.RxPackets != 100 || st.TxPackets != 100; st = dp.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats rx=%d tx=%d, want 100/100", st.RxPackets, st.TxPackets)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
 func TestPlainRelayPortInUse(t *testing.T) {
 	dp := NewPlain()
 	defer dp.Close()
+	testRelayPortInUse(t, dp)
+}
+
+// testRelayPortInUse is shared by the datapaths: a taken port is reported
+// as EADDRINUSE, Close is idempotent, and the port is free after Close.
+func testRelayPortInUse(t *testing.T, dp Datapath) {
+	t.Helper()
 	h := func(Tx, Conn, netip.AddrPort, []byte) {}
 	a, err := dp.OpenRelay(netip.MustParseAddrPort("127.0.0.1:0"), h)
 	if err != nil {
@@ -80,4 +92,16 @@ func TestPlainRelayPortInUse(t *testing.T) {
 		t.Fatalf("rebind after close: %v", err)
 	}
 	b.Close()
+}
+
+// waitFor polls cond until it holds, failing the test after 3 s.
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 3s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
