@@ -276,6 +276,8 @@ func TestLayering(t *testing.T) {
 		{name: "env error names variable", env: []string{"HYBRIDRELAY_MAX_PORT=70000"}, err: "environment HYBRIDRELAY_MAX_PORT: 70000 is not a port (1-65535)"},
 		{name: "flag error names flag", flags: []Entry{flag("max-port", "x")}, err: "flag --max-port: x is not a port (1-65535)"},
 		{name: "cross-field error names flag", flags: []Entry{flag("max-port", "30000")}, err: `x.conf:2: key "min-port": min-port 40000 (x.conf:2) is greater than max-port 30000 (flag --max-port)`},
+		{name: "cross-field error from flags only", flags: []Entry{flag("min-port", "5000"), flag("max-port", "4000")}, err: "min-port 5000 (flag --min-port) is greater than max-port 4000 (flag --max-port)"},
+		{name: "single-key cross error names origin", flags: []Entry{flag("relay-ip", "192.0.2.1"), flag("relay-ip", "192.0.2.2")}, err: "relay-ip (flag --relay-ip): 192.0.2.1 and 192.0.2.2 are both IPv4; give one relay-ip per address family"},
 		{name: "unknown env is a warning", env: []string{"HYBRIDRELAY_MINPORT=1", "HYBRIDRELAY_REQUIRE_PRIV=1"}, check: func(t *testing.T, s *Settings) {}},
 	}
 	for _, tt := range tests {

@@ -123,6 +123,12 @@ var keys = []Key{
 	{Name: "xdp-iface", Arg: "IFACE", Repeatable: true, Default: "the interfaces holding the listener and relay addresses",
 		Usage: "attach the XDP program to IFACE (repeatable)",
 		set:   setIface, reset: func(s *Settings) { s.XDPIfaces = nil }},
+	{Name: "xdp-max-channels", Arg: "N", Default: "16384", Usage: "channels the kernel fast path can hold; beyond it channels stay in userspace",
+		set: func(s *Settings, v string) error {
+			n, err := parseIntRange(v, 1, 1<<20)
+			s.XDPMaxChannels = n
+			return err
+		}},
 	{Name: "bpffs", Arg: "DIR", Default: "/sys/fs/bpf/hybridrelay", Usage: "directory on a bpf filesystem where maps and links are pinned",
 		set: func(s *Settings, v string) error { s.BPFFS = v; return absPath(v) }},
 	{Name: "state-file", Arg: "FILE", Default: "none", Usage: "save allocations here so a restart re-adopts them",

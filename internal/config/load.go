@@ -140,6 +140,10 @@ func (s *Settings) keyError(err error, involved ...string) error {
 	if e, ok := s.origins[key]; ok && e.File != "" {
 		return &Error{Origin: e.Origin, File: e.File, Line: e.Line, Key: key, Err: err}
 	}
+	if strings.Contains(err.Error(), s.Origin(key)) {
+		// The message already says where the values came from.
+		return &Error{Key: key, Err: err}
+	}
 	return &Error{Origin: fmt.Sprintf("%s (%s)", key, s.Origin(key)), Key: key, Err: err}
 }
 

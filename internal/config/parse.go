@@ -40,6 +40,8 @@ type Error struct {
 
 func (e *Error) Error() string {
 	switch {
+	case e.Origin == "":
+		return e.Err.Error()
 	case e.File != "" && e.Key != "":
 		return fmt.Sprintf("%s: key %q: %v", e.Origin, e.Key, e.Err)
 	default:

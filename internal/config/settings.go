@@ -40,8 +40,10 @@ type Settings struct {
 	// XDPMode is native, generic or auto (native, falling back to generic).
 	XDPMode   string
 	XDPIfaces []string
-	BPFFS     string
-	StateFile string
+	// XDPMaxChannels sizes the kernel channel maps.
+	XDPMaxChannels int
+	BPFFS          string
+	StateFile      string
 
 	BatchSize    int
 	Loops        int
@@ -119,6 +121,7 @@ func defaults() *Settings {
 		MaxLifetime:           c.MaxLifetime,
 		Datapath:              c.Datapath,
 		XDPMode:               "auto",
+		XDPMaxChannels:        16384,
 		BPFFS:                 "/sys/fs/bpf/hybridrelay",
 		BatchSize:             64,
 		Loops:                 0,
