@@ -144,6 +144,9 @@ func Load(opts Options) (*XDP, error) {
 		if x.pinDir == "" {
 			x.pinDir = DefaultPinDir
 		}
+		if err := ensureBPFFS(x.pinDir); err != nil {
+			return nil, fmt.Errorf("load xdp: pin directory: %w", err)
+		}
 		if err := os.MkdirAll(x.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("load xdp: create pin directory (is bpffs mounted?): %w", err)
 		}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package loader
+
+import "errors"
+
+func ensureBPFFS(string) error { return errors.New("bpffs pinning needs Linux") }
