@@ -6,4 +6,66 @@
 // It tells an [Offload] (the XDP fast path) which channel bindings it may
 // forward in the kernel and when they stop being valid; without one every
 // packet takes the userspace path, which produces the same bytes.
+//
+// # Using it
+//
+//	srv, err := control.NewServer(cfg, control.Options{Datapath: dataplane.NewPlain()})
+//	...
+//	err = srv.Start()          // listeners open; Addrs() has the real ports
+//	srv.SetCredentials(u, s)   // SIGHUP
+//	srv.ReloadTLS()            // SIGHUP
+//	srv.Close()                // SIGTERM
+//
+// One file per TURN method: binding in stun.go, allocate.go, refresh.go,
+// permission.go, channelbind.go, send.go (Send/Data indications and
+// ChannelData in both directions). attrs.go encodes the TURN attributes
+// pion/stun does not know; auth.go holds credentials, nonces and
+// MESSAGE-INTEGRITY-SHA256; policy.go the peer policy; ratelimit.go the
+// token buckets; allocation.go lifetimes, relay ports and offload sync;
+// transport.go the TCP/TLS framing; state.go persistence.
+//
+// # Concurrency
+//
+// The per-packet path takes no global lock: allocations are found by
+// 5-tuple in a sync.Map, relay sockets carry a pointer to their allocation,
+// and each allocation has its own RWMutex guarding its lifetimes,
+// permissions and channels. Counters are typed atomics. A janitor goroutine
+// enforces lifetimes every 250 ms (the kernel checks expiry per packet on
+// its own). Relay sockets are closed off the handler goroutine, because a
+// datapath's Conn.Close waits for its receive loop.
+//
+// # Kernel offload (DESIGN.md invariants 1-3)
+//
+// A channel of a UDP client whose peer is not one of this server's relay
+// addresses is installed with Offload.Install before the ChannelBind
+// success response is sent. Its Expires is the earliest of the channel's,
+// the permission's and the allocation's expiry, and Offload.Refresh moves
+// it whenever one of them is refreshed. Offload.Remove is called when the
+// channel, its permission or the allocation expires, on Refresh with
+// lifetime 0, and on Close. Any offload error leaves the channel on the
+// userspace path; it is counted in ServerStats, logged once, and never
+// reported to the client. Hairpin channels (peer = one of our relay
+// addresses) always stay in userspace: XDP_TX cannot deliver to the host.
+//
+// # Restart without dropping media (issue 4)
+//
+// With Options.StateFile set, allocation state of UDP clients (5-tuple,
+// username, relay addresses, absolute expiries, permissions, channels,
+// DONT-FRAGMENT) is written as JSON to that file (temporary file + rename,
+// mode 0600) at most every 250 ms after a change, and at shutdown. Start
+// restores every allocation that has not expired: relay sockets are opened
+// again on the same ports and offload entries are installed again (Install
+// replaces the entry the old process left). TCP/TLS allocations die with
+// their connection and are not saved.
+//
+// A daemon that restarts (upgrade, re-exec) calls
+//
+//	srv.Shutdown(true) // keepOffload: kernel entries stay, media keeps flowing
+//
+// and the new process creates its Server with the same StateFile. Close
+// (= Shutdown(false)) removes the kernel entries; the state file is still
+// written, so allocations also survive a plain stop/start, minus the media
+// that arrived in between. Kernel entries that belong to no restored
+// allocation are the offload's to reconcile when it re-adopts its pinned
+// maps.
 package control
