@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -367,4 +368,21 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDocsCoverEveryKey keeps docs/configuration.md complete: every key and
+// its environment variable appear in the reference.
+func TestDocsCoverEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Keys() {
+		if !strings.Contains(string(doc), "| `"+k.Name+"` ") {
+			t.Errorf("docs/configuration.md has no reference row for %q", k.Name)
+		}
+		if !strings.Contains(string(doc), EnvName(k.Name)) {
+			t.Errorf("docs/configuration.md does not mention %s", EnvName(k.Name))
+		}
+	}
 }
