@@ -58,6 +58,18 @@ func asUsage(err error) error {
 	return usageError{err}
 }
 
+func init() {
+	// Configuration flags get their own help format; every other flag keeps
+	// urfave/cli's.
+	base := cli.FlagStringer
+	cli.FlagStringer = func(f cli.Flag) string {
+		if s, ok := settingFlagString(f); ok {
+			return s
+		}
+		return base(f)
+	}
+}
+
 // newApp builds the application with every registered command. It is a
 // function (not a global) so tests can run several apps in one process.
 func newApp(stdout, stderr io.Writer) *cli.App {
