@@ -127,9 +127,10 @@ func (a *allocation) permittedLocked(ip netip.Addr, now time.Time) bool {
 }
 
 // wantOffload reports whether ch may be forwarded by the kernel: an offload
-// exists, the client is on UDP, the peer is not one of our own relay
-// addresses (hairpin stays in userspace: XDP_TX cannot deliver to this
-// host), and the channel, its permission and the allocation are live.
+// exists, the client is on UDP, the peer's IP is not one of our relay IPs
+// (hairpin stays in userspace: XDP_TX cannot deliver to this host, and
+// neither can the kernel path deliver to any local address), and the
+// channel, its permission and the allocation are live.
 // Caller holds a.mu.
 func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOffload, bool) {
 	s := a.s
