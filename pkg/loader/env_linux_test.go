@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -171,3 +172,7 @@ func (e *progEnv) run(prog *ebpf.Program, frame []byte, ingress int) (uint32, []
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func hour() time.Time { return time.Now().Add(time.Hour) }
+
+func fmtInt(i int) string { return fmt.Sprint(i) }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -1,0 +1,193 @@
+package loader
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+)
+
+// TestChannelUsageCounts forwards through BPF_PROG_RUN and reads the
+// per-channel and global counters back.
+func TestChannelUsageCounts(t *testing.T) {
+	e := newProgEnv(t, 16)
+	installGolden(t, e.x)
+	for i := 0; i < 3; i++ {
+		if ret, _, err := e.run(e.x.Program(), c2pIn(chV4, seq(100), nil, nil), e.rc0); err != nil || ret != xdpRedirect {
+			t.Fatalf("c2p: %d %v", ret, err)
+		}
+	}
+	if ret, _, err := e.run(e.x.Program(), p2cIn(chV4, seq(33), nil), e.rp0); err != nil || ret != xdpRedirect {
+		t.Fatalf("p2c: %d %v", ret, err)
+	}
+	got, err := e.x.ChannelCounters(chV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ChannelStats{ToPeerPackets: 3, ToPeerBytes: 300, ToClientPackets: 1, ToClientBytes: 33}
+	if got != want {
+		t.Fatalf("channel counters %+v, want %+v", got, want)
+	}
+	if other, _ := e.x.ChannelCounters(chV6); other != (ChannelStats{}) {
+		t.Fatalf("another channel counted %+v", other)
+	}
+	c, err := e.x.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Get(FwdToPeerPackets) != 3 || c.Get(FwdToPeerBytes) != 300 || c.Get(FwdToClientPackets) != 1 || c.Get(FwdToClientBytes) != 33 {
+		t.Fatalf("global counters %v", c.Map())
+	}
+	var sum uint64
+	for _, cpu := range c.PerCPU {
+		sum += cpu[FwdToPeerPackets]
+	}
+	if sum != 3 {
+		t.Fatalf("per-CPU detail sums to %d", sum)
+	}
+	// A refresh rewrites the entries but not the usage.
+	ch := chV4
+	ch.Expires = hour().Add(time.Hour)
+	if err := e.x.UpdateExpiry(ch); err != nil {
+		t.Fatal(err)
+	}
+	if got2, _ := e.x.ChannelCounters(chV4); got2 != want {
+		t.Fatalf("after refresh %+v", got2)
+	}
+	// Re-installing keeps the slot and the counters.
+	if err := e.x.PutChannel(ch); err != nil {
+		t.Fatal(err)
+	}
+	if got2, _ := e.x.ChannelCounters(chV4); got2 != want {
+		t.Fatalf("after re-install %+v", got2)
+	}
+	// A new channel in a freed slot starts from zero.
+	if err := e.x.DeleteChannel(chV4); err != nil {
+		t.Fatal(err)
+	}
+	fresh := chV4
+	fresh.Number = 0x4ABC
+	fresh.Expires = hour()
+	if err := e.x.PutChannel(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if got3, _ := e.x.ChannelCounters(fresh); got3 != (ChannelStats{}) {
+		t.Fatalf("new channel inherited %+v", got3)
+	}
+}
+
+// TestRestartReadopts is the restart sequence of a daemon: load, attach,
+// install; Close without Unpin (program keeps running); load again from
+// the same pins: entries, counters and the link are re-adopted, the link's
+// program is replaced in place, Reconcile drops what was not re-installed,
+// and Unpin finally detaches and removes everything.
+func TestRestartReadopts(t *testing.T) {
+	e := newProgEnv(t, 16)
+	dir := e.x.PinDir()
+	installGolden(t, e.x)
+	if ret, _, err := e.run(e.x.Program(), c2pIn(chV4, seq(10), nil, nil), e.rc0); err != nil || ret != xdpRedirect {
+		t.Fatalf("c2p: %d %v", ret, err)
+	}
+	if err := e.ns.Do(func() error { return e.x.Attach([]int{e.rc0, e.rp0}, ModeNative) }); err != nil {
+		t.Fatal(err)
+	}
+	linkInfo := func() (progID uint32) {
+		t.Helper()
+		l, err := link.LoadPinnedLink(filepath.Join(dir, "link_"+itoa(e.rc0)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint32(info.Program)
+	}
+	firstProg := linkInfo()
+	n := e.x.Len()
+	if err := e.x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The attachment survives the process's handles.
+	if linkInfo() != firstProg {
+		t.Fatal("link lost its program after Close")
+	}
+
+	x2, err := Load(Options{MaxChannels: 16, PinDir: dir})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	e.x = x2
+	t.Cleanup(func() { x2.Unpin(); x2.Close() })
+	if x2.Len() != n {
+		t.Fatalf("re-adopted %d channels, want %d", x2.Len(), n)
+	}
+	if st, err := x2.ChannelCounters(chV4); err != nil || st.ToPeerPackets != 1 {
+		t.Fatalf("re-adopted counters %+v %v", st, err)
+	}
+	// The restored control plane re-installs two channels.
+	for _, c := range []Channel{chV4, chV6} {
+		c.Expires = hour()
+		if err := x2.PutChannel(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := x2.ChannelCounters(chV4); st.ToPeerPackets != 1 {
+		t.Fatalf("re-install reset the counters: %+v", st)
+	}
+	if err := e.ns.Do(func() error { return x2.Attach([]int{e.rc0, e.rp0}, ModeNative) }); err != nil {
+		t.Fatal(err)
+	}
+	if second := linkInfo(); second == firstProg {
+		t.Fatal("pinned link still runs the old program")
+	}
+	removed, err := x2.Reconcile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removed != n-2 || x2.Len() != 2 {
+		t.Fatalf("reconcile removed %d, %d left; want %d and 2", removed, x2.Len(), n-2)
+	}
+	count := 0
+	x2.IterateChannels(func(ChannelEntry) bool { count++; return true })
+	if count != 2 {
+		t.Fatalf("%d entries in the kernel map after reconcile", count)
+	}
+	// The still-installed channel forwards with the new program.
+	if ret, _, err := e.run(x2.Program(), c2pIn(chV4, seq(10), nil, nil), e.rc0); err != nil || ret != xdpRedirect {
+		t.Fatalf("c2p after restart: %d %v", ret, err)
+	}
+	// Shutdown: unpin detaches.
+	if err := x2.Unpin(); err != nil {
+		t.Fatal(err)
+	}
+	if err := x2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pin directory left behind: %v", err)
+	}
+	out, err := e.ns.IP("link", "show", "rc0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contains(out, "xdp") {
+		t.Fatalf("program still attached after Unpin+Close: %s", out)
+	}
+}
+
+// TestIncompatiblePinFails: a size change cannot silently re-adopt.
+func TestIncompatiblePinFails(t *testing.T) {
+	e := newProgEnv(t, 16)
+	if _, err := Load(Options{MaxChannels: 32, PinDir: e.x.PinDir()}); err == nil {
+		t.Fatal("loading with another map size re-adopted incompatible maps")
+	}
+}
+
+func itoa(i int) string {
+	return fmtInt(i)
+}
