@@ -232,6 +232,14 @@ func (dp *gsoDP) setup(fd int, reuse bool) error {
 		dp.log.Debug("gso datapath: SO_SNDBUF", "err", err)
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
+	// IPv4 DF: with the default IP_PMTUDISC_WANT the kernel sets DF on a
+	// datagram that fits the path MTU, but decides for a UDP_SEGMENT send
+	// on the whole super-packet (__ip_make_skb: skb->len <= mtu), so GSO
+	// segments would leave without DF while plain's have it. IP_PMTUDISC_DO
+	// sets DF on everything; a datagram above the path MTU then fails with
+	// EMSGSIZE and is resent under WANT (sendFragmentable), fragmented as
+	// plain would. Harmless on IPv6-only sockets, which ignore it.
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
 	if dp.feat.UDPGRO {
 		if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err != nil {
 			return fmt.Errorf("UDP_GRO: %w", err)
@@ -763,6 +771,11 @@ func (st *batchState) sendMsgs(s *gsoSock, msgs []unix.Mmsghdr, iovs []unix.Iove
 			t.drops += uint64(len(msgs))
 			return
 		}
+		if e == unix.EMSGSIZE && len(msgs) > 0 && (s.family == unix.AF_INET || isMapped(&msgs[0])) {
+			st.sendFragmentable(s, msgs[:1], iovs[:1])
+			msgs, iovs = msgs[1:], iovs[1:]
+			continue
+		}
 		if e != 0 && len(msgs) > 0 {
 			t.errs++
 			msgs, iovs = msgs[1:], iovs[1:]
@@ -790,4 +803,36 @@ func (st *batchState) sendDirect(s *gsoSock, p []byte, dst netip.AddrPort) {
 	h.Flags = 0
 	st.sendMsgs(s, st.txMsgs[:1], st.txIov[:1])
 	st.publish()
+}
+
+// isMapped reports whether a message to an AF_INET6 socket goes to an
+// IPv4-mapped address (IPv4 on the wire, so IP_MTU_DISCOVER applies).
+func isMapped(m *unix.Mmsghdr) bool {
+	sa := (*sockaddrBuf)(unsafe.Pointer(m.Hdr.Name))
+	return netip.AddrFrom16(sa.Addr).Is4In6()
+}
+
+// sendFragmentable sends one IPv4 datagram larger than the path MTU the way
+// plain does: under IP_PMTUDISC_WANT, so the kernel fragments it without DF.
+// The socket is back to IP_PMTUDISC_DO when it returns. (Another goroutine
+// sending on the same socket meanwhile may see its datagrams leave without
+// DF; datagrams above the MTU are rare on a TURN relay.)
+func (st *batchState) sendFragmentable(s *gsoSock, msg []unix.Mmsghdr, iov []unix.Iovec) {
+	t := &st.tally
+	setPMTU := func(v int) {
+		_ = s.rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, v) })
+	}
+	setPMTU(unix.IP_PMTUDISC_WANT)
+	done, e := st.write(s, msg, true)
+	setPMTU(unix.IP_PMTUDISC_DO)
+	t.singles++
+	switch {
+	case done == 1:
+		t.pkts++
+		t.bytes += uint64(iov[0].Len)
+	case e == errClosed:
+		t.drops++
+	default:
+		t.errs++
+	}
 }
