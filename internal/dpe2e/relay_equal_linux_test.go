@@ -368,4 +368,3 @@ func TestRelayBytesEqual(t *testing.T) {
 		})
 	}
 }
-
