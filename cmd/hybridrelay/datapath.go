@@ -26,8 +26,9 @@ type hostFacts struct {
 	BTF bool `json:"btf"`
 	// BPFFS is "" when the pin directory is on a mounted bpf filesystem (or
 	// can be created on one), else why not.
-	BPFFS    string `json:"bpffs,omitempty"`
-	BPFFSDir string `json:"bpffs_dir"`
+	BPFFS     string `json:"bpffs,omitempty"`
+	BPFFSNote string `json:"bpffs_note,omitempty"`
+	BPFFSDir  string `json:"bpffs_dir"`
 	// XDP is the attach test per interface, in the requested mode.
 	XDP []ifaceXDP `json:"xdp"`
 	// IfaceReason is set when no interface could be chosen for XDP.
@@ -185,7 +186,7 @@ func openDatapath(log *slog.Logger, s *config.Settings, cfg control.Config) (*da
 	case "xdp":
 		set.dp, err = dataplane.NewGSO(gsoOptions(log, s))
 		if err == nil {
-			set.kernel, err = openXDP(log, s, cfg, facts)
+			set.kernel, err = openXDP(log, s, facts)
 			if err != nil && s.Datapath == "auto" {
 				// The probe passed but the real program did not load or
 				// attach: auto still serves, on the userspace path.

@@ -30,7 +30,7 @@ func probeHost(ifaces []string, mode, bpffs string) hostFacts {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err == nil {
 		f.BTF = true
 	}
-	f.BPFFS = checkBPFFS(bpffs)
+	f.BPFFS, f.BPFFSNote = checkBPFFS(bpffs)
 
 	prog, err := passProgram()
 	if err != nil {
@@ -78,9 +78,10 @@ func probeXDP(prog *ebpf.Program, name, mode, bpffs string) ifaceXDP {
 		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: flags})
 		if err != nil {
 			if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
-				if ours, _ := filepath.Glob(filepath.Join(bpffs, "*")); len(ours) > 0 {
-					// Our own pinned program from a previous run: the
-					// loader replaces it atomically, so it counts as working.
+				// pkg/loader pins each interface's link as link_<ifindex>;
+				// a previous hybridrelay's link is replaced atomically at
+				// start, so it counts as working.
+				if _, err := os.Stat(filepath.Join(bpffs, fmt.Sprintf("link_%d", ifc.Index))); err == nil {
 					return true, ""
 				}
 				return false, "another XDP program is attached to " + name
@@ -102,28 +103,30 @@ func probeXDP(prog *ebpf.Program, name, mode, bpffs string) ifaceXDP {
 	return r
 }
 
-// bpfFSMagic is BPF_FS_MAGIC from include/uapi/linux/magic.h.
-const bpfFSMagic = 0xcafe4a11
-
 // checkBPFFS returns "" when dir is, or can be created, on a bpf
-// filesystem: the nearest existing ancestor must be one.
-func checkBPFFS(dir string) string {
+// filesystem: the nearest existing ancestor must be one. The conventional
+// mount point /sys/fs/bpf with nothing mounted on it also passes, with a
+// note: the loader mounts a bpffs there, as bpftool does.
+func checkBPFFS(dir string) (problem, note string) {
 	d := filepath.Clean(dir)
 	for {
 		var st unix.Statfs_t
 		err := unix.Statfs(d, &st)
 		if err == nil {
-			if uint32(st.Type) == bpfFSMagic {
-				return ""
+			if st.Type == unix.BPF_FS_MAGIC {
+				return "", ""
 			}
-			return fmt.Sprintf("%s is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`", d)
+			if d == "/sys/fs/bpf" {
+				return "", "no bpffs mounted on /sys/fs/bpf yet; serve mounts one there"
+			}
+			return fmt.Sprintf("%s is not on a bpf filesystem; mount one with `mount -t bpf bpf %s`", d, d), ""
 		}
 		if !errors.Is(err, syscall.ENOENT) {
-			return fmt.Sprintf("statfs %s: %v", d, err)
+			return fmt.Sprintf("statfs %s: %v", d, err), ""
 		}
 		parent := filepath.Dir(d)
 		if parent == d {
-			return fmt.Sprintf("%s does not exist", dir)
+			return fmt.Sprintf("%s does not exist", dir), ""
 		}
 		d = parent
 	}

@@ -243,6 +243,9 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.srv = srv
+	if dp.kernel != nil {
+		dp.kernel.afterStart()
+	}
 	if d.demo != nil {
 		d.announceDemo(srv.Addrs())
 	}
@@ -349,7 +352,16 @@ func (d *daemon) shutdown() error {
 	}
 	d.closer = nil
 	if d.srv != nil {
-		if err := d.srv.Close(); err != nil {
+		// With a state file and the kernel path, shut down as for a
+		// restart: state saved, kernel entries and pins kept, so the next
+		// process re-adopts them without a gap (issue 4). Without a state
+		// file nothing could re-adopt them: remove everything.
+		keep := d.settings.StateFile != "" && d.dp != nil && d.dp.kernel != nil
+		if keep {
+			d.dp.kernel.keepPinned = true
+			d.log.Info("keeping kernel fast path entries for re-adoption by the next start", "state_file", d.settings.StateFile, "pin_dir", d.settings.BPFFS)
+		}
+		if err := d.srv.Shutdown(keep); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -2,20 +2,102 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
 
 	"github.com/hybridrelay/hybridrelay/internal/config"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
 // xdpPath is the loaded and attached kernel fast path.
 type xdpPath struct {
-	offload control.Offload
+	log     *slog.Logger
+	x       *loader.XDP
+	offload *control.XDPOffload
+	ifaces  []string
+	// keepPinned: on Close leave maps and links pinned (a restart with a
+	// state file re-adopts them); otherwise unpin, which detaches.
+	keepPinned bool
 }
 
-func (x *xdpPath) Close() error { return nil }
+// openXDP loads the relay program (re-adopting maps pinned by a previous
+// run), attaches it to the XDP interfaces and lets it redirect between
+// them.
+func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, error) {
+	mode, err := loader.ParseMode(s.XDPMode)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	var idx []int
+	for _, f := range facts.XDP {
+		ifc, err := net.InterfaceByName(f.Iface)
+		if err != nil {
+			return nil, fmt.Errorf("xdp interface %s: %w", f.Iface, err)
+		}
+		names = append(names, f.Iface)
+		idx = append(idx, ifc.Index)
+	}
+	if len(idx) == 0 {
+		return nil, errors.New("no interface to attach to; set --xdp-iface")
+	}
+	_, statErr := os.Stat(s.BPFFS)
+	fresh := errors.Is(statErr, os.ErrNotExist)
+	x, err := loader.Load(loader.Options{MaxChannels: s.XDPMaxChannels, PinDir: s.BPFFS, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	p := &xdpPath{log: log, x: x, ifaces: names}
+	fail := func(err error) (*xdpPath, error) {
+		// Pins this run created go; pins a previous run left (re-adopted
+		// state) stay for the next attempt.
+		p.keepPinned = !fresh
+		p.Close()
+		return nil, err
+	}
+	if err := x.Attach(idx, mode); err != nil {
+		return fail(err)
+	}
+	if err := x.SetRedirectIfaces(idx); err != nil {
+		return fail(err)
+	}
+	p.offload = control.NewXDPOffload(x)
+	log.Info("xdp attached", "ifaces", names, "mode", string(mode), "pin_dir", x.PinDir(), "max_channels", x.MaxChannels(),
+		"readopted_channels", x.Len())
+	return p, nil
+}
 
-// openXDP is replaced when pkg/loader lands (helper D).
-func openXDP(log *slog.Logger, s *config.Settings, cfg control.Config, f hostFacts) (*xdpPath, error) {
-	return nil, errors.New("kernel fast path not wired yet")
+// afterStart deletes kernel entries re-adopted from a previous process that
+// the restored control plane did not install again.
+func (p *xdpPath) afterStart() {
+	n, err := p.offload.Reconcile()
+	if err != nil {
+		p.log.Warn("xdp: reconcile re-adopted channels", "err", err)
+		return
+	}
+	if n > 0 {
+		p.log.Info("xdp: removed stale re-adopted channels", "removed", n)
+	}
+}
+
+// Close detaches and unpins (shutdown) or only closes this process's
+// handles (restart with a state file: the kernel keeps forwarding bound
+// channels until their expiry or the next process takes over).
+func (p *xdpPath) Close() error {
+	var errs []error
+	if !p.keepPinned {
+		if err := p.x.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := p.x.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("close xdp: %w", errors.Join(errs...))
+	}
+	return nil
 }
