@@ -26,6 +26,9 @@ type RecvConfig struct {
 	Batch int
 	// SocketBuffer for the receiving sockets (0: 8 MiB).
 	SocketBuffer int
+	// NoGRO keeps UDP_GRO off. By default it is on when there are at most
+	// 4 sockets (each then reads into 64 KiB buffers).
+	NoGRO bool
 	// Control receives STUN messages other than Data indications read on
 	// a socket (responses to Refresh/ChannelBind sent while this receiver
 	// owns the socket's reads).
@@ -63,11 +66,20 @@ func NewReceiver(cfg RecvConfig) *Receiver {
 // Start reads every socket on its own goroutine.
 func (r *Receiver) Start() error {
 	for _, c := range r.cfg.Conns {
-		bc, err := newBatchConn(c, r.cfg.Batch, 2048)
+		gro := !r.cfg.NoGRO && len(r.cfg.Conns) <= 4
+		batch, size := r.cfg.Batch, 2048
+		if gro {
+			batch, size = 16, 65536
+		}
+		bc, err := newBatchConn(c, batch, size)
 		if err != nil {
 			return err
 		}
+		if gro {
+			bc.enableGRO()
+		}
 		setBuffers(c, r.cfg.SocketBuffer)
+		_ = c.SetReadDeadline(time.Time{})
 		r.wg.Add(1)
 		go r.loop(c, bc)
 	}

@@ -21,6 +21,8 @@ func newBatchConn(c *net.UDPConn, batch, bufSize int) (*batchConn, error) {
 	return &batchConn{conn: c, buf: make([]byte, bufSize), out: make([]datagram, 0, 1)}, nil
 }
 
+func (b *batchConn) enableGRO() bool { return false }
+
 func setBuffers(c *net.UDPConn, bytes int) {
 	_ = c.SetReadBuffer(bytes)
 	_ = c.SetWriteBuffer(bytes)

@@ -27,6 +27,7 @@ type batchConn struct {
 	riovs  []unix.Iovec
 	rbufs  [][]byte
 	rnames []unix.RawSockaddrInet6
+	rctl   [][]byte // UDP_GRO control messages, when enabled
 	out    []datagram
 
 	// send
@@ -94,6 +95,44 @@ func setBuffers(c *net.UDPConn, bytes int) {
 	})
 }
 
+// enableGRO turns on UDP_GRO (kernel >= 5.0): the kernel may hand over
+// several same-size datagrams of one flow as one buffer, with the segment
+// size in a control message; ReadBatch splits them again. The read buffers
+// must be large (64 KiB) for it to help.
+func (b *batchConn) enableGRO() bool {
+	var serr error
+	if err := b.rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
+	}); err != nil || serr != nil {
+		return false
+	}
+	b.rctl = make([][]byte, len(b.rmsgs))
+	for i := range b.rmsgs {
+		b.rctl[i] = make([]byte, unix.CmsgSpace(4))
+		b.rmsgs[i].Hdr.Control = &b.rctl[i][0]
+	}
+	return true
+}
+
+// groSize returns the segment size of a coalesced read (0: one datagram).
+func groSize(ctl []byte) int {
+	for len(ctl) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
+		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(ctl) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && int(h.Len) >= unix.CmsgLen(2) {
+			data := ctl[unix.CmsgLen(0):h.Len]
+			if len(data) >= 4 {
+				return int(*(*int32)(unsafe.Pointer(&data[0])))
+			}
+			return int(*(*uint16)(unsafe.Pointer(&data[0])))
+		}
+		ctl = ctl[unix.CmsgSpace(int(h.Len)-unix.CmsgLen(0)):]
+	}
+	return 0
+}
+
 // ReadBatch waits for at least one datagram and returns up to a batch of
 // them. The slices are valid until the next ReadBatch.
 func (b *batchConn) ReadBatch() ([]datagram, error) {
@@ -102,6 +141,9 @@ func (b *batchConn) ReadBatch() ([]datagram, error) {
 	for i := range b.rmsgs {
 		b.rmsgs[i].Hdr.Namelen = uint32(unsafe.Sizeof(b.rnames[i]))
 		b.rmsgs[i].Hdr.Flags = 0
+		if b.rctl != nil {
+			b.rmsgs[i].Hdr.SetControllen(len(b.rctl[i]))
+		}
 	}
 	err := b.rc.Read(func(fd uintptr) bool {
 		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rmsgs[0])), uintptr(len(b.rmsgs)), unix.MSG_DONTWAIT, 0, 0)
@@ -123,7 +165,19 @@ func (b *batchConn) ReadBatch() ([]datagram, error) {
 	b.Stats.ReadCalls++
 	b.out = b.out[:0]
 	for i := 0; i < n; i++ {
-		b.out = append(b.out, datagram{b: b.rbufs[i][:b.rmsgs[i].Len], from: rawToAddrPort(&b.rnames[i])})
+		d := b.rbufs[i][:b.rmsgs[i].Len]
+		from := rawToAddrPort(&b.rnames[i])
+		seg := 0
+		if b.rctl != nil && b.rmsgs[i].Hdr.Controllen > 0 {
+			seg = groSize(b.rctl[i][:b.rmsgs[i].Hdr.Controllen])
+		}
+		if seg <= 0 || seg >= len(d) {
+			b.out = append(b.out, datagram{b: d, from: from})
+			continue
+		}
+		for off := 0; off < len(d); off += seg {
+			b.out = append(b.out, datagram{b: d[off:min(off+seg, len(d))], from: from})
+		}
 	}
 	return b.out, nil
 }

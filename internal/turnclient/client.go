@@ -511,6 +511,9 @@ func (c *Client) waitDelivered(ctx context.Context, ch chan *stun.Message, until
 func (c *Client) readResponse(ctx context.Context, tid [stun.TransactionIDSize]byte, ch chan *stun.Message, until time.Time) (*stun.Message, error) {
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
+	// Leave no deadline behind: whoever reads the socket next (a data
+	// receive loop) must not inherit one that has passed.
+	defer c.conn.SetReadDeadline(time.Time{})
 	buf := make([]byte, 2048)
 	for {
 		select {

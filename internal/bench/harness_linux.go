@@ -1,0 +1,497 @@
+//go:build linux
+
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/turnclient"
+)
+
+const (
+	benchSecret = "hybridrelay-bench-secret"
+	sinkPort    = 9000
+	turnPort    = 3478
+)
+
+// errUnavailable marks a variant that cannot run at all (the binary does
+// not support it, the host lacks a feature): reported, not fatal.
+var errUnavailable = errors.New("variant unavailable")
+
+type harness struct {
+	opts  Options
+	topo  *netns.Topology
+	bin   string
+	bpffs string
+}
+
+// Compare runs every case through direct and each datapath, alternating
+// the variants within each repeat, in a private three-namespace topology.
+// The namespaces, the relay processes and their BPF pins are removed on
+// every exit path; when ctx is cancelled (Ctrl-C) the runs finished so far
+// are returned with ctx's error.
+func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	h := &harness{opts: opts, bin: opts.RelayBinary}
+	if h.bin == "" {
+		dir, err := os.MkdirTemp("", "hybridrelay-bench-")
+		if err != nil {
+			return nil, fmt.Errorf("harness: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		if h.bin, err = buildRelay(ctx, opts.ModuleDir, dir); err != nil {
+			return nil, err
+		}
+	}
+	h.bpffs = fmt.Sprintf("/sys/fs/bpf/hybridrelay-bench-%d", os.Getpid())
+	defer os.RemoveAll(h.bpffs)
+
+	if h.topo, err = netns.NewTopology(); err != nil {
+		return nil, fmt.Errorf("harness: topology: %w", err)
+	}
+	defer h.topo.Close()
+
+	var uname unix.Utsname
+	_ = unix.Uname(&uname)
+	variants := append([]string{VariantDirect}, opts.Datapaths...)
+	rep = &Report{
+		Started: time.Now().UTC(), Kernel: unix.ByteSliceToString(uname.Release[:]), CPUs: runtime.NumCPU(),
+		Duration: opts.Duration.Seconds(), Warmup: opts.Warmup.Seconds(), Repeats: opts.Repeats,
+		Variants: variants, Unavailable: map[string]string{},
+	}
+	// XDP_TX or a redirect into a veth delivers nothing unless the other
+	// end runs an XDP program (DESIGN.md, veth facts): attach XDP_PASS to
+	// the outer ends for every variant, so all run on the same veth mode.
+	links, err := h.attachPass()
+	if err != nil {
+		rep.Notes = append(rep.Notes, "XDP_PASS on the client and peer veths failed, the xdp variant cannot deliver: "+err.Error())
+	} else {
+		rep.Notes = append(rep.Notes, "an XDP_PASS program is attached to the client and peer veth ends in every variant (needed for XDP_TX into a veth)")
+		defer func() {
+			for _, l := range links {
+				l.Close()
+			}
+		}()
+	}
+
+	for _, c := range opts.Cases {
+		cr := CaseResult{Case: c}
+		for r := 0; r < opts.Repeats; r++ {
+			for _, v := range variants {
+				if _, bad := rep.Unavailable[v]; bad {
+					continue
+				}
+				if err := ctx.Err(); err != nil {
+					cr.Summarize(variants, rep.Unavailable)
+					rep.Cases = append(rep.Cases, cr)
+					return rep, err
+				}
+				run, err := h.runOne(ctx, c, v, r)
+				if errors.Is(err, errUnavailable) {
+					rep.Unavailable[v] = strings.TrimPrefix(err.Error(), errUnavailable.Error()+": ")
+					h.progress("%s %-6s unavailable: %s", c.Name, v, oneLine(rep.Unavailable[v], 200))
+					continue
+				}
+				if err != nil {
+					if ctx.Err() != nil {
+						continue // reported at the top of the loop
+					}
+					run.Error = err.Error()
+					h.progress("%s %-6s repeat %d: error: %v", c.Name, v, r+1, err)
+				} else {
+					h.progress("%s %-6s repeat %d: offered %8.0f pps, delivered %8.0f pps, relay CPU %5.1f%%, %6.0f CPU-ns/pkt, p50 %6.0f us, p99 %6.0f us",
+						c.Name, v, r+1, run.OfferedPPS, run.DeliveredPPS, run.RelayCPUPct, run.SysCPUNsPerPkt, run.P50us, run.P99us)
+				}
+				cr.Runs = append(cr.Runs, run)
+			}
+		}
+		cr.Summarize(variants, rep.Unavailable)
+		rep.Cases = append(rep.Cases, cr)
+	}
+	return rep, nil
+}
+
+func (h *harness) progress(format string, args ...any) {
+	if h.opts.Progress != nil {
+		fmt.Fprintf(h.opts.Progress, format+"\n", args...)
+	}
+}
+
+// buildRelay builds cmd/hybridrelay once into dir.
+func buildRelay(ctx context.Context, moduleDir, dir string) (string, error) {
+	if moduleDir == "" {
+		out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+		if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
+			return "", fmt.Errorf("harness: find the module to build hybridrelay (set a relay binary): %v", err)
+		}
+		moduleDir = filepath.Dir(strings.TrimSpace(string(out)))
+	}
+	bin := filepath.Join(dir, "hybridrelay")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/hybridrelay")
+	cmd.Dir = moduleDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("harness: go build ./cmd/hybridrelay: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return bin, nil
+}
+
+// attachPass attaches a two-instruction XDP_PASS program to the client's
+// and the peer's veth ends.
+func (h *harness) attachPass() ([]link.Link, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.XDP,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 2), // XDP_PASS
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load xdp_pass: %w", err)
+	}
+	defer prog.Close() // the links hold their own reference
+	var links []link.Link
+	for _, end := range []struct {
+		ns *netns.NS
+		If string
+	}{{h.topo.Client, h.topo.ClientIf}, {h.topo.Peer, h.topo.PeerIf}} {
+		var l link.Link
+		if err := end.ns.Do(func() error {
+			// Resolve the index through netlink from inside the namespace
+			// (/sys/class/net would be the host's).
+			ifc, err := net.InterfaceByName(end.If)
+			if err != nil {
+				return err
+			}
+			l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index})
+			return err
+		}); err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			return nil, fmt.Errorf("attach xdp_pass to %s in %s: %w", end.If, end.ns.Name, err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
+}
+
+type family struct {
+	network                        string
+	client, relayListen, relayPeer netip.Addr
+	peer                           netip.Addr
+}
+
+func (h *harness) family(v6 bool) family {
+	t := h.topo
+	if v6 {
+		return family{"udp6", t.ClientV6, t.RelayClientV6, t.RelayPeerV6, t.PeerV6}
+	}
+	return family{"udp4", t.ClientV4, t.RelayClientV4, t.RelayPeerV4, t.PeerV4}
+}
+
+func listenIn(ns *netns.NS, network string, addr netip.AddrPort) (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := ns.Do(func() (err error) {
+		c, err = net.ListenUDP(network, net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	return c, err
+}
+
+type snapshot struct {
+	at        time.Time
+	sent      uint64
+	delivered uint64
+	sys       SystemCPU
+	relay     time.Duration
+}
+
+func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int) (Run, error) {
+	run := Run{Variant: variant, Repeat: repeat}
+	fam := h.family(c.IPv6)
+	sinkAddr := netip.AddrPortFrom(fam.peer, sinkPort)
+	sink, err := listenIn(h.topo.Peer, fam.network, sinkAddr)
+	if err != nil {
+		return run, fmt.Errorf("sink socket: %w", err)
+	}
+	defer sink.Close()
+
+	var (
+		flows []*Flow
+		rconf = RecvConfig{Flows: c.Flows}
+		relay *relayProc
+	)
+	if variant == VariantDirect {
+		var clients []*net.UDPConn
+		defer func() {
+			for _, cc := range clients {
+				cc.Close()
+			}
+		}()
+		for i := 0; i < c.Flows; i++ {
+			cc, err := listenIn(h.topo.Client, fam.network, netip.AddrPortFrom(fam.client, 0))
+			if err != nil {
+				return run, fmt.Errorf("client socket: %w", err)
+			}
+			clients = append(clients, cc)
+			if c.Direction == ClientToPeer {
+				flows = append(flows, &Flow{ID: uint32(i), Conn: cc, Dst: sinkAddr})
+			} else {
+				flows = append(flows, &Flow{ID: uint32(i), Conn: sink, Dst: addrOf(cc)})
+			}
+		}
+		if c.Direction == ClientToPeer {
+			rconf.Conns = []*net.UDPConn{sink}
+		} else {
+			rconf.Conns = clients
+		}
+	} else {
+		relay, err = h.startRelay(ctx, variant)
+		if err != nil {
+			return run, err
+		}
+		defer relay.stop()
+		server := netip.AddrPortFrom(fam.relayListen, turnPort)
+		if err := relay.waitReady(ctx, h.topo.Client, fam, server); err != nil {
+			return run, err
+		}
+		setupCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		load, err := SetupTURN(setupCtx, TURNConfig{
+			Server: server, Secret: benchSecret, UserPrefix: "bench", Allocations: c.Flows,
+			Peer: sinkAddr, Local: fam.client, Lifetime: time.Hour, Do: h.topo.Client.Do,
+		})
+		cancel()
+		if err != nil {
+			return run, fmt.Errorf("turn setup: %w (relay log: %s)", err, oneLine(relay.log.String(), 300))
+		}
+		defer load.Close()
+		if c.Direction == ClientToPeer {
+			flows = load.ClientFlows()
+			rconf.Conns = []*net.UDPConn{sink}
+		} else {
+			flows = load.PeerFlows(sink)
+			rconf.Conns = load.Conns()
+			rconf.Control = load.Control()
+		}
+	}
+
+	recv := NewReceiver(rconf)
+	if err := recv.Start(); err != nil {
+		return run, err
+	}
+	defer recv.Stop()
+	gen, err := NewGenerator(GenConfig{Flows: flows, PayloadSize: c.Size, Rate: c.Rate, Duration: h.opts.Warmup + h.opts.Duration + 5*time.Second})
+	if err != nil {
+		return run, err
+	}
+	genCtx, stopGen := context.WithCancel(ctx)
+	defer stopGen()
+	genErr := make(chan error, 1)
+	go func() { genErr <- gen.Run(genCtx) }()
+
+	take := func() (snapshot, error) {
+		s := snapshot{at: time.Now(), sent: gen.Sent(), delivered: recv.Packets()}
+		var err error
+		if s.sys, err = ReadSystemCPU(); err != nil {
+			return s, err
+		}
+		if relay != nil {
+			if s.relay, err = ProcessCPU(relay.cmd.Process.Pid); err != nil {
+				return s, err
+			}
+		}
+		return s, nil
+	}
+	if err := sleepCtx(ctx, h.opts.Warmup); err != nil {
+		return run, err
+	}
+	s0, err := take()
+	if err != nil {
+		return run, err
+	}
+	recv.Measure(true)
+	if err := sleepCtx(ctx, h.opts.Duration); err != nil {
+		return run, err
+	}
+	s1, err := take()
+	recv.Measure(false)
+	if err != nil {
+		return run, err
+	}
+	stopGen()
+	if err := <-genErr; err != nil {
+		return run, fmt.Errorf("generator: %w", err)
+	}
+	if relay != nil && relay.exitedEarly() {
+		return run, fmt.Errorf("relay exited during the run: %s", oneLine(relay.log.String(), 300))
+	}
+
+	secs := s1.at.Sub(s0.at).Seconds()
+	delivered := float64(s1.delivered - s0.delivered)
+	offered := float64(s1.sent - s0.sent)
+	run.Seconds = secs
+	run.OfferedPPS = offered / secs
+	run.DeliveredPPS = delivered / secs
+	if offered > 0 {
+		run.Loss = max(0, 1-delivered/offered)
+	}
+	busy := s1.sys.Busy - s0.sys.Busy
+	if delivered > 0 {
+		run.SysCPUNsPerPkt = float64(busy.Nanoseconds()) / delivered
+	}
+	if total := s1.sys.Total - s0.sys.Total; total > 0 {
+		run.SysCPUPct = 100 * float64(busy) / float64(total)
+	}
+	if relay != nil {
+		run.RelayCPUPct = 100 * float64(s1.relay-s0.relay) / float64(s1.at.Sub(s0.at))
+	}
+	run.P50us = float64(recv.Latency.Quantile(0.50)) / 1e3
+	run.P99us = float64(recv.Latency.Quantile(0.99)) / 1e3
+	run.GSOSends = gen.IOStats().GSOSends
+	if delivered == 0 {
+		return run, fmt.Errorf("nothing delivered (offered %.0f pps)", run.OfferedPPS)
+	}
+	return run, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// relayProc is one `hybridrelay serve` running in the relay namespace.
+type relayProc struct {
+	cmd    *exec.Cmd
+	log    *tail
+	done   chan struct{}
+	once   sync.Once
+	bpffs  string
+	waited error
+}
+
+// startRelay starts the real binary inside the relay namespace. The child
+// is forked from a thread that has entered the namespace (the same as
+// nsenter --net): unlike `ip netns exec` this keeps the host's /sys, so
+// the relay's bpffs pins stay visible and removable from here.
+func (h *harness) startRelay(ctx context.Context, datapath string) (*relayProc, error) {
+	t := h.topo
+	args := []string{"serve",
+		"--datapath", datapath,
+		"--listen", netip.AddrPortFrom(t.RelayClientV4, turnPort).String(),
+		"--listen", netip.AddrPortFrom(t.RelayClientV6, turnPort).String(),
+		"--relay-ip", t.RelayPeerV4.String(), "--relay-ip", t.RelayPeerV6.String(),
+		"--auth-secret", benchSecret, "--realm", "bench",
+		// 198.18.0.0/15 and 2001:2::/48 are not in the default deny list;
+		// the allow-list makes the intent explicit.
+		"--allow-peer", netip.PrefixFrom(t.PeerV4, 32).String(),
+		"--allow-peer", netip.PrefixFrom(t.PeerV6, 128).String(),
+		"--admin-socket", "off", "--metrics-listen", "off",
+		"--bpffs", h.bpffs,
+		"--max-allocations-per-user", "0", "--max-allocations", "0",
+		"--unauth-rate", "100000", "--unauth-burst", "100000",
+		"--log-level", "warn",
+	}
+	args = append(args, h.opts.ExtraServeArgs...)
+	r := &relayProc{log: &tail{n: 4096, w: h.opts.RelayLog}, done: make(chan struct{}), bpffs: h.bpffs}
+	cmd := exec.Command(h.bin, args...)
+	cmd.Stdout = r.log
+	cmd.Stderr = r.log
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "HYBRIDRELAY_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	// The relay dies with the harness even if the harness is SIGKILLed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	r.cmd = cmd
+	if err := t.Relay.Do(cmd.Start); err != nil {
+		return nil, fmt.Errorf("%w: start %s: %v", errUnavailable, h.bin, err)
+	}
+	go func() {
+		r.waited = cmd.Wait()
+		close(r.done)
+	}()
+	return r, nil
+}
+
+func (r *relayProc) exitedEarly() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitReady polls the listener with STUN Binding requests from the client
+// namespace until one is answered; a relay that exits first is
+// unavailable (its log says why).
+func (r *relayProc) waitReady(ctx context.Context, ns *netns.NS, fam family, server netip.AddrPort) error {
+	conn, err := listenIn(ns, fam.network, netip.AddrPortFrom(fam.client, 0))
+	if err != nil {
+		return err
+	}
+	c, err := turnclient.New(turnclient.Config{Server: server, Conn: conn, RTO: 100 * time.Millisecond, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if r.exitedEarly() {
+			return fmt.Errorf("%w: relay exited at start-up (%v): %s", errUnavailable, r.waited, oneLine(r.log.String(), 400))
+		}
+		if _, err := c.Binding(ctx); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: relay not answering on %v after 15s: %s", errUnavailable, server, oneLine(r.log.String(), 400))
+		}
+	}
+}
+
+// stop ends the relay: SIGTERM, then SIGKILL after 5 s; then removes its
+// bpffs pins, so a pinned XDP link does not outlive the variant.
+func (r *relayProc) stop() {
+	r.once.Do(func() {
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.done:
+		case <-time.After(5 * time.Second):
+			_ = r.cmd.Process.Kill()
+			<-r.done
+		}
+		_ = os.RemoveAll(r.bpffs)
+	})
+}
