@@ -63,8 +63,19 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 			return nil, err
 		}
 	}
-	h.bpffs = fmt.Sprintf("/sys/fs/bpf/hybridrelay-bench-%d", os.Getpid())
-	defer os.RemoveAll(h.bpffs)
+	// A private bpf filesystem for the relays' pins: nothing is left on
+	// the host's /sys/fs/bpf (which may not even be mounted), and the
+	// unmount at the end drops whatever a relay left pinned.
+	bpfDir, err := os.MkdirTemp("", "hybridrelay-bench-bpffs-")
+	if err != nil {
+		return nil, fmt.Errorf("harness: %w", err)
+	}
+	defer os.RemoveAll(bpfDir)
+	if err := unix.Mount("bpf", bpfDir, "bpf", 0, "mode=0700"); err != nil {
+		return nil, fmt.Errorf("harness: mount a bpf filesystem on %s: %w", bpfDir, err)
+	}
+	defer unix.Unmount(bpfDir, unix.MNT_DETACH)
+	h.bpffs = filepath.Join(bpfDir, "hybridrelay")
 
 	if h.topo, err = netns.NewTopology(); err != nil {
 		return nil, fmt.Errorf("harness: topology: %w", err)
