@@ -1,0 +1,374 @@
+package interop
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/logging"
+	"github.com/pion/stun/v3"
+	"github.com/pion/turn/v4"
+)
+
+// pionSession is a pion/turn v4 client with one UDP allocation.
+type pionSession struct {
+	client *turn.Client
+	relay  net.PacketConn // pion's relayed connection
+	tap    *tapConn
+	server netip.AddrPort
+}
+
+// relayAddr is the allocation's relayed transport address
+// (XOR-RELAYED-ADDRESS of the Allocate response).
+func (p *pionSession) relayAddr() netip.AddrPort {
+	return p.relay.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// dialPion connects a pion client to server over network ("udp" or "tcp")
+// from local (zero: any loopback port) and allocates. family asks for a
+// relay address family (0: leave the request as pion builds it).
+func dialPion(t *testing.T, network string, server netip.AddrPort, family byte) *pionSession {
+	t.Helper()
+	return dialPionFrom(t, network, server, server.Addr(), family)
+}
+
+// dialPionFrom is dialPion from a chosen local address.
+func dialPionFrom(t *testing.T, network string, server netip.AddrPort, local netip.Addr, family byte) *pionSession {
+	t.Helper()
+	var base net.PacketConn
+	switch network {
+	case "udp":
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+		if err != nil {
+			t.Fatalf("client socket: %v", err)
+		}
+		base = c
+	case "tcp":
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)), Timeout: 3 * time.Second}
+		c, err := d.Dial("tcp", server.String())
+		if err != nil {
+			t.Fatalf("dial %s: %v", server, err)
+		}
+		// RFC 8656 section 12.5: STUN and ChannelData framed on the stream.
+		base = turn.NewSTUNConn(c)
+	default:
+		t.Fatalf("unknown network %q", network)
+	}
+	tap := &tapConn{PacketConn: base, requestFamily: family, user: testUser, pass: testPass}
+	pionServer := server.String()
+	if server.Addr().Is6() {
+		// See tapConn.realServer: pion only resolves "udp4" addresses.
+		// The stand-in is the server's own IPv4 listener, so even a
+		// write that bypassed the tap would stay on loopback.
+		tap.realServer = net.UDPAddrFromAddrPort(server)
+		tap.fakeServer = net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo4, server.Port()))
+		pionServer = tap.fakeServer.String()
+	}
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelError
+	client, err := turn.NewClient(&turn.ClientConfig{
+		STUNServerAddr: pionServer,
+		TURNServerAddr: pionServer,
+		Conn:           tap,
+		Username:       testUser,
+		Password:       testPass,
+		Realm:          testRealm,
+		LoggerFactory:  lf,
+	})
+	if err != nil {
+		t.Fatalf("new pion client: %v", err)
+	}
+	if err := client.Listen(); err != nil {
+		t.Fatalf("pion listen: %v", err)
+	}
+	t.Cleanup(func() {
+		client.Close()
+		_ = tap.Close()
+	})
+	relay, err := client.Allocate()
+	if err != nil {
+		t.Fatalf("pion allocate over %s to %s: %v", network, server, err)
+	}
+	t.Cleanup(func() { _ = relay.Close() })
+	return &pionSession{client: client, relay: relay, tap: tap, server: server}
+}
+
+// listenPeer opens the peer's UDP socket.
+func listenPeer(t *testing.T, ip netip.Addr) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
+	if err != nil {
+		t.Fatalf("peer socket on %s: %v", ip, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// payload returns n random bytes with a sequence number in front (when n
+// allows), so a reordered or stale datagram cannot pass for the right one.
+func payload(seq, n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	if n >= 4 {
+		binary.BigEndian.PutUint32(b, uint32(seq))
+	}
+	return b
+}
+
+// clientToPeer sends p through the allocation and checks that the peer gets
+// exactly p from the relayed address.
+func clientToPeer(p *pionSession, peer *net.UDPConn, data []byte) error {
+	peerAddr := peer.LocalAddr().(*net.UDPAddr)
+	if _, err := p.relay.WriteTo(data, peerAddr); err != nil {
+		return fmt.Errorf("client write: %w", err)
+	}
+	buf := make([]byte, 2048)
+	_ = peer.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := peer.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return fmt.Errorf("peer read (%d bytes sent): %w", len(data), err)
+	}
+	if from.Addr().Unmap() != p.relayAddr().Addr().Unmap() || from.Port() != p.relayAddr().Port() {
+		return fmt.Errorf("peer got data from %s, want the relayed address %s", from, p.relayAddr())
+	}
+	if !bytes.Equal(buf[:n], data) {
+		return fmt.Errorf("peer got %d bytes %x..., want %d bytes %x...", n, head(buf[:n]), len(data), head(data))
+	}
+	return nil
+}
+
+// peerToClient sends data from the peer to the relayed address and checks
+// that the client gets exactly data, attributed to the peer.
+func peerToClient(p *pionSession, peer *net.UDPConn, data []byte) error {
+	if _, err := peer.WriteToUDPAddrPort(data, p.relayAddr()); err != nil {
+		return fmt.Errorf("peer write: %w", err)
+	}
+	buf := make([]byte, 2048)
+	_ = p.relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := p.relay.ReadFrom(buf)
+	if err != nil {
+		return fmt.Errorf("client read (%d bytes sent by peer): %w", len(data), err)
+	}
+	want := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	got := from.(*net.UDPAddr).AddrPort()
+	if got.Addr().Unmap() != want.Addr().Unmap() || got.Port() != want.Port() {
+		return fmt.Errorf("client got data from %s, want peer %s", got, want)
+	}
+	if !bytes.Equal(buf[:n], data) {
+		return fmt.Errorf("client got %d bytes %x..., want %d bytes %x...", n, head(buf[:n]), len(data), head(data))
+	}
+	return nil
+}
+
+func head(b []byte) []byte {
+	if len(b) > 8 {
+		return b[:8]
+	}
+	return b
+}
+
+// sizes covers empty-ish, odd (ChannelData padding, RFC 8656 section
+// 12.5), and near-MTU payloads.
+var sizes = []int{1, 2, 3, 5, 7, 64, 120, 333, 1000, 1199, 1200}
+
+// TestPion drives the pion/turn v4 client library against the server:
+// Allocate, CreatePermission, data both ways byte-exact (first by Send and
+// Data indications, then over the channel pion binds by itself), the
+// permission check on peer traffic, Refresh, and deallocation by
+// Refresh(lifetime=0) when pion closes.
+func TestPion(t *testing.T) {
+	tgt := startTarget(t, nil)
+	tests := []struct {
+		name    string
+		network string
+		server  netip.AddrPort
+		family  byte // REQUESTED-ADDRESS-FAMILY pion's Allocate gets
+		relay   netip.Addr
+		peerIP  netip.Addr
+		strayIP netip.Addr // a peer without permission (invalid: none on this family)
+	}{
+		{name: "udp4", network: "udp", server: tgt.lt4, relay: lo4, peerIP: lo4, strayIP: netip.MustParseAddr("127.0.0.2")},
+		{name: "udp4-ipv6-relay", network: "udp", server: tgt.lt4, family: 0x02, relay: lo6, peerIP: lo6},
+		{name: "udp6-ipv6-relay", network: "udp", server: tgt.lt6, family: 0x02, relay: lo6, peerIP: lo6},
+		{name: "tcp4", network: "tcp", server: tgt.lt4, relay: lo4, peerIP: lo4, strayIP: netip.MustParseAddr("127.0.0.3")},
+		{name: "tcp6-ipv6-relay", network: "tcp", server: tgt.lt6, family: 0x02, relay: lo6, peerIP: lo6},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := dialPion(t, tc.network, tc.server, tc.family)
+			if got := p.relayAddr().Addr().Unmap(); got != tc.relay {
+				t.Fatalf("relayed address %s, want one on %s", p.relayAddr(), tc.relay)
+			}
+			peer := listenPeer(t, tc.peerIP)
+			peerAddr := peer.LocalAddr().(*net.UDPAddr)
+
+			// RFC 8656 section 9: an explicit CreatePermission.
+			if err := p.client.CreatePermission(peerAddr); err != nil {
+				t.Fatalf("CreatePermission(%s): %v", peerAddr, err)
+			}
+			if tgt.hybridrelay != nil {
+				a := findAllocation(t, tgt.hybridrelay, p.relayAddr())
+				if !hasPermission(a, tc.peerIP) {
+					t.Fatalf("allocation %s has permissions %+v, want one for %s", p.relayAddr(), a.Permissions, tc.peerIP)
+				}
+			}
+
+			// Before any channel exists, peer data arrives as a Data
+			// indication (section 11.3).
+			if err := peerToClient(p, peer, payload(0, 100)); err != nil {
+				t.Fatalf("peer->client before channel bind: %v", err)
+			}
+			if p.tap.inData.Load() != 1 || p.tap.inChannelData.Load() != 0 {
+				t.Fatalf("before the channel bind the client got %d Data indications and %d ChannelData, want 1 and 0",
+					p.tap.inData.Load(), p.tap.inChannelData.Load())
+			}
+
+			// Client -> peer: pion sends Send indications while it binds
+			// a channel in the background, then ChannelData.
+			seq := 1
+			deadline := time.Now().Add(5 * time.Second)
+			for p.tap.outChannelData.Load() < int64(2*len(sizes)) {
+				if time.Now().After(deadline) {
+					t.Fatalf("pion never switched to ChannelData: %d Send indications, %d ChannelData sent",
+						p.tap.outSend.Load(), p.tap.outChannelData.Load())
+				}
+				for _, n := range sizes {
+					if err := clientToPeer(p, peer, payload(seq, n)); err != nil {
+						t.Fatalf("client->peer #%d (%d bytes; %d sent as Send, %d as ChannelData): %v",
+							seq, n, p.tap.outSend.Load(), p.tap.outChannelData.Load(), err)
+					}
+					seq++
+				}
+			}
+			if p.tap.outSend.Load() == 0 {
+				t.Fatalf("no Send indication was sent; the test did not cover section 11.1")
+			}
+
+			// Peer -> client over the channel (section 12.6).
+			want := 0
+			for i, n := range sizes {
+				if tc.network == "tcp" && n < 5 {
+					// pion v4.1.4's STUNConn waits for 9 bytes before it
+					// parses a frame, so a lone padded ChannelData of 8
+					// bytes (payload <= 4) stays buffered until more data
+					// comes: a client bug, not a server one.
+					continue
+				}
+				want++
+				if err := peerToClient(p, peer, payload(seq+i, n)); err != nil {
+					t.Fatalf("peer->client %d bytes over the channel: %v", n, err)
+				}
+			}
+			if got := p.tap.inChannelData.Load(); got != int64(want) {
+				t.Fatalf("client got %d ChannelData messages, want %d (Data indications: %d)",
+					got, want, p.tap.inData.Load())
+			}
+			if tgt.hybridrelay != nil {
+				a := findAllocation(t, tgt.hybridrelay, p.relayAddr())
+				if len(a.Channels) != 1 || a.Channels[0].Peer.Addr().Unmap() != tc.peerIP ||
+					a.Channels[0].Peer.Port() != uint16(peerAddr.Port) ||
+					a.Channels[0].Number < 0x4000 || a.Channels[0].Number > 0x4FFF {
+					t.Fatalf("allocation channels %+v, want one bound to %s", a.Channels, peerAddr)
+				}
+			}
+
+			// Section 9: traffic from a peer without a permission is
+			// dropped. Loopback makes every port of 127.0.0.1 the same
+			// permission, so the stray sends from another IP.
+			if tc.strayIP.IsValid() {
+				stray := listenPeer(t, tc.strayIP)
+				if _, err := stray.WriteToUDPAddrPort([]byte("no permission"), p.relayAddr()); err != nil {
+					t.Fatalf("stray write: %v", err)
+				}
+				time.Sleep(50 * time.Millisecond)
+				if err := peerToClient(p, peer, payload(9999, 77)); err != nil {
+					t.Fatalf("after a packet from a peer without permission: %v", err)
+				}
+			}
+
+			// Section 7.3: Refresh with a new LIFETIME.
+			refreshAllocation(t, p, 1200*time.Second)
+			if tgt.hybridrelay != nil {
+				a := findAllocation(t, tgt.hybridrelay, p.relayAddr())
+				if left := time.Until(a.Expires); left < 1190*time.Second || left > 1201*time.Second {
+					t.Fatalf("after Refresh(1200 s) the allocation expires in %s", left)
+				}
+			}
+			// The channel still works after the refresh.
+			if err := clientToPeer(p, peer, payload(7777, 321)); err != nil {
+				t.Fatalf("client->peer after refresh: %v", err)
+			}
+			if err := peerToClient(p, peer, payload(7778, 123)); err != nil {
+				t.Fatalf("peer->client after refresh: %v", err)
+			}
+
+			t.Logf("relay %s: client sent %d Send indications, %d ChannelData; got %d Data indications, %d ChannelData",
+				p.relayAddr(), p.tap.outSend.Load(), p.tap.outChannelData.Load(), p.tap.inData.Load(), p.tap.inChannelData.Load())
+
+			// pion's Close sends Refresh(LIFETIME=0): the allocation goes.
+			relay := p.relayAddr()
+			if err := p.relay.Close(); err != nil {
+				t.Fatalf("close relayed conn: %v", err)
+			}
+			if tgt.hybridrelay != nil {
+				deadline := time.Now().Add(3 * time.Second)
+				for lookupAllocation(tgt.hybridrelay, relay) != nil {
+					if time.Now().After(deadline) {
+						t.Fatalf("allocation %s still exists 3 s after Refresh(lifetime=0)", relay)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		})
+	}
+}
+
+// refreshAllocation sends a Refresh request with LIFETIME d on the client's
+// 5-tuple and checks the granted lifetime. The first, unauthenticated try
+// must be challenged with 401 and a nonce (RFC 8489 section 9.2.4).
+func refreshAllocation(t *testing.T, p *pionSession, d time.Duration) {
+	t.Helper()
+	lifetime := make([]byte, 4)
+	binary.BigEndian.PutUint32(lifetime, uint32(d/time.Second))
+	refresh := stun.NewType(stun.MethodRefresh, stun.ClassRequest)
+	to := p.client.TURNServerAddr()
+	res, err := p.client.PerformTransaction(stun.MustBuild(stun.TransactionID, refresh,
+		stun.RawAttribute{Type: stun.AttrLifetime, Value: lifetime}, stun.Fingerprint), to, false)
+	if err != nil {
+		t.Fatalf("unauthenticated refresh: %v", err)
+	}
+	var code stun.ErrorCodeAttribute
+	var nonce stun.Nonce
+	var realm stun.Realm
+	if res.Msg.Type.Class != stun.ClassErrorResponse || code.GetFrom(res.Msg) != nil || code.Code != stun.CodeUnauthorized ||
+		nonce.GetFrom(res.Msg) != nil || realm.GetFrom(res.Msg) != nil {
+		t.Fatalf("unauthenticated refresh answered %s %v, want a 401 with NONCE and REALM", res.Msg.Type, code)
+	}
+	res, err = p.client.PerformTransaction(stun.MustBuild(stun.TransactionID, refresh,
+		stun.RawAttribute{Type: stun.AttrLifetime, Value: lifetime},
+		stun.NewUsername(testUser), realm, nonce,
+		stun.NewLongTermIntegrity(testUser, realm.String(), testPass), stun.Fingerprint), to, false)
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if res.Msg.Type != stun.NewType(stun.MethodRefresh, stun.ClassSuccessResponse) {
+		_ = code.GetFrom(res.Msg)
+		t.Fatalf("refresh answered %s %v", res.Msg.Type, code)
+	}
+	// The response is authenticated with the same key (RFC 8489 section 9.2.5).
+	if err := stun.NewLongTermIntegrity(testUser, realm.String(), testPass).Check(res.Msg); err != nil {
+		t.Fatalf("refresh response MESSAGE-INTEGRITY: %v", err)
+	}
+	v, err := res.Msg.Get(stun.AttrLifetime)
+	if err != nil || len(v) != 4 {
+		t.Fatalf("refresh response without LIFETIME: %v", err)
+	}
+	if got := time.Duration(binary.BigEndian.Uint32(v)) * time.Second; got != d {
+		t.Fatalf("refresh granted %s, want %s", got, d)
+	}
+}
