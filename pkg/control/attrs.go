@@ -44,11 +44,23 @@ const magicCookie = 0x2112A442
 // an IANA protocol number).
 const protoUDP = 17
 
-// Channel number range, RFC 8656 section 12.
+// Channel number range. RFC 8656 section 12 allows 0x4000-0x4FFF; RFC 5766
+// section 11 allowed 0x4000-0x7FFF, and RFC 5766 clients still pick from
+// that range (coturn's turnutils_uclient picks randomly in it), so the
+// wider range is accepted unless Config.StrictChannelNumbers is set.
 const (
-	minChannel = 0x4000
-	maxChannel = 0x4FFF
+	minChannel        = 0x4000
+	maxChannel        = 0x4FFF
+	maxChannelRFC5766 = 0x7FFF
 )
+
+// maxChannelNumber is the highest channel number this server binds.
+func (s *Server) maxChannelNumber() uint16 {
+	if s.cfg.StrictChannelNumbers {
+		return maxChannel
+	}
+	return maxChannelRFC5766
+}
 
 // errBadAttr marks a malformed attribute value; the request is answered
 // with 400.

@@ -28,8 +28,9 @@ func (s *Server) handleChannelBind(r *reqCtx) {
 	peer := peers[0]
 	peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
 	// "The channel number is in the range 0x4000 through 0x4FFF
-	// (inclusive)." — otherwise 400.
-	if num < minChannel || num > maxChannel {
+	// (inclusive)." — otherwise 400 (0x7FFF for RFC 5766 clients unless
+	// StrictChannelNumbers, see attrs.go).
+	if num < minChannel || num > s.maxChannelNumber() {
 		r.fail(stun.CodeBadRequest)
 		return
 	}

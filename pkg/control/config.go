@@ -58,6 +58,11 @@ type Config struct {
 	MaxMessageSize    int // bytes; larger STUN messages are dropped
 	MaxAttributeCount int
 
+	// StrictChannelNumbers limits ChannelBind to RFC 8656's 0x4000-0x4FFF.
+	// By default RFC 5766's 0x4000-0x7FFF is accepted too, because RFC
+	// 5766 clients (coturn's turnutils_uclient among them) still use it.
+	StrictChannelNumbers bool
+
 	// Datapath is auto, xdp, gso or plain.
 	Datapath string
 }

@@ -463,7 +463,8 @@ func TestChannelBind(t *testing.T) {
 		{name: "missing peer 400", setters: []stun.Setter{channelAttr(0x4000)}, want: 400},
 		{name: "malformed channel 400", setters: []stun.Setter{attr{stun.AttrChannelNumber, []byte{0x40}}, peerAttr(peerA)}, want: 400},
 		{name: "channel below range 400", setters: []stun.Setter{channelAttr(0x3FFF), peerAttr(peerA)}, want: 400},
-		{name: "channel above range 400", setters: []stun.Setter{channelAttr(0x5000), peerAttr(peerA)}, want: 400},
+		{name: "channel above RFC 5766 range 400", setters: []stun.Setter{channelAttr(0x8000), peerAttr(peerA)}, want: 400},
+		{name: "ok RFC 5766 range", setters: []stun.Setter{channelAttr(0x7FFF), peerAttr(peerA)}, want: 0},
 		{name: "two peers 400", setters: []stun.Setter{channelAttr(0x4000), peerAttr(peerA), peerAttr(peerB)}, want: 400},
 		{name: "denied peer 403", setters: []stun.Setter{channelAttr(0x4000), peerAttr(netip.MustParseAddrPort("192.168.1.1:5"))}, want: 403},
 		{name: "family mismatch 443", setters: []stun.Setter{channelAttr(0x4000), peerAttr(netip.MustParseAddrPort("[2001:db8::1]:5"))}, want: 443},
@@ -498,6 +499,17 @@ func TestChannelBind(t *testing.T) {
 			}
 		})
 	}
+	t.Run("strict RFC 8656 range 400", func(t *testing.T) {
+		s := startServer(t, func(c *Config, _ *Options) { c.StrictChannelNumbers = true })
+		c := dialRaw(t, "udp", s.addr("udp"))
+		c.allocate()
+		if r := c.do(methodChannelBind, channelAttr(0x5000), peerAttr(peerA)); code(r) != 400 {
+			t.Fatalf("code %d", code(r))
+		}
+		if r := c.do(methodChannelBind, channelAttr(0x4FFF), peerAttr(peerA)); code(r) != 0 {
+			t.Fatalf("code %d", code(r))
+		}
+	})
 	t.Run("no allocation 437", func(t *testing.T) {
 		c := dialRaw(t, "udp", s.addr("udp"))
 		if r := c.do(methodChannelBind, channelAttr(0x4000), peerAttr(peerA)); code(r) != 437 {

@@ -66,7 +66,7 @@ func (s *Server) handleSend(r *reqCtx) {
 func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 	num := binary.BigEndian.Uint16(p[0:2])
 	l := int(binary.BigEndian.Uint16(p[2:4]))
-	if 4+l > len(p) || num > maxChannel {
+	if 4+l > len(p) || num > s.maxChannelNumber() {
 		s.stats.dropMalformed.Add(1)
 		return
 	}

@@ -233,7 +233,7 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		}
 	}
 	for _, c := range sa.Channels {
-		if c.Number < minChannel || c.Number > maxChannel || !now.Before(c.Expires.Add(channelCooldown)) {
+		if c.Number < minChannel || c.Number > s.maxChannelNumber() || !now.Before(c.Expires.Add(channelCooldown)) {
 			continue
 		}
 		if _, dup := a.chans[c.Number]; dup {
