@@ -3,9 +3,16 @@ package interop
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -43,10 +50,14 @@ var (
 // (turnserver's use-auth-secret turns static users off). UDP and TCP share
 // one port on every address, because turnutils_uclient has one -p.
 type relayTarget struct {
-	name        string
-	lt4, rest4  netip.AddrPort
-	lt6         netip.AddrPort
-	hybridrelay *hrServer // nil for the coturn reference
+	name       string
+	lt4, rest4 netip.AddrPort
+	lt6        netip.AddrPort
+	// TLS listeners (RFC 8656 section 3.1, TURN over TLS over TCP) on
+	// 127.0.0.1, with a self-signed certificate for 127.0.0.1 and ::1.
+	lt4TLS, rest4TLS netip.AddrPort
+	tlsRoots         *x509.CertPool // trusts the listeners' certificate
+	hybridrelay      *hrServer      // nil for the coturn reference
 }
 
 // referenceMode reports whether the tests should run against coturn's own
@@ -63,7 +74,8 @@ func startTarget(t *testing.T, tweak func(*control.Config)) *relayTarget {
 		return startCoturn(t)
 	}
 	s := startHybridrelay(t, tweak)
-	return &relayTarget{name: "hybridrelay", lt4: s.addr4, rest4: s.addr4, lt6: s.addr6, hybridrelay: s}
+	return &relayTarget{name: "hybridrelay", lt4: s.addr4, rest4: s.addr4, lt6: s.addr6,
+		lt4TLS: s.tls4, rest4TLS: s.tls4, tlsRoots: certPool(t, s.certFile), hybridrelay: s}
 }
 
 // freeDualPort returns a port that is free for both UDP and TCP on every
@@ -260,10 +272,13 @@ func startCoturn(t *testing.T) *relayTarget {
 		t.Skip("coturn reference asked for, but turnserver is not installed")
 	}
 	dir := t.TempDir()
-	start := func(name string, auth ...string) uint16 {
+	cert, key := writeSelfSignedCert(t, dir)
+	start := func(name string, auth ...string) (uint16, uint16) {
 		for attempt := 0; ; attempt++ {
 			port := freeDualPort(t, lo4, lo6)
-			args := []string{"-n", "--no-cli", "--no-tls", "--no-dtls", "--allow-loopback-peers",
+			tlsPort := freeDualPort(t, lo4, lo6)
+			args := []string{"-n", "--no-cli", "--no-dtls", "--allow-loopback-peers",
+				"--tls-listening-port=" + strconv.Itoa(int(tlsPort)), "--cert=" + cert, "--pkey=" + key,
 				"--listening-ip=127.0.0.1", "--listening-ip=::1", "--relay-ip=127.0.0.1", "--relay-ip=::1",
 				"--listening-port=" + strconv.Itoa(int(port)),
 				"--realm=" + testRealm, "--min-port=40000", "--max-port=60000",
@@ -271,16 +286,17 @@ func startCoturn(t *testing.T) *relayTarget {
 				"--log-file=" + filepath.Join(dir, name+".log"), "--no-stdout-log"}
 			_, out := startProcess(t, "turnserver", append(args, auth...)...)
 			if _, err := stunBinding(netip.AddrPortFrom(lo4, port), 3*time.Second); err == nil {
-				return port
+				return port, tlsPort
 			} else if attempt == 2 {
 				t.Fatalf("coturn reference: %v\n%s", err, out.Bytes())
 			}
 		}
 	}
-	lt := start("lt", "--lt-cred-mech", "--user="+testUser+":"+testPass)
-	rest := start("rest", "--use-auth-secret", "--static-auth-secret="+testSecret)
+	lt, ltTLS := start("lt", "--lt-cred-mech", "--user="+testUser+":"+testPass)
+	rest, restTLS := start("rest", "--use-auth-secret", "--static-auth-secret="+testSecret)
 	return &relayTarget{name: "coturn", lt4: netip.AddrPortFrom(lo4, lt), rest4: netip.AddrPortFrom(lo4, rest),
-		lt6: netip.AddrPortFrom(lo6, lt)}
+		lt6: netip.AddrPortFrom(lo6, lt), lt4TLS: netip.AddrPortFrom(lo4, ltTLS), rest4TLS: netip.AddrPortFrom(lo4, restTLS),
+		tlsRoots: certPool(t, cert)}
 }
 
 // tapConn wraps the socket a pion client uses and counts what crosses it,
@@ -389,4 +405,54 @@ func (c *tapConn) withFamily(orig *stun.Message) ([]byte, error) {
 		return nil, fmt.Errorf("fingerprint allocate: %w", err)
 	}
 	return m.Raw, nil
+}
+
+// writeSelfSignedCert writes a fresh ECDSA P-256 certificate for 127.0.0.1
+// and ::1 (and its key) as PEM files into dir.
+func writeSelfSignedCert(t testing.TB, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "hybridrelay interop test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// certPool trusts the certificate in the PEM file certFile.
+func certPool(t testing.TB, certFile string) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("no certificate in %s", certFile)
+	}
+	return pool
 }

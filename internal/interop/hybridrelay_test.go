@@ -17,6 +17,8 @@ import (
 type hrServer struct {
 	srv          *control.Server
 	addr4, addr6 netip.AddrPort
+	tls4         netip.AddrPort
+	certFile     string
 	logs         *testLogSink
 }
 
@@ -30,16 +32,20 @@ func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {
 	// server's Close has returned.
 	t.Cleanup(sink.close)
 	logger := slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cert, key := writeSelfSignedCert(t, t.TempDir())
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		port := freeDualPort(t, lo4, lo6)
+		tlsPort := freeDualPort(t, lo4)
 		cfg := control.DefaultConfig()
 		cfg.Listeners = []control.ListenerSpec{
 			{Network: "udp", Addr: netip.AddrPortFrom(lo4, port)},
 			{Network: "tcp", Addr: netip.AddrPortFrom(lo4, port)},
 			{Network: "udp", Addr: netip.AddrPortFrom(lo6, port)},
 			{Network: "tcp", Addr: netip.AddrPortFrom(lo6, port)},
+			{Network: "tls", Addr: netip.AddrPortFrom(lo4, tlsPort)},
 		}
+		cfg.TLSCertFile, cfg.TLSKeyFile = cert, key
 		cfg.RelayIPs = []netip.Addr{lo4, lo6}
 		cfg.Realm = testRealm
 		cfg.Users = map[string]string{testUser: testPass}
@@ -63,7 +69,8 @@ func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {
 				t.Errorf("close server: %v", err)
 			}
 		})
-		return &hrServer{srv: srv, addr4: netip.AddrPortFrom(lo4, port), addr6: netip.AddrPortFrom(lo6, port), logs: sink}
+		return &hrServer{srv: srv, addr4: netip.AddrPortFrom(lo4, port), addr6: netip.AddrPortFrom(lo6, port),
+			tls4: netip.AddrPortFrom(lo4, tlsPort), certFile: cert, logs: sink}
 	}
 	t.Fatalf("start server: %v", lastErr)
 	return nil

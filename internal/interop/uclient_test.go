@@ -32,6 +32,7 @@ func TestUclient(t *testing.T) {
 	tests := []struct {
 		name string
 		tcp  bool
+		tls  bool // TLS over TCP (-t -S)
 		send bool // Send indications instead of channels
 		rest bool // REST API secret instead of the static user
 		rtcp bool // a second, RTCP allocation (EVEN-PORT + RESERVATION-TOKEN)
@@ -45,6 +46,8 @@ func TestUclient(t *testing.T) {
 		{name: "udp-send-rest", send: true, rest: true},
 		{name: "tcp-channel-rest", tcp: true, rest: true},
 		{name: "tcp-send-rest", tcp: true, send: true, rest: true},
+		{name: "tls-channel-longterm", tcp: true, tls: true},
+		{name: "tls-send-rest", tcp: true, tls: true, send: true, rest: true},
 		{name: "udp-channel-rtcp-pair", rtcp: true},
 		{name: "udp-channel-ipv6-relay", ipv6: true},
 	}
@@ -59,7 +62,12 @@ func TestUclient(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, tc := range tests {
 		server, peer := tgt.lt4, peer4
-		if tc.rest {
+		switch {
+		case tc.tls && tc.rest:
+			server = tgt.rest4TLS
+		case tc.tls:
+			server = tgt.lt4TLS
+		case tc.rest:
 			server = tgt.rest4
 		}
 		if tc.ipv6 {
@@ -78,6 +86,9 @@ func TestUclient(t *testing.T) {
 		}
 		if tc.tcp {
 			args = append(args, "-t")
+		}
+		if tc.tls {
+			args = append(args, "-S")
 		}
 		if tc.send {
 			args = append(args, "-s")
