@@ -106,6 +106,17 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // fails when the kernel dropped frames on the capture socket, which would
 // make a comparison meaningless.
 func (c *Capture) Drain(dst netip.AddrPort) ([]Datagram, error) {
+	return c.drain(func(d Datagram) bool {
+		return d.Dst == dst || d.Fragment != nil && d.Dst.Addr() == dst.Addr()
+	})
+}
+
+// DrainAll returns every UDP datagram and IP fragment received so far.
+func (c *Capture) DrainAll() ([]Datagram, error) {
+	return c.drain(func(Datagram) bool { return true })
+}
+
+func (c *Capture) drain(keep func(Datagram) bool) ([]Datagram, error) {
 	var out []Datagram
 	buf := make([]byte, 65536)
 	for {
@@ -126,7 +137,7 @@ func (c *Capture) Drain(dst netip.AddrPort) ([]Datagram, error) {
 			return out, fmt.Errorf("capture: frame of %d bytes truncated", n)
 		}
 		d, ok := parseFrame(buf[:n])
-		if ok && (d.Dst == dst || d.Fragment != nil && d.Dst.Addr() == dst.Addr()) {
+		if ok && keep(d) {
 			out = append(out, d)
 		}
 	}
