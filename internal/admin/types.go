@@ -1,0 +1,98 @@
+package admin
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
+)
+
+// Snapshot is everything `hybridrelay stats` shows.
+type Snapshot struct {
+	Time      time.Time `json:"time"`
+	StartedAt time.Time `json:"started_at,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	// Datapath is what serve runs (xdp, gso, plain) and why.
+	Datapath       string `json:"datapath,omitempty"`
+	DatapathReason string `json:"datapath_reason,omitempty"`
+
+	// Server is nil when the daemon is down (kernel counters only).
+	Server *control.ServerStats `json:"server,omitempty"`
+	// Dataplane sums the userspace datapath's loops; Loops has one entry
+	// per loop when the datapath keeps them.
+	Dataplane *dataplane.Stats  `json:"dataplane,omitempty"`
+	Loops     []dataplane.Stats `json:"loops,omitempty"`
+	// Kernel is nil without the xdp datapath and without pinned maps.
+	Kernel *Kernel `json:"kernel,omitempty"`
+}
+
+// Kernel is the XDP program's state.
+type Kernel struct {
+	// Source is "daemon" (read by the running serve) or "pinned maps"
+	// (read by the CLI from bpffs while the daemon is down).
+	Source string `json:"source"`
+	PinDir string `json:"pin_dir,omitempty"`
+	// Counters are the per-CPU counters summed, by name
+	// (fwd_to_peer_packets, pass_no_entry, ...).
+	Counters    map[string]uint64 `json:"counters"`
+	Channels    int               `json:"channels"`
+	MaxChannels int               `json:"max_channels"`
+	Ifaces      []string          `json:"ifaces,omitempty"`
+}
+
+// Channel is one entry of the kernel channel table, both directions.
+type Channel struct {
+	Client   netip.AddrPort `json:"client"`
+	Listener netip.AddrPort `json:"listener"`
+	Relay    netip.AddrPort `json:"relay"`
+	Peer     netip.AddrPort `json:"peer"`
+	Number   uint16         `json:"channel"`
+	// ExpiresIn is the remaining lifetime in seconds (negative: expired,
+	// the program passes its packets to userspace until it is deleted).
+	ExpiresIn    float64 `json:"expires_in_seconds"`
+	DontFragment bool    `json:"dont_fragment"`
+	Slot         uint32  `json:"slot"`
+	// PeerEntry: the peer->client direction is installed too.
+	PeerEntry       bool   `json:"peer_entry"`
+	ToPeerPackets   uint64 `json:"to_peer_packets"`
+	ToPeerBytes     uint64 `json:"to_peer_bytes"`
+	ToClientPackets uint64 `json:"to_client_packets"`
+	ToClientBytes   uint64 `json:"to_client_bytes"`
+}
+
+// ChannelFromEntry converts a loader entry, computing the remaining
+// lifetime at now.
+func ChannelFromEntry(e loader.ChannelEntry, now time.Time) Channel {
+	return Channel{
+		Client: e.Client, Listener: e.Listener, Relay: e.Relay, Peer: e.Peer, Number: e.Number,
+		ExpiresIn:    e.Expires.Sub(now).Seconds(),
+		DontFragment: e.DontFragment, Slot: e.Slot, PeerEntry: e.PeerEntry,
+		ToPeerPackets: e.Stats.ToPeerPackets, ToPeerBytes: e.Stats.ToPeerBytes,
+		ToClientPackets: e.Stats.ToClientPackets, ToClientBytes: e.Stats.ToClientBytes,
+	}
+}
+
+// KernelFromLoader reads the counters and table size of a loaded program.
+func KernelFromLoader(x *loader.XDP, source string, ifaces []string) (*Kernel, error) {
+	c, err := x.Counters()
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	if err := x.IterateChannels(func(loader.ChannelEntry) bool { n++; return true }); err != nil {
+		return nil, err
+	}
+	return &Kernel{Source: source, PinDir: x.PinDir(), Counters: c.Map(), Channels: n, MaxChannels: x.MaxChannels(), Ifaces: ifaces}, nil
+}
+
+// ChannelsFromLoader lists the kernel channel table.
+func ChannelsFromLoader(x *loader.XDP, now time.Time) ([]Channel, error) {
+	var out []Channel
+	err := x.IterateChannels(func(e loader.ChannelEntry) bool {
+		out = append(out, ChannelFromEntry(e, now))
+		return true
+	})
+	return out, err
+}

@@ -1,0 +1,164 @@
+package metrics
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v3"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/hybridrelay/hybridrelay/internal/admin"
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+)
+
+// TestScrape runs a real control server on loopback, makes it count a
+// Binding and an authentication failure, then scrapes the endpoint over
+// HTTP and parses the exposition format.
+func TestScrape(t *testing.T) {
+	dp := dataplane.NewPlain()
+	cfg := control.DefaultConfig()
+	cfg.Listeners = []control.ListenerSpec{{Network: "udp", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}
+	cfg.RelayIPs = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	cfg.Users = map[string]string{"alice": "right"}
+	srv, err := control.NewServer(cfg, control.Options{Datapath: dp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Close(); dp.Close() }()
+
+	snap := func() (admin.Snapshot, error) {
+		st := srv.Stats()
+		d := dp.Stats()
+		return admin.Snapshot{Time: time.Now(), Datapath: dp.Name(), Server: &st, Dataplane: &d}, nil
+	}
+	m, err := Listen("127.0.0.1:0", snap, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+
+	// One Binding, one Allocate without credentials (401, the normal first
+	// step), one with a wrong password.
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(srv.Addrs()[0].Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip := func(m *stun.Message) *stun.Message {
+		t.Helper()
+		buf := make([]byte, 1500)
+		for i := 0; i < 5; i++ {
+			c.Write(m.Raw)
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			n, err := c.Read(buf)
+			if err != nil {
+				continue
+			}
+			res := &stun.Message{Raw: buf[:n]}
+			if err := res.Decode(); err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+		t.Fatal("no answer")
+		return nil
+	}
+	roundTrip(stun.MustBuild(stun.TransactionID, stun.BindingRequest))
+	allocType := stun.NewType(stun.MethodAllocate, stun.ClassRequest)
+	transport := stun.RawAttribute{Type: stun.AttrRequestedTransport, Value: []byte{17, 0, 0, 0}}
+	res := roundTrip(stun.MustBuild(stun.TransactionID, allocType, transport))
+	var nonce stun.Nonce
+	var realm stun.Realm
+	if nonce.GetFrom(res) != nil || realm.GetFrom(res) != nil {
+		t.Fatalf("no nonce/realm in %v", res)
+	}
+	roundTrip(stun.MustBuild(stun.TransactionID, allocType, transport, stun.NewUsername("alice"), realm, nonce,
+		stun.NewLongTermIntegrity("alice", realm.String(), "wrong"), stun.Fingerprint))
+
+	resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("parse exposition: %v\n%s", err, body)
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		f, ok := fams[name]
+		if !ok {
+			return 0, false
+		}
+	metrics:
+		for _, m := range f.Metric {
+			have := map[string]string{}
+			for _, l := range m.Label {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue metrics
+				}
+			}
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				return m.Counter.GetValue(), true
+			case dto.MetricType_GAUGE:
+				return m.Gauge.GetValue(), true
+			case dto.MetricType_HISTOGRAM:
+				return float64(m.Histogram.GetSampleCount()), true
+			}
+		}
+		return 0, false
+	}
+	tests := []struct {
+		name   string
+		labels map[string]string
+		min    float64
+		max    float64
+	}{
+		{"hybridrelay_up", map[string]string{"datapath": "plain"}, 1, 1},
+		{"hybridrelay_allocations", nil, 0, 0},
+		{"hybridrelay_requests_total", map[string]string{"method": "binding", "result": "ok"}, 1, 1},
+		{"hybridrelay_requests_total", map[string]string{"method": "allocate", "result": "401"}, 2, 2},
+		{"hybridrelay_relayed_packets_total", map[string]string{"datapath": "plain", "direction": "to_peer"}, 0, 0},
+		{"hybridrelay_rx_batch_size", map[string]string{"datapath": "plain"}, 3, 100},
+		{"hybridrelay_dataplane_total", map[string]string{"datapath": "plain", "counter": "rx_packets"}, 3, 100},
+		{"hybridrelay_scrape_errors_total", nil, 0, 0},
+	}
+	for _, tt := range tests {
+		v, ok := value(tt.name, tt.labels)
+		if !ok || v < tt.min || v > tt.max {
+			t.Errorf("%s%v = %v (present %v), want %v..%v", tt.name, tt.labels, v, ok, tt.min, tt.max)
+		}
+	}
+	// The wrong password is an authentication failure under some reason
+	// (the missing-credentials 401 under another).
+	var failures float64
+	for _, m := range fams["hybridrelay_auth_failures_total"].GetMetric() {
+		failures += m.Counter.GetValue()
+	}
+	if failures < 2 {
+		t.Errorf("auth failures %v, want >= 2:\n%s", failures, body)
+	}
+	// No label may carry a username.
+	if strings.Contains(string(body), "alice") {
+		t.Error("a username appears in the metrics")
+	}
+}
