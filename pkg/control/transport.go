@@ -172,30 +172,46 @@ func (c *streamConn) readLoop() {
 			}
 		}
 		_ = c.nc.SetReadDeadline(time.Now().Add(deadline))
-		if _, err := io.ReadFull(br, buf[:4]); err != nil {
-			return
-		}
-		var total int
-		switch buf[0] >> 6 {
-		case 0:
-			total = 20 + int(binary.BigEndian.Uint16(buf[2:4]))
-			if total > s.cfg.MaxMessageSize {
-				s.stats.dropOversize.Add(1)
-				return
+		frame, err := readFrame(br, buf, s.cfg.MaxMessageSize)
+		if err != nil {
+			if errors.Is(err, errBadFrame) {
+				s.stats.dropMalformed.Add(1)
 			}
-		case 1:
-			total = 4 + (int(binary.BigEndian.Uint16(buf[2:4]))+3)&^3
-		default:
-			s.stats.dropMalformed.Add(1)
 			return
 		}
-		if _, err := io.ReadFull(br, buf[4:total]); err != nil {
-			return
-		}
-		if !s.handleStreamFrame(c, buf[:total]) {
+		if !s.handleStreamFrame(c, frame) {
 			return
 		}
 	}
+}
+
+// errBadFrame: the stream holds something that is neither STUN nor
+// ChannelData, or a STUN message above the size limit.
+var errBadFrame = errors.New("bad stream frame")
+
+// readFrame reads one STUN message (20-byte header plus length) or one
+// ChannelData frame (4-byte header plus length padded to a multiple of 4,
+// RFC 8656 section 12.5) into buf, which must hold 4+65535+3 bytes.
+func readFrame(br io.Reader, buf []byte, maxMessage int) ([]byte, error) {
+	if _, err := io.ReadFull(br, buf[:4]); err != nil {
+		return nil, err
+	}
+	var total int
+	switch buf[0] >> 6 {
+	case 0:
+		total = 20 + int(binary.BigEndian.Uint16(buf[2:4]))
+		if total > maxMessage {
+			return nil, errBadFrame
+		}
+	case 1:
+		total = 4 + (int(binary.BigEndian.Uint16(buf[2:4]))+3)&^3
+	default:
+		return nil, errBadFrame
+	}
+	if _, err := io.ReadFull(br, buf[4:total]); err != nil {
+		return nil, err
+	}
+	return buf[:total], nil
 }
 
 // handleStreamFrame handles one frame; false closes the connection.
