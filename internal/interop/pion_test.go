@@ -231,126 +231,142 @@ func TestPion(t *testing.T) {
 				t.Fatalf("relayed address %s, want one on %s", p.relayAddr(), tc.relay)
 			}
 			peer := listenPeer(t, tc.peerIP)
-			peerAddr := peer.LocalAddr().(*net.UDPAddr)
-
-			// RFC 8656 section 9: an explicit CreatePermission.
-			if err := p.client.CreatePermission(peerAddr); err != nil {
-				t.Fatalf("CreatePermission(%s): %v", peerAddr, err)
-			}
-			if tgt.hybridrelay != nil {
-				a := findAllocation(t, tgt.hybridrelay, p.relayAddr())
-				if !hasPermission(a, tc.peerIP) {
-					t.Fatalf("allocation %s has permissions %+v, want one for %s", p.relayAddr(), a.Permissions, tc.peerIP)
-				}
-			}
-
-			// Before any channel exists, peer data arrives as a Data
-			// indication (section 11.3).
-			if err := peerToClient(p, peer, payload(0, 100)); err != nil {
-				t.Fatalf("peer->client before channel bind: %v", err)
-			}
-			if p.tap.inData.Load() != 1 || p.tap.inChannelData.Load() != 0 {
-				t.Fatalf("before the channel bind the client got %d Data indications and %d ChannelData, want 1 and 0",
-					p.tap.inData.Load(), p.tap.inChannelData.Load())
-			}
-
-			// Client -> peer: pion sends Send indications while it binds
-			// a channel in the background, then ChannelData.
-			seq := 1
-			deadline := time.Now().Add(5 * time.Second)
-			for p.tap.outChannelData.Load() < int64(2*len(sizes)) {
-				if time.Now().After(deadline) {
-					t.Fatalf("pion never switched to ChannelData: %d Send indications, %d ChannelData sent",
-						p.tap.outSend.Load(), p.tap.outChannelData.Load())
-				}
-				for _, n := range sizes {
-					if err := clientToPeer(p, peer, payload(seq, n)); err != nil {
-						t.Fatalf("client->peer #%d (%d bytes; %d sent as Send, %d as ChannelData): %v",
-							seq, n, p.tap.outSend.Load(), p.tap.outChannelData.Load(), err)
-					}
-					seq++
-				}
-			}
-			if p.tap.outSend.Load() == 0 {
-				t.Fatalf("no Send indication was sent; the test did not cover section 11.1")
-			}
-
-			// Peer -> client over the channel (section 12.6).
-			want := 0
-			for i, n := range sizes {
-				if tc.network != "udp" && n < 5 {
-					// pion v4.1.4's STUNConn waits for 9 bytes before it
-					// parses a frame, so a lone padded ChannelData of 8
-					// bytes (payload <= 4) stays buffered until more data
-					// comes: a client bug, not a server one.
-					continue
-				}
-				want++
-				if err := peerToClient(p, peer, payload(seq+i, n)); err != nil {
-					t.Fatalf("peer->client %d bytes over the channel: %v", n, err)
-				}
-			}
-			if got := p.tap.inChannelData.Load(); got != int64(want) {
-				t.Fatalf("client got %d ChannelData messages, want %d (Data indications: %d)",
-					got, want, p.tap.inData.Load())
-			}
-			if tgt.hybridrelay != nil {
-				a := findAllocation(t, tgt.hybridrelay, p.relayAddr())
-				if len(a.Channels) != 1 || a.Channels[0].Peer.Addr().Unmap() != tc.peerIP ||
-					a.Channels[0].Peer.Port() != uint16(peerAddr.Port) ||
-					a.Channels[0].Number < 0x4000 || a.Channels[0].Number > 0x4FFF {
-					t.Fatalf("allocation channels %+v, want one bound to %s", a.Channels, peerAddr)
-				}
-			}
-
-			// Section 9: traffic from a peer without a permission is
-			// dropped. Loopback makes every port of 127.0.0.1 the same
-			// permission, so the stray sends from another IP.
+			var stray *net.UDPConn
 			if tc.strayIP.IsValid() {
-				stray := listenPeer(t, tc.strayIP)
-				if _, err := stray.WriteToUDPAddrPort([]byte("no permission"), p.relayAddr()); err != nil {
-					t.Fatalf("stray write: %v", err)
-				}
-				time.Sleep(50 * time.Millisecond)
-				if err := peerToClient(p, peer, payload(9999, 77)); err != nil {
-					t.Fatalf("after a packet from a peer without permission: %v", err)
-				}
+				stray = listenPeer(t, tc.strayIP)
 			}
-
-			// Section 7.3: Refresh with a new LIFETIME.
-			refreshAllocation(t, p, 1200*time.Second)
-			if tgt.hybridrelay != nil {
-				a := findAllocation(t, tgt.hybridrelay, p.relayAddr())
-				if left := time.Until(a.Expires); left < 1190*time.Second || left > 1201*time.Second {
-					t.Fatalf("after Refresh(1200 s) the allocation expires in %s", left)
-				}
-			}
-			// The channel still works after the refresh.
-			if err := clientToPeer(p, peer, payload(7777, 321)); err != nil {
-				t.Fatalf("client->peer after refresh: %v", err)
-			}
-			if err := peerToClient(p, peer, payload(7778, 123)); err != nil {
-				t.Fatalf("peer->client after refresh: %v", err)
-			}
-
-			t.Logf("relay %s: client sent %d Send indications, %d ChannelData; got %d Data indications, %d ChannelData",
-				p.relayAddr(), p.tap.outSend.Load(), p.tap.outChannelData.Load(), p.tap.inData.Load(), p.tap.inChannelData.Load())
-
-			// pion's Close sends Refresh(LIFETIME=0): the allocation goes.
-			relay := p.relayAddr()
-			if err := p.relay.Close(); err != nil {
-				t.Fatalf("close relayed conn: %v", err)
-			}
-			if tgt.hybridrelay != nil {
-				deadline := time.Now().Add(3 * time.Second)
-				for lookupAllocation(tgt.hybridrelay, relay) != nil {
-					if time.Now().After(deadline) {
-						t.Fatalf("allocation %s still exists 3 s after Refresh(lifetime=0)", relay)
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
+			runPionScenario(t, p, peer, stray, tgt.hybridrelay, tc.network)
 		})
+	}
+}
+
+// runPionScenario is the pion client's whole life on one allocation:
+// CreatePermission, a Data indication, Send indications until pion's own
+// ChannelBind completes, ChannelData both ways for every size, a stray
+// peer without permission (when stray is not nil), Refresh, and
+// Refresh(0) on close. hr, when not nil, is the in-process server whose
+// allocation table is checked along the way. network is how the client
+// reaches the server (udp, tcp or tls).
+func runPionScenario(t *testing.T, p *pionSession, peer, stray *net.UDPConn, hr *hrServer, network string) {
+	t.Helper()
+	peerAddr := peer.LocalAddr().(*net.UDPAddr)
+	peerIP := peerAddr.AddrPort().Addr().Unmap()
+
+	// RFC 8656 section 9: an explicit CreatePermission.
+	if err := p.client.CreatePermission(peerAddr); err != nil {
+		t.Fatalf("CreatePermission(%s): %v", peerAddr, err)
+	}
+	if hr != nil {
+		a := findAllocation(t, hr, p.relayAddr())
+		if !hasPermission(a, peerIP) {
+			t.Fatalf("allocation %s has permissions %+v, want one for %s", p.relayAddr(), a.Permissions, peerIP)
+		}
+	}
+
+	// Before any channel exists, peer data arrives as a Data
+	// indication (section 11.3).
+	if err := peerToClient(p, peer, payload(0, 100)); err != nil {
+		t.Fatalf("peer->client before channel bind: %v", err)
+	}
+	if p.tap.inData.Load() != 1 || p.tap.inChannelData.Load() != 0 {
+		t.Fatalf("before the channel bind the client got %d Data indications and %d ChannelData, want 1 and 0",
+			p.tap.inData.Load(), p.tap.inChannelData.Load())
+	}
+
+	// Client -> peer: pion sends Send indications while it binds
+	// a channel in the background, then ChannelData.
+	seq := 1
+	deadline := time.Now().Add(5 * time.Second)
+	for p.tap.outChannelData.Load() < int64(2*len(sizes)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pion never switched to ChannelData: %d Send indications, %d ChannelData sent",
+				p.tap.outSend.Load(), p.tap.outChannelData.Load())
+		}
+		for _, n := range sizes {
+			if err := clientToPeer(p, peer, payload(seq, n)); err != nil {
+				t.Fatalf("client->peer #%d (%d bytes; %d sent as Send, %d as ChannelData): %v",
+					seq, n, p.tap.outSend.Load(), p.tap.outChannelData.Load(), err)
+			}
+			seq++
+		}
+	}
+	if p.tap.outSend.Load() == 0 {
+		t.Fatalf("no Send indication was sent; the test did not cover section 11.1")
+	}
+
+	// Peer -> client over the channel (section 12.6).
+	want := 0
+	for i, n := range sizes {
+		if network != "udp" && n < 5 {
+			// pion v4.1.4's STUNConn waits for 9 bytes before it
+			// parses a frame, so a lone padded ChannelData of 8
+			// bytes (payload <= 4) stays buffered until more data
+			// comes: a client bug, not a server one.
+			continue
+		}
+		want++
+		if err := peerToClient(p, peer, payload(seq+i, n)); err != nil {
+			t.Fatalf("peer->client %d bytes over the channel: %v", n, err)
+		}
+	}
+	if got := p.tap.inChannelData.Load(); got != int64(want) {
+		t.Fatalf("client got %d ChannelData messages, want %d (Data indications: %d)",
+			got, want, p.tap.inData.Load())
+	}
+	if hr != nil {
+		a := findAllocation(t, hr, p.relayAddr())
+		if len(a.Channels) != 1 || a.Channels[0].Peer.Addr().Unmap() != peerIP ||
+			a.Channels[0].Peer.Port() != uint16(peerAddr.Port) ||
+			a.Channels[0].Number < 0x4000 || a.Channels[0].Number > 0x4FFF {
+			t.Fatalf("allocation channels %+v, want one bound to %s", a.Channels, peerAddr)
+		}
+	}
+
+	// Section 9: traffic from a peer without a permission is
+	// dropped. Permissions are per IP, so the stray sends from another
+	// IP than the peer.
+	if stray != nil {
+		if _, err := stray.WriteToUDPAddrPort([]byte("no permission"), p.relayAddr()); err != nil {
+			t.Fatalf("stray write: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if err := peerToClient(p, peer, payload(9999, 77)); err != nil {
+			t.Fatalf("after a packet from a peer without permission: %v", err)
+		}
+	}
+
+	// Section 7.3: Refresh with a new LIFETIME.
+	refreshAllocation(t, p, 1200*time.Second)
+	if hr != nil {
+		a := findAllocation(t, hr, p.relayAddr())
+		if left := time.Until(a.Expires); left < 1190*time.Second || left > 1201*time.Second {
+			t.Fatalf("after Refresh(1200 s) the allocation expires in %s", left)
+		}
+	}
+	// The channel still works after the refresh.
+	if err := clientToPeer(p, peer, payload(7777, 321)); err != nil {
+		t.Fatalf("client->peer after refresh: %v", err)
+	}
+	if err := peerToClient(p, peer, payload(7778, 123)); err != nil {
+		t.Fatalf("peer->client after refresh: %v", err)
+	}
+
+	t.Logf("relay %s: client sent %d Send indications, %d ChannelData; got %d Data indications, %d ChannelData",
+		p.relayAddr(), p.tap.outSend.Load(), p.tap.outChannelData.Load(), p.tap.inData.Load(), p.tap.inChannelData.Load())
+
+	// pion's Close sends Refresh(LIFETIME=0): the allocation goes.
+	relay := p.relayAddr()
+	if err := p.relay.Close(); err != nil {
+		t.Fatalf("close relayed conn: %v", err)
+	}
+	if hr != nil {
+		deadline := time.Now().Add(3 * time.Second)
+		for lookupAllocation(hr, relay) != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("allocation %s still exists 3 s after Refresh(lifetime=0)", relay)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 

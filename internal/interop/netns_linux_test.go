@@ -1,0 +1,306 @@
+package interop
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/turn/v4"
+
+	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+)
+
+// netnsRelay is a server process in the relay namespace of a
+// netns.Topology, serving the client side (198.18.0.2, 2001:2::2) and
+// relaying from the peer side (198.18.1.2, 2001:2:0:1::2). Unlike the
+// loopback tests it runs with the default peer policy: no allow-list.
+type netnsRelay struct {
+	topo         *netns.Topology
+	addr4, addr6 netip.AddrPort // UDP and TCP
+	stats        control.ServerStats
+	statsOK      bool
+	stop         func()
+}
+
+// startNetnsRelay builds the topology and starts this test binary as a
+// server (see serverHelperEnv) inside the relay namespace. t.Cleanup stops
+// it and removes the namespaces.
+func startNetnsRelay(t *testing.T) *netnsRelay {
+	t.Helper()
+	topo, err := netns.NewTopology()
+	if err != nil {
+		t.Fatalf("netns topology: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("remove namespaces: %v", err)
+		}
+	})
+	const port = 3478
+	cfg := control.DefaultConfig()
+	cfg.Listeners = []control.ListenerSpec{
+		{Network: "udp", Addr: netip.AddrPortFrom(topo.RelayClientV4, port)},
+		{Network: "tcp", Addr: netip.AddrPortFrom(topo.RelayClientV4, port)},
+		{Network: "udp", Addr: netip.AddrPortFrom(topo.RelayClientV6, port)},
+		{Network: "tcp", Addr: netip.AddrPortFrom(topo.RelayClientV6, port)},
+	}
+	cfg.RelayIPs = []netip.Addr{topo.RelayPeerV4, topo.RelayPeerV6}
+	cfg.Realm = testRealm
+	cfg.Users = map[string]string{testUser: testPass}
+	cfg.AuthSecrets = []string{testSecret}
+	cfg.Datapath = "plain"
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := topo.Relay.Exec(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), serverHelperEnv+"="+string(cfgJSON))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start server helper: %v", err)
+	}
+	r := &netnsRelay{topo: topo,
+		addr4: netip.AddrPortFrom(topo.RelayClientV4, port), addr6: netip.AddrPortFrom(topo.RelayClientV6, port)}
+	lines := make(chan string, 2)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64*1024), 1<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	done := make(chan error, 1)
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			_ = stdin.Close() // the helper closes the server and prints its stats
+			select {
+			case line, ok := <-lines:
+				if ok && json.Unmarshal([]byte(line), &r.stats) == nil {
+					r.statsOK = true
+				}
+			case <-time.After(5 * time.Second):
+			}
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-done
+			}
+		})
+	}
+	t.Cleanup(r.stop) // runs before the namespaces are removed
+	select {
+	case line, ok := <-lines:
+		var ready helperReady
+		if !ok || json.Unmarshal([]byte(line), &ready) != nil || len(ready.Addrs) != len(cfg.Listeners) {
+			t.Fatalf("server helper did not start: %q\n%s", line, stderr.Bytes())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("server helper not ready after 10 s\n%s", stderr.Bytes())
+	}
+	return r
+}
+
+// startNetnsPeer runs turnutils_peer in the peer namespace on ip.
+func startNetnsPeer(t *testing.T, r *netnsRelay, ip netip.Addr) netip.AddrPort {
+	t.Helper()
+	addr := netip.AddrPortFrom(ip, 3480)
+	_, out := startProcess(t, "ip", "netns", "exec", r.topo.Peer.Name, "turnutils_peer", "-L", ip.String(), "-p", "3480")
+	// Probe from the client namespace: the relay namespace forwards, so
+	// the peer is reachable directly (the topology's "direct" path).
+	err := r.topo.Client.Do(func() error { return waitEcho(addr, 3*time.Second) })
+	if err != nil {
+		t.Fatalf("turnutils_peer on %s: %v\n%s", addr, err, out.Bytes())
+	}
+	return addr
+}
+
+// TestNetnsUclient runs turnutils_uclient in the client namespace against
+// a server in the relay namespace, with turnutils_peer in the peer
+// namespace: real routing over veth pairs, and the default peer policy
+// (198.18.0.0/15 and 2001:2::/48 are not on the deny list).
+func TestNetnsUclient(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping", "turnutils_uclient", "turnutils_peer")
+	r := startNetnsRelay(t)
+	peer4 := startNetnsPeer(t, r, r.topo.PeerV4)
+	peer6 := startNetnsPeer(t, r, r.topo.PeerV6)
+
+	const msgs, msgLen = 20, 200
+	tests := []struct {
+		name   string
+		server netip.AddrPort
+		peer   netip.AddrPort
+		flags  []string
+	}{
+		{"udp4-channel-longterm", r.addr4, peer4, []string{"-w", testPass}},
+		{"tcp4-send-rest", r.addr4, peer4, []string{"-t", "-s", "-W", testSecret}},
+		{"udp4-channel-ipv6-relay", r.addr4, peer6, []string{"-x", "-w", testPass}},
+		{"udp6-channel-ipv6-relay", r.addr6, peer6, []string{"-x", "-W", testSecret}},
+		{"tcp6-send-ipv4-relay", r.addr6, peer4, []string{"-t", "-s", "-X", "-w", testPass}},
+	}
+	type result struct {
+		args []string
+		out  []byte
+		err  error
+	}
+	results := make([]result, len(tests))
+	var wg sync.WaitGroup
+	for i, tc := range tests {
+		args := append([]string{"netns", "exec", r.topo.Client.Name, "turnutils_uclient",
+			"-c", "-n", strconv.Itoa(msgs), "-l", strconv.Itoa(msgLen), "-z", "5",
+			"-p", strconv.Itoa(int(tc.server.Port())),
+			"-e", tc.peer.Addr().String(), "-r", strconv.Itoa(int(tc.peer.Port())),
+			"-u", testUser}, tc.flags...)
+		args = append(args, tc.server.Addr().String())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := runBounded(ctx, "ip", args...)
+			results[i] = result{args, out, err}
+		}()
+	}
+	wg.Wait()
+	for i, tc := range tests {
+		res := results[i]
+		t.Run(tc.name, func(t *testing.T) {
+			cmdline := "ip " + strings.Join(res.args, " ")
+			if res.err != nil {
+				t.Fatalf("%s: %v\n%s", cmdline, res.err, res.out)
+			}
+			rep, err := ParseUclient(res.out)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", cmdline, err, res.out)
+			}
+			if rep.SentMsgs != msgs || rep.RecvMsgs != msgs || rep.LostPackets != 0 || len(rep.Errors) != 0 ||
+				rep.RecvBytes != msgs*msgLen {
+				t.Fatalf("%s: sent %d received %d (%d bytes) lost %d errors %q, want %d/%d/0/none\n%s",
+					cmdline, rep.SentMsgs, rep.RecvMsgs, rep.RecvBytes, rep.LostPackets, rep.Errors, msgs, msgs, res.out)
+			}
+		})
+	}
+
+	// The server's own account: every message went out to a peer and
+	// came back, and nothing panicked.
+	r.stop()
+	if !r.statsOK {
+		t.Fatalf("the server helper printed no final stats")
+	}
+	want := uint64(len(tests) * msgs)
+	if r.stats.UserspaceToPeer.Packets < want || r.stats.UserspaceToClient.Packets < want {
+		t.Errorf("server relayed %d packets to peers and %d to clients, want at least %d each",
+			r.stats.UserspaceToPeer.Packets, r.stats.UserspaceToClient.Packets, want)
+	}
+	if p := r.stats.Drops["panics"]; p != 0 {
+		t.Errorf("%d packet handlers panicked", p)
+	}
+}
+
+// TestNetnsPion runs the pion scenario of TestPion across the namespaces:
+// the client's sockets live in the client namespace, the peer's in the
+// peer namespace, the server in the relay namespace.
+func TestNetnsPion(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping")
+	r := startNetnsRelay(t)
+	// A second peer address, for the peer without permission.
+	strayV4 := netip.MustParseAddr("198.18.1.3")
+	if _, err := r.topo.Peer.IP("addr", "add", strayV4.String()+"/24", "dev", r.topo.PeerIf); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		network string
+		server  netip.AddrPort
+		family  byte
+		relay   netip.Addr
+		peerIP  netip.Addr
+		strayIP netip.Addr
+	}{
+		{"udp4", "udp", r.addr4, 0, r.topo.RelayPeerV4, r.topo.PeerV4, strayV4},
+		{"tcp4", "tcp", r.addr4, 0, r.topo.RelayPeerV4, r.topo.PeerV4, strayV4},
+		{"udp6-ipv6-relay", "udp", r.addr6, 0x02, r.topo.RelayPeerV6, r.topo.PeerV6, netip.Addr{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var base net.PacketConn
+			err := r.topo.Client.Do(func() error {
+				switch tc.network {
+				case "udp":
+					c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP(r, tc.server), 0)))
+					base = c
+					return err
+				default:
+					c, err := net.DialTimeout("tcp", tc.server.String(), 3*time.Second)
+					if err == nil {
+						base = turn.NewSTUNConn(c)
+					}
+					return err
+				}
+			})
+			if err != nil {
+				t.Fatalf("client socket: %v", err)
+			}
+			p := newPionSession(t, tc.network, tc.server, base, tc.family)
+			if got := p.relayAddr().Addr().Unmap(); got != tc.relay {
+				t.Fatalf("relayed address %s, want one on %s", p.relayAddr(), tc.relay)
+			}
+			var peer, stray *net.UDPConn
+			err = r.topo.Peer.Do(func() error {
+				var err error
+				if peer, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.peerIP, 0))); err != nil {
+					return err
+				}
+				if tc.strayIP.IsValid() {
+					stray, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.strayIP, 0)))
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatalf("peer socket: %v", err)
+			}
+			t.Cleanup(func() {
+				_ = peer.Close()
+				if stray != nil {
+					_ = stray.Close()
+				}
+			})
+			runPionScenario(t, p, peer, stray, nil, tc.network)
+		})
+	}
+}
+
+func clientIP(r *netnsRelay, server netip.AddrPort) netip.Addr {
+	if server.Addr().Is6() {
+		return r.topo.ClientV6
+	}
+	return r.topo.ClientV4
+}
