@@ -376,6 +376,9 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 	}
 	if relay != nil {
 		run.RelayCPUPct = 100 * float64(s1.relay-s0.relay) / float64(s1.at.Sub(s0.at))
+		if delivered > 0 {
+			run.RelayNsPerPkt = float64((s1.relay - s0.relay).Nanoseconds()) / delivered
+		}
 	}
 	run.P50us = float64(recv.Latency.Quantile(0.50)) / 1e3
 	run.P99us = float64(recv.Latency.Quantile(0.99)) / 1e3

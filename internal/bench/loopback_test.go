@@ -88,6 +88,9 @@ func TestGeneratorReceiverLoopback(t *testing.T) {
 			if sum != max {
 				t.Fatalf("per-flow sum %d", sum)
 			}
+			if recv.Lost() != 0 || recv.FlowsSeen() != flows {
+				t.Fatalf("lost %d, flows seen %d", recv.Lost(), recv.FlowsSeen())
+			}
 			if recv.Latency.Count() != max || recv.Latency.Quantile(0.99) <= 0 || recv.Latency.Quantile(0.99) > 3*time.Second {
 				t.Fatalf("latency count %d p99 %v", recv.Latency.Count(), recv.Latency.Quantile(0.99))
 			}

@@ -46,6 +46,7 @@ type Receiver struct {
 	invalid  atomic.Uint64
 	reflect  atomic.Uint64
 	flowRecv []atomic.Uint64
+	flowNext []atomic.Uint64 // highest sequence seen + 1
 	Latency  Histogram
 	measure  atomic.Bool
 	wg       sync.WaitGroup
@@ -60,7 +61,7 @@ func NewReceiver(cfg RecvConfig) *Receiver {
 	if cfg.SocketBuffer == 0 {
 		cfg.SocketBuffer = 8 << 20
 	}
-	return &Receiver{cfg: cfg, flowRecv: make([]atomic.Uint64, cfg.Flows)}
+	return &Receiver{cfg: cfg, flowRecv: make([]atomic.Uint64, cfg.Flows), flowNext: make([]atomic.Uint64, cfg.Flows)}
 }
 
 // Start reads every socket on its own goroutine.
@@ -123,6 +124,34 @@ func (r *Receiver) FlowPackets(id int) uint64 {
 	return r.flowRecv[id].Load()
 }
 
+// Lost estimates the packets lost so far from the sequence numbers: for
+// every flow seen, (highest sequence + 1) minus the packets received. It
+// cannot see losses after a flow's last received packet.
+func (r *Receiver) Lost() uint64 {
+	var expect, got uint64
+	for i := range r.flowNext {
+		if n := r.flowNext[i].Load(); n > 0 {
+			expect += n
+			got += r.flowRecv[i].Load()
+		}
+	}
+	if got >= expect {
+		return 0
+	}
+	return expect - got
+}
+
+// FlowsSeen is the number of flow ids that received at least one packet.
+func (r *Receiver) FlowsSeen() int {
+	n := 0
+	for i := range r.flowRecv {
+		if r.flowRecv[i].Load() > 0 {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *Receiver) loop(c *net.UDPConn, bc *batchConn) {
 	defer r.wg.Done()
 	var echo []byte
@@ -144,7 +173,7 @@ func (r *Receiver) loop(c *net.UDPConn, bc *batchConn) {
 			if !ok {
 				continue
 			}
-			flow, _, sent, ok := ParsePayloadHeader(payload)
+			flow, seq, sent, ok := ParsePayloadHeader(payload)
 			if !ok {
 				r.invalid.Add(1)
 				continue
@@ -153,6 +182,12 @@ func (r *Receiver) loop(c *net.UDPConn, bc *batchConn) {
 			r.bytes.Add(uint64(len(payload)))
 			if int(flow) < len(r.flowRecv) {
 				r.flowRecv[flow].Add(1)
+				for next := &r.flowNext[flow]; ; {
+					cur := next.Load()
+					if seq+1 <= cur || next.CompareAndSwap(cur, seq+1) {
+						break
+					}
+				}
 			}
 			if measuring {
 				r.Latency.Record(time.Duration(now - sent))

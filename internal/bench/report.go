@@ -51,10 +51,11 @@ type Run struct {
 	Seconds        float64 `json:"seconds"`
 	OfferedPPS     float64 `json:"offered_pps"`
 	DeliveredPPS   float64 `json:"delivered_pps"`
-	Loss           float64 `json:"loss"`               // 1 - delivered/offered in the window
-	RelayCPUPct    float64 `json:"relay_cpu_pct"`      // % of one core; 0 for direct
-	SysCPUNsPerPkt float64 `json:"sys_cpu_ns_per_pkt"` // all non-idle CPU time / delivered
-	SysCPUPct      float64 `json:"sys_cpu_pct"`        // machine busy %, all cores
+	Loss           float64 `json:"loss"`                 // 1 - delivered/offered in the window
+	RelayCPUPct    float64 `json:"relay_cpu_pct"`        // % of one core; 0 for direct
+	RelayNsPerPkt  float64 `json:"relay_cpu_ns_per_pkt"` // relay process CPU time / delivered
+	SysCPUNsPerPkt float64 `json:"sys_cpu_ns_per_pkt"`   // all non-idle CPU time / delivered
+	SysCPUPct      float64 `json:"sys_cpu_pct"`          // machine busy %, all cores
 	P50us          float64 `json:"latency_p50_us"`
 	P99us          float64 `json:"latency_p99_us"`
 	GSOSends       uint64  `json:"generator_gso_sends"`
@@ -71,6 +72,7 @@ type Summary struct {
 	Offered     float64 `json:"offered_pps"`
 	Delivered   float64 `json:"delivered_pps"`
 	RelayCPU    float64 `json:"relay_cpu_pct"`
+	RelayNs     float64 `json:"relay_cpu_ns_per_pkt"`
 	CPUNsPerPkt float64 `json:"sys_cpu_ns_per_pkt"`
 	P50us       float64 `json:"latency_p50_us"`
 	P99us       float64 `json:"latency_p99_us"`
@@ -139,7 +141,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 			s.Available = false
 			s.Reason = why
 		}
-		var off, del, rcpu, ns, p50, p99, loss, rDel, rNs, rP50, rP99 []float64
+		var off, del, rcpu, rns, ns, p50, p99, loss, rDel, rNs, rP50, rP99 []float64
 		for _, r := range cr.Runs {
 			if r.Variant != v || r.Error != "" {
 				continue
@@ -148,6 +150,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 			off = append(off, r.OfferedPPS)
 			del = append(del, r.DeliveredPPS)
 			rcpu = append(rcpu, r.RelayCPUPct)
+			rns = append(rns, r.RelayNsPerPkt)
 			ns = append(ns, r.SysCPUNsPerPkt)
 			p50 = append(p50, r.P50us)
 			p99 = append(p99, r.P99us)
@@ -174,7 +177,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 				}
 			}
 		}
-		s.Offered, s.Delivered, s.RelayCPU = median(off), median(del), median(rcpu)
+		s.Offered, s.Delivered, s.RelayCPU, s.RelayNs = median(off), median(del), median(rcpu), median(rns)
 		s.CPUNsPerPkt, s.P50us, s.P99us, s.Loss = median(ns), median(p50), median(p99), median(loss)
 		s.DeliveredRatio, s.CPUNsRatio, s.P50Ratio, s.P99Ratio = median(rDel), median(rNs), median(rP50), median(rP99)
 		cr.Summaries = append(cr.Summaries, s)
@@ -199,22 +202,22 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, cr := range r.Cases {
 		fmt.Fprintf(w, "\n%s — %s\n", cr.Case.Name, cr.Case)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "variant\truns\toffered kpps\tdelivered kpps\tx direct\trelay CPU %\tsys CPU ns/pkt\tx direct\tp50 us\tp99 us\tloss %\t")
+		fmt.Fprintln(tw, "variant\truns\toffered kpps\tdelivered kpps\tx direct\trelay CPU %\trelay ns/pkt\tsys CPU ns/pkt\tx direct\tp50 us\tp99 us\tloss %\t")
 		for _, s := range cr.Summaries {
 			if !s.Available || s.Runs == 0 {
 				why := s.Reason
 				if why == "" {
 					why = "no successful run"
 				}
-				fmt.Fprintf(tw, "%s\t%d\tunavailable: %s\t\t\t\t\t\t\t\t\t\n", s.Variant, s.Runs, oneLine(why, 90))
+				fmt.Fprintf(tw, "%s\t%d\tunavailable: %s\t\t\t\t\t\t\t\t\t\t\n", s.Variant, s.Runs, oneLine(why, 90))
 				continue
 			}
-			relay := fmt.Sprintf("%.0f", s.RelayCPU)
+			relay, relayNs := fmt.Sprintf("%.0f", s.RelayCPU), fmt.Sprintf("%.0f", s.RelayNs)
 			if s.Variant == VariantDirect {
-				relay = "-"
+				relay, relayNs = "-", "-"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.2f\t\n",
-				s.Variant, s.Runs, s.Offered/1e3, s.Delivered/1e3, fmtRatio(s.DeliveredRatio), relay,
+			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.2f\t\n",
+				s.Variant, s.Runs, s.Offered/1e3, s.Delivered/1e3, fmtRatio(s.DeliveredRatio), relay, relayNs,
 				s.CPUNsPerPkt, fmtRatio(s.CPUNsRatio), s.P50us, s.P99us, s.Loss*100)
 		}
 		if err := tw.Flush(); err != nil {
