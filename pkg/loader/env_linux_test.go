@@ -23,9 +23,9 @@ type xdpMd struct {
 
 // progEnv is one namespace shaped like a relay host, for BPF_PROG_RUN:
 //
-//	rc0       198.18.0.2/24 2001:2::2/64        client side; neighbours .1 and .3
+//	rc0       198.18.0.2/24 2001:2::2/64        client side; neighbours .1 and .3 (v4 and v6)
 //	rv0       198.18.2.2/24 2001:2:0:2::2/64    "VLAN 100 on rc0" (vlan_devs); neighbours .1 and .5
-//	rp0       198.18.1.2/24 2001:2:0:1::2/64    peer side (MTU 1400); neighbour .1
+//	rp0       198.18.1.2/24 2001:2:0:1::2/64    peer side (MTU 1400); neighbours .1 and .3
 //	rx0       198.18.3.2/24                     not in the devmap; neighbour .1
 //
 // Neighbours are permanent entries with fixed MACs, so bpf_fib_lookup
@@ -37,15 +37,16 @@ type progEnv struct {
 }
 
 var (
-	macRC0  = [6]byte{0x02, 0, 0, 0, 0, 0xc0}
-	macRP0  = [6]byte{0x02, 0, 0, 0, 0, 0xd0}
-	macRX0  = [6]byte{0x02, 0, 0, 0, 0, 0xe0}
-	macCli  = [6]byte{0x02, 0, 0, 0, 1, 1}
-	macCli3 = [6]byte{0x02, 0, 0, 0, 1, 3}
-	macPeer = [6]byte{0x02, 0, 0, 0, 2, 1}
-	macVCli = [6]byte{0x02, 0, 0, 0, 3, 1}
-	macVPr  = [6]byte{0x02, 0, 0, 0, 3, 5}
-	macX    = [6]byte{0x02, 0, 0, 0, 4, 1}
+	macRC0   = [6]byte{0x02, 0, 0, 0, 0, 0xc0}
+	macRP0   = [6]byte{0x02, 0, 0, 0, 0, 0xd0}
+	macRX0   = [6]byte{0x02, 0, 0, 0, 0, 0xe0}
+	macCli   = [6]byte{0x02, 0, 0, 0, 1, 1}
+	macCli3  = [6]byte{0x02, 0, 0, 0, 1, 3}
+	macPeer  = [6]byte{0x02, 0, 0, 0, 2, 1}
+	macPeer3 = [6]byte{0x02, 0, 0, 0, 2, 3}
+	macVCli  = [6]byte{0x02, 0, 0, 0, 3, 1}
+	macVPr   = [6]byte{0x02, 0, 0, 0, 3, 5}
+	macX     = [6]byte{0x02, 0, 0, 0, 4, 1}
 )
 
 func macStr(m [6]byte) string {
@@ -111,6 +112,9 @@ func newProgEnv(t testing.TB, maxChannels int) *progEnv {
 		[]string{"neigh", "add", "2001:2:0:2::5", "lladdr", macStr(macVPr), "dev", "rv0", "nud", "permanent"},
 		[]string{"neigh", "add", "198.18.1.1", "lladdr", macStr(macPeer), "dev", "rp0", "nud", "permanent"},
 		[]string{"neigh", "add", "2001:2:0:1::1", "lladdr", macStr(macPeer), "dev", "rp0", "nud", "permanent"},
+		[]string{"neigh", "add", "2001:2::3", "lladdr", macStr(macCli3), "dev", "rc0", "nud", "permanent"},
+		[]string{"neigh", "add", "198.18.1.3", "lladdr", macStr(macPeer3), "dev", "rp0", "nud", "permanent"},
+		[]string{"neigh", "add", "2001:2:0:1::3", "lladdr", macStr(macPeer3), "dev", "rp0", "nud", "permanent"},
 		[]string{"neigh", "add", "198.18.3.1", "lladdr", macStr(macX), "dev", "rx0", "nud", "permanent"},
 	)
 	for _, s := range steps {
