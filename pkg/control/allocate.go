@@ -99,14 +99,14 @@ func (s *Server) handleAllocate(r *reqCtx) {
 
 	// RFC 8656 section 7.2: without REQUESTED-ADDRESS-FAMILY the relayed
 	// address is IPv4. Deviation, for clients that never send the
-	// attribute (the pion/turn client) on IPv6-only relays: when this
-	// server has no IPv4 relay address, the family of the address the
-	// client contacted is used instead of answering 440.
+	// attribute (the pion/turn v4 client cannot) on IPv6-only relays: when
+	// this server has no IPv4 relay address, IPv6 is used instead of
+	// answering 440.
 	primary := familyIPv4
 	if hasReqFam {
 		primary = reqFam
 	} else if _, ok := s.relayIPFor(familyIPv4, netip.Addr{}); !ok {
-		primary = familyOf(r.tuple.server.Addr())
+		primary = familyIPv6
 	}
 	a := newAllocation(s, r.tuple, r.sink, r.username, r.now)
 	a.dontFrag = dontFrag

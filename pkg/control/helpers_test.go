@@ -105,6 +105,25 @@ func dialRaw(t testing.TB, network string, server netip.AddrPort) *rawClient {
 	return &rawClient{t: t, conn: c, stream: network != "udp", user: testUser, pass: testPass, realm: testRealm}
 }
 
+// dialRawFrom is dialRaw from a given local address (another loopback IP
+// is another source for the per-IP limits).
+func dialRawFrom(t testing.TB, network, local string, server netip.AddrPort) *rawClient {
+	t.Helper()
+	d := net.Dialer{}
+	switch network {
+	case "udp":
+		d.LocalAddr = net.UDPAddrFromAddrPort(netip.MustParseAddrPort(local))
+	default:
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.MustParseAddrPort(local))
+	}
+	c, err := d.Dial(network, server.String())
+	if err != nil {
+		t.Fatalf("dial %s %s from %s: %v", network, server, local, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawClient{t: t, conn: c, stream: network != "udp", user: testUser, pass: testPass, realm: testRealm}
+}
+
 func (c *rawClient) localAddr() netip.AddrPort {
 	switch a := c.conn.LocalAddr().(type) {
 	case *net.UDPAddr:
