@@ -128,6 +128,36 @@ func TestReflector(t *testing.T) {
 	}
 }
 
+// TestReceiverLoss feeds sequence gaps and reordering by hand.
+func TestReceiverLoss(t *testing.T) {
+	rx := listen(t, "udp4", "127.0.0.1:0")
+	tx := listen(t, "udp4", "127.0.0.1:0")
+	r := NewReceiver(RecvConfig{Conns: []*net.UDPConn{rx}, Flows: 4})
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sends := []struct {
+		flow uint32
+		seq  uint64
+	}{{0, 0}, {0, 1}, {0, 5}, {0, 3}, {2, 9}, {7, 0}} // flow 7 is past Flows: counted, not tracked
+	for _, s := range sends {
+		b := make([]byte, 40)
+		PutPayloadHeader(b, s.flow, s.seq, nowNs())
+		if _, err := tx.WriteToUDPAddrPort(b, addrOf(rx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tx.WriteToUDPAddrPort([]byte("not a measurement packet"), addrOf(rx)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(func() bool { return r.Packets()+r.Invalid() >= uint64(len(sends)+1) })
+	r.Stop()
+	// flow 0: 6 expected (0..5), 4 received; flow 2: 10 expected, 1 received.
+	if r.Packets() != 6 || r.Invalid() != 1 || r.Lost() != 2+9 || r.FlowsSeen() != 2 {
+		t.Fatalf("packets %d invalid %d lost %d flows %d", r.Packets(), r.Invalid(), r.Lost(), r.FlowsSeen())
+	}
+}
+
 func TestHistogramQuantiles(t *testing.T) {
 	var h Histogram
 	for i := 1; i <= 1000; i++ {

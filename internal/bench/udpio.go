@@ -1,9 +1,6 @@
 package bench
 
-import (
-	"net"
-	"net/netip"
-)
+import "net/netip"
 
 // maxGSOSegments bounds one UDP_SEGMENT send: the kernel accepts at most
 // UDP_MAX_SEGMENTS (64 on older kernels) segments and 64 KiB in total.
@@ -39,6 +36,5 @@ type datagram struct {
 }
 
 // UDP sockets made by the caller (inside a namespace) are wrapped by
-// newBatchConn; see udpio_linux.go for the batched implementation and
-// udpio_default.go for the portable one.
-var _ = net.UDPConn{}
+// newBatchConn: udpio_linux.go is the batched implementation,
+// udpio_default.go the portable one.
