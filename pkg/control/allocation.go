@@ -61,6 +61,7 @@ type allocation struct {
 
 	toPeerPkts, toPeerBytes     atomic.Uint64
 	toClientPkts, toClientBytes atomic.Uint64
+	lastActivity                atomic.Int64 // unix ns of the last relayed datagram, either path
 
 	mu sync.RWMutex // guards every field below
 	// relays are indexed by famIndex (IPv4, IPv6); at least one is set.
@@ -83,6 +84,12 @@ type channel struct {
 
 	offloaded bool
 	off       ChannelOffload
+
+	// Activity, written under the read lock, hence atomics: the last
+	// datagram either path relayed on this channel (the kernel path is
+	// noticed when its counters move, see pollKernel).
+	lastActivity atomic.Int64
+	kernelSeen   atomic.Uint64 // kernel packets (both directions) at the last poll
 }
 
 func newAllocation(s *Server, t fiveTuple, sink clientSink, user string, now time.Time) *allocation {
@@ -364,6 +371,38 @@ func (a *allocation) shutdown(keepOffload bool) {
 	}
 }
 
+// pollKernel marks offloaded channels whose kernel counters moved since the
+// last poll as active: a channel the kernel forwards is as alive as one
+// userspace forwards, although userspace never sees its packets.
+func (a *allocation) pollKernel(now time.Time) {
+	if a.s.off == nil {
+		return
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, ch := range a.chans {
+		if !ch.offloaded {
+			continue
+		}
+		u, err := a.s.off.Usage(ch.off)
+		if err != nil {
+			continue
+		}
+		if n := u.ToPeerPackets + u.ToClientPackets; n != ch.kernelSeen.Load() {
+			ch.kernelSeen.Store(n)
+			ch.lastActivity.Store(now.UnixNano())
+			a.lastActivity.Store(now.UnixNano())
+		}
+	}
+}
+
+func unixNanoTime(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
 // counts returns the numbers of live permissions, live channels and
 // offloaded channels, and the kernel usage of the offloaded ones.
 func (a *allocation) counts(now time.Time) (perms, chans, offl int, u ChannelUsage) {
@@ -405,6 +444,7 @@ func (a *allocation) info(now time.Time) AllocationInfo {
 		DontFragment: a.dontFrag,
 		ToPeer:       PathCounters{a.toPeerPkts.Load(), a.toPeerBytes.Load()},
 		ToClient:     PathCounters{a.toClientPkts.Load(), a.toClientBytes.Load()},
+		LastActivity: unixNanoTime(a.lastActivity.Load()),
 	}
 	for _, r := range a.relays {
 		if r != nil {
@@ -421,7 +461,8 @@ func (a *allocation) info(now time.Time) AllocationInfo {
 		if ch.cooling {
 			continue
 		}
-		ci := ChannelInfo{Number: ch.num, Peer: ch.peer, Expires: ch.expires, Offloaded: ch.offloaded}
+		ci := ChannelInfo{Number: ch.num, Peer: ch.peer, Expires: ch.expires, Offloaded: ch.offloaded,
+			LastActivity: unixNanoTime(ch.lastActivity.Load())}
 		if ch.offloaded {
 			if u, err := a.s.off.Usage(ch.off); err == nil {
 				ci.Kernel = u

@@ -130,6 +130,9 @@ func TestPionClientEndToEnd(t *testing.T) {
 				t.Errorf("data indications sent after the channel was bound")
 			}
 			as := s.Allocations()
+			if as[0].LastActivity.IsZero() || as[0].Channels[0].LastActivity.IsZero() {
+				t.Errorf("no activity recorded: %+v", as[0])
+			}
 			if as[0].Username != testUser || as[0].Transport != network {
 				t.Errorf("allocation info %+v", as[0])
 			}

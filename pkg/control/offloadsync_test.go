@@ -207,6 +207,20 @@ func TestOffloadRefreshAndRemove(t *testing.T) {
 	off.mu.Lock()
 	off.usage = ChannelUsage{ToPeerPackets: 7, ToPeerBytes: 700, ToClientPackets: 3, ToClientBytes: 300}
 	off.mu.Unlock()
+	if ai := s.Allocations(); !ai[0].Channels[0].LastActivity.IsZero() {
+		t.Errorf("activity before any traffic: %v", ai[0].Channels[0].LastActivity)
+	}
+	// Kernel traffic makes the channel and the allocation active.
+	polled := time.Now()
+	s.lookup(fiveTuple{proto: tUDP, client: c.localAddr(), server: s.addr("udp")}).pollKernel(polled)
+	if ai := s.Allocations(); !ai[0].Channels[0].LastActivity.Equal(polled) || !ai[0].LastActivity.Equal(polled) {
+		t.Errorf("kernel traffic not seen as activity: %+v", ai[0])
+	}
+	// Unchanged counters: no new activity.
+	s.lookup(fiveTuple{proto: tUDP, client: c.localAddr(), server: s.addr("udp")}).pollKernel(polled.Add(time.Minute))
+	if ai := s.Allocations(); !ai[0].Channels[0].LastActivity.Equal(polled) {
+		t.Errorf("activity moved without traffic")
+	}
 	st := s.Stats()
 	if st.KernelToPeer.Packets != 7 || st.KernelToClient.Bytes != 300 || st.OffloadedChannels != 1 {
 		t.Errorf("kernel usage not in stats: %+v %+v %d", st.KernelToPeer, st.KernelToClient, st.OffloadedChannels)

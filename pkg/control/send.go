@@ -82,6 +82,7 @@ func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 	var rs *relaySock
 	ok := ch != nil && !ch.cooling && now.Before(ch.expires) && !a.dead
 	if ok {
+		ch.lastActivity.Store(now.UnixNano())
 		peer = ch.peer
 		rs = a.relays[famIndex(familyOf(peer.Addr()))]
 		ok = rs != nil && a.permittedLocked(peer.Addr(), now)
@@ -128,6 +129,7 @@ func (a *allocation) toPeer(tx dataplane.Tx, rs *relaySock, peer netip.AddrPort,
 	// counters do not include yet (send errors are the datapath's).
 	a.toPeerPkts.Add(1)
 	a.toPeerBytes.Add(uint64(len(payload)))
+	a.lastActivity.Store(now.UnixNano())
 	s.stats.toPeerPackets.Add(1)
 	s.stats.toPeerBytes.Add(uint64(len(payload)))
 	if tx != nil {
@@ -149,6 +151,7 @@ func (a *allocation) fromPeer(tx dataplane.Tx, rs *relaySock, from netip.AddrPor
 	var num uint16
 	if ch := a.chanByPeer[from]; ok && ch != nil && !ch.cooling && now.Before(ch.expires) {
 		num = ch.num
+		ch.lastActivity.Store(now.UnixNano())
 	}
 	a.mu.RUnlock()
 	if !ok {
@@ -174,6 +177,7 @@ func (a *allocation) fromPeer(tx dataplane.Tx, rs *relaySock, from netip.AddrPor
 	}
 	a.toClientPkts.Add(1)
 	a.toClientBytes.Add(uint64(len(p)))
+	a.lastActivity.Store(now.UnixNano())
 	s.stats.toClientPackets.Add(1)
 	s.stats.toClientBytes.Add(uint64(len(p)))
 	a.sink.send(tx, frame)

@@ -441,6 +441,11 @@ func (s *Server) udpHandler(tx dataplane.Tx, c dataplane.Conn, from netip.AddrPo
 	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	local := c.LocalAddr()
 	t := fiveTuple{proto: tUDP, client: from, server: netip.AddrPortFrom(local.Addr().Unmap(), local.Port())}
+	if len(p) >= 4 && p[0]>>6 == 1 {
+		// ChannelData, the hot path: no reply, so no sink to allocate.
+		s.channelDataFromClient(tx, t, p)
+		return
+	}
 	s.handlePacket(tx, &udpSink{conn: c, addr: from}, t, p)
 }
 
@@ -480,6 +485,10 @@ func (s *Server) janitor() {
 			s.ports.expireReservations(now)
 			if now.Sub(lastPrune) > 5*time.Second {
 				s.limiter.prune(now)
+				s.allocs.Range(func(_, v any) bool {
+					v.(*allocation).pollKernel(now)
+					return true
+				})
 				lastPrune = now
 			}
 			if err := s.saveState(false); err != nil {

@@ -159,6 +159,9 @@ type ChannelInfo struct {
 	Peer      netip.AddrPort `json:"peer"`
 	Expires   time.Time      `json:"expires"`
 	Offloaded bool           `json:"offloaded"`
+	// LastActivity is when a datagram last crossed this channel on either
+	// path (kernel traffic is noticed every few seconds); zero: never.
+	LastActivity time.Time `json:"last_activity"`
 	// Kernel is what the kernel path counted for this channel (zero when
 	// not offloaded).
 	Kernel ChannelUsage `json:"kernel"`
@@ -174,6 +177,9 @@ type AllocationInfo struct {
 	Created      time.Time        `json:"created"`
 	Expires      time.Time        `json:"expires"`
 	DontFragment bool             `json:"dont_fragment"`
+	// LastActivity: last datagram relayed for this allocation (as for
+	// ChannelInfo.LastActivity).
+	LastActivity time.Time        `json:"last_activity"`
 	Permissions  []PermissionInfo `json:"permissions"`
 	Channels     []ChannelInfo    `json:"channels"`
 	// Userspace packets relayed for this allocation.
