@@ -94,10 +94,10 @@ static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p,
 	}
 	__u32 out = fib->ifindex;
 	__u32 in = ctx->ingress_ifindex;
-	struct vlan_egress *vl = bpf_map_lookup_elem(&vlan_devs, &out);
 	if (p->has_vlan) {
 		/* A tagged frame can only go back out its own parent with
 		 * the tag of the egress VLAN device. */
+		struct vlan_egress *vl = bpf_map_lookup_elem(&vlan_devs, &out);
 		if (!vl || vl->parent_ifindex != in) {
 			*reason = HR_CNT_PASS_NO_EGRESS;
 			return XDP_PASS;
@@ -105,10 +105,9 @@ static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p,
 		*tci = (p->vlan_tci & 0xF000) | (vl->vid & 0x0FFF);
 		return XDP_TX;
 	}
-	if (vl) { /* untagged in, tagged out: would need a tag push */
-		*reason = HR_CNT_PASS_NO_EGRESS;
-		return XDP_PASS;
-	}
+	/* Untagged: the ingress device itself, or a device in the devmap.
+	 * A VLAN device is neither (the loader keeps them out of tx_ports),
+	 * so untagged-in/tagged-out is passed without a vlan_devs lookup. */
 	if (out == in)
 		return XDP_TX;
 	if (!bpf_map_lookup_elem(&tx_ports, &out)) {

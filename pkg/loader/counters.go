@@ -130,6 +130,13 @@ func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 		if i <= 0 {
 			return fmt.Errorf("set redirect interfaces: bad ifindex %d", i)
 		}
+		var vl relayVlanEgress
+		if x.objs.VlanDevs.Lookup(uint32(i), &vl) == nil {
+			// The program sends untagged frames to devmap entries;
+			// a VLAN device there would be a redirect the driver
+			// cannot do.
+			return fmt.Errorf("set redirect interfaces: ifindex %d is a VLAN device", i)
+		}
 		want[uint32(i)] = true
 	}
 	var stale []uint32
@@ -170,6 +177,10 @@ func (x *XDP) SetVLANDevice(ifindex, parent int, vid uint16) error {
 	}
 	if ifindex <= 0 || parent <= 0 || vid > 4094 {
 		return fmt.Errorf("set vlan device %d on %d vid %d: bad argument", ifindex, parent, vid)
+	}
+	var port uint32
+	if x.objs.TxPorts.Lookup(uint32(ifindex), &port) == nil {
+		return fmt.Errorf("set vlan device %d: it is a redirect interface", ifindex)
 	}
 	if err := x.objs.VlanDevs.Put(uint32(ifindex), relayVlanEgress{ParentIfindex: uint32(parent), Vid: vid}); err != nil {
 		return fmt.Errorf("set vlan device %d: %w", ifindex, err)

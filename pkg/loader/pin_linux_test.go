@@ -191,3 +191,22 @@ func TestIncompatiblePinFails(t *testing.T) {
 func itoa(i int) string {
 	return fmtInt(i)
 }
+
+// TestVLANDevicesStayOutOfDevmap: the program redirects untagged frames
+// only, so a VLAN device must never be a redirect target, and vice versa.
+func TestVLANDevicesStayOutOfDevmap(t *testing.T) {
+	e := newProgEnv(t, 16)
+	err := e.ns.Do(func() error { return e.x.SetRedirectIfaces([]int{e.rc0, e.rc0v}) })
+	if err == nil {
+		t.Fatal("a VLAN device was accepted as redirect interface")
+	}
+	if err := e.x.SetVLANDevice(e.rp0, e.rc0, 7); err == nil {
+		t.Fatal("a redirect interface was accepted as VLAN device")
+	}
+	if err := e.x.SetVLANDevice(e.rc0v, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ns.Do(func() error { return e.x.SetRedirectIfaces([]int{e.rc0, e.rc0v}) }); err != nil {
+		t.Fatalf("after removing the VLAN entry: %v", err)
+	}
+}
