@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -50,6 +51,7 @@ exit, Ctrl-C included.`,
 			&cli.StringFlag{Name: "direction", Value: "both", Usage: "client-to-peer, peer-to-client or both"},
 			&cli.StringFlag{Name: "family", Value: "both", Usage: "ipv4, ipv6 or both (many-flow cases: the first of these)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON instead of the table"},
+			&cli.StringFlag{Name: "json-out", Usage: "also write the JSON report to `FILE` (the table still goes to stdout)"},
 			&cli.StringFlag{Name: "chart", Usage: "write an SVG bar chart of the ratios to direct to `FILE`"},
 			&cli.StringFlag{Name: "relay-binary", Usage: "hybridrelay binary to run as the relay (default: this one)"},
 			&cli.StringFlag{Name: "relay-log", Usage: "append the relays' output to `FILE`"},
@@ -119,20 +121,29 @@ func writeCompare(c *cli.Context, rep *bench.Report) error {
 	if err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
+	if path := c.String("json-out"); path != "" {
+		if err := writeReportFile(path, rep.WriteJSON); err != nil {
+			return fmt.Errorf("json-out: %w", err)
+		}
+	}
 	if path := c.String("chart"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return fmt.Errorf("chart: %w", err)
-		}
-		if err := rep.WriteSVG(f); err != nil {
-			f.Close()
-			return fmt.Errorf("chart: %w", err)
-		}
-		if err := f.Close(); err != nil {
+		if err := writeReportFile(path, rep.WriteSVG); err != nil {
 			return fmt.Errorf("chart: %w", err)
 		}
 	}
 	return nil
+}
+
+func writeReportFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // compareOptions turns the flags into harness options and cases.
