@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,7 +206,7 @@ func relayRange(t *testing.T) (int, int) {
 	return p, p + 99
 }
 
-func writeFile(t *testing.T, dir, name, content string) string {
+func writeTestFile(t *testing.T, dir, name, content string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
@@ -285,7 +286,7 @@ func TestServeBindingReloadAndTerm(t *testing.T) {
 	dir := t.TempDir()
 	port := freePort(t)
 	lo, hi := relayRange(t)
-	conf := writeFile(t, dir, "hybridrelay.conf", fmt.Sprintf(`# test configuration
+	conf := writeTestFile(t, dir, "hybridrelay.conf", fmt.Sprintf(`# test configuration
 listen = 127.0.0.1:%d
 relay-ip = 127.0.0.1
 min-port = %d
@@ -359,7 +360,7 @@ log-level = debug
 	}
 
 	// A broken file on SIGHUP keeps the running configuration.
-	writeFile(t, dir, "hybridrelay.conf", "max-port = 70000\n")
+	writeTestFile(t, dir, "hybridrelay.conf", "max-port = 70000\n")
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	d.waitLog(t, "reload failed; keeping the running configuration", 10*time.Second)
 	res = stunRoundTrip(t, c, stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint))
@@ -411,8 +412,8 @@ func TestServeDemoUser(t *testing.T) {
 
 func TestServeConfigErrors(t *testing.T) {
 	dir := t.TempDir()
-	bad := writeFile(t, dir, "bad.conf", "# comment\nrealm = example.org\n\nmax-port = 70000\n")
-	unknown := writeFile(t, dir, "typo.conf", "listen = 127.0.0.1:3478\nrelayip = 192.0.2.1\n")
+	bad := writeTestFile(t, dir, "bad.conf", "# comment\nrealm = example.org\n\nmax-port = 70000\n")
+	unknown := writeTestFile(t, dir, "typo.conf", "listen = 127.0.0.1:3478\nrelayip = 192.0.2.1\n")
 	tests := []struct {
 		name string
 		env  []string
@@ -473,7 +474,7 @@ func TestHelpGolden(t *testing.T) {
 }
 
 // goldenHelpCommands are the commands whose help is pinned.
-var goldenHelpCommands = [][]string{{"serve"}}
+var goldenHelpCommands = [][]string{{"serve"}, {"stats"}, {"maps"}, {"maps", "dump"}, {"maps", "dump", "channels"}, {"maps", "dump", "peers"}, {"maps", "dump", "allocations"}, {"maps", "unpin"}, {"probe"}}
 
 func compareGolden(t *testing.T, path, got string) {
 	t.Helper()
@@ -491,3 +492,10 @@ func compareGolden(t *testing.T, path, got string) {
 		t.Fatalf("output differs from %s (go test -update rewrites it):\n--- got\n%s\n--- want\n%s", path, got, want)
 	}
 }
+
+// execCommand is exec.Command (a seam only for readability in the tests).
+var execCommand = exec.Command
+
+type netipAddrPort = netip.AddrPort
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }

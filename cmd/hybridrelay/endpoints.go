@@ -1,7 +1,78 @@
 package main
 
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/internal/admin"
+	"github.com/hybridrelay/hybridrelay/internal/metrics"
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+)
+
 // startSideEndpoints opens the admin socket and the metrics endpoint
-// (issue 5); each registers its closer in d.closer.
+// (issue 5); each registers its closer in d.closer. The admin socket is
+// on by default, so failing to open it (not root, another daemon on the
+// same path) is a warning; the metrics endpoint is asked for explicitly, so
+// failing to bind it is an error.
 func (d *daemon) startSideEndpoints() error {
+	if p := d.settings.AdminSocket; p != "" {
+		a, err := admin.Listen(p, d, d.log)
+		if err != nil {
+			d.log.Warn("admin socket unavailable; `hybridrelay stats` and `maps` will not reach this daemon", "err", err)
+		} else {
+			d.closer = append(d.closer, a.Close)
+			d.log.Info("admin socket listening", "path", p)
+		}
+	}
+	if addr := d.settings.MetricsListen; addr != "" {
+		m, err := metrics.Listen(addr, d.Snapshot, d.log)
+		if err != nil {
+			return err
+		}
+		d.closer = append(d.closer, m.Close)
+		d.log.Info("metrics endpoint listening", "addr", m.Addr().String(), "path", "/metrics")
+	}
 	return nil
 }
+
+// Snapshot implements admin.Source and feeds the metrics endpoint.
+func (d *daemon) Snapshot() (admin.Snapshot, error) {
+	s := admin.Snapshot{Time: time.Now(), StartedAt: d.started, PID: os.Getpid(),
+		Datapath: d.dp.name, DatapathReason: d.dp.reason}
+	st := d.srv.Stats()
+	s.Server = &st
+	dps := d.dp.dp.Stats()
+	s.Dataplane = &dps
+	if ls, ok := d.dp.dp.(dataplane.LoopStatser); ok {
+		s.Loops = ls.LoopStats()
+	}
+	if k := d.dp.kernel; k != nil {
+		kern, err := admin.KernelFromLoader(k.x, "daemon", k.ifaces)
+		if err != nil {
+			return s, fmt.Errorf("read kernel counters: %w", err)
+		}
+		s.Kernel = kern
+	}
+	return s, nil
+}
+
+// Allocations implements admin.Source.
+func (d *daemon) Allocations() []control.AllocationInfo { return d.srv.Allocations() }
+
+// Channels implements admin.Source: the kernel table as the daemon's own
+// handle sees it (which also works when the pins are private to the
+// daemon's mount namespace, as under `ip netns exec`).
+func (d *daemon) Channels() ([]admin.Channel, error) {
+	if d.dp.kernel == nil {
+		return nil, admin.ErrNoKernelPath
+	}
+	return admin.ChannelsFromLoader(d.dp.kernel.x, time.Now())
+}
+
+var _ admin.Source = (*daemon)(nil)
+
+// errNoDaemon reports whether err means no daemon answers.
+func errNoDaemon(err error) bool { return errors.Is(err, admin.ErrNotRunning) }

@@ -193,10 +193,11 @@ type daemon struct {
 	settings *config.Settings
 	out      io.Writer
 
-	dp     *datapathSet
-	srv    *control.Server
-	demo   map[string]string // the generated demo user, kept across reloads
-	closer []func() error    // side endpoints, closed in reverse order
+	dp      *datapathSet
+	srv     *control.Server
+	demo    map[string]string // the generated demo user, kept across reloads
+	closer  []func() error    // side endpoints, closed in reverse order
+	started time.Time
 }
 
 func newDaemon(log *slog.Logger, src settingsSource, s *config.Settings, out io.Writer) *daemon {
@@ -204,6 +205,7 @@ func newDaemon(log *slog.Logger, src settingsSource, s *config.Settings, out io.
 }
 
 func (d *daemon) start() error {
+	d.started = time.Now()
 	s := d.settings
 	cfg := s.Control()
 	if len(cfg.RelayIPs) == 0 && anyUnspecified(cfg.Listeners) {

@@ -86,19 +86,33 @@ func TestScrape(t *testing.T) {
 	roundTrip(stun.MustBuild(stun.TransactionID, allocType, transport, stun.NewUsername("alice"), realm, nonce,
 		stun.NewLongTermIntegrity("alice", realm.String(), "wrong"), stun.Fingerprint))
 
-	resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// The server counts a request after answering it, so the last answer
+	// may arrive before its count: scrape until the counts settle.
+	var body []byte
+	var fams map[string]*dto.MetricFamily
+	scrape := func() {
+		t.Helper()
+		resp, err := http.Get("http://" + m.Addr().String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err = parser.TextToMetricFamilies(strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatalf("parse exposition: %v\n%s", err, body)
+		}
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("parse exposition: %v\n%s", err, body)
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		scrape()
+		if strings.Contains(string(body), `hybridrelay_requests_total{method="allocate",result="401"} 2`) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	value := func(name string, labels map[string]string) (float64, bool) {
 		f, ok := fams[name]
@@ -145,7 +159,7 @@ func TestScrape(t *testing.T) {
 	for _, tt := range tests {
 		v, ok := value(tt.name, tt.labels)
 		if !ok || v < tt.min || v > tt.max {
-			t.Errorf("%s%v = %v (present %v), want %v..%v", tt.name, tt.labels, v, ok, tt.min, tt.max)
+			t.Errorf("%s%v = %v (present %v), want %v..%v\n%s", tt.name, tt.labels, v, ok, tt.min, tt.max, body)
 		}
 	}
 	// The wrong password is an authentication failure under some reason

@@ -1,0 +1,380 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/hybridrelay/hybridrelay/internal/admin"
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
+)
+
+// Flags shared by the commands that read a daemon's state.
+func adminSocketFlag() cli.Flag {
+	return &cli.StringFlag{Name: "admin-socket", Value: "/run/hybridrelay/admin.sock", Usage: "the daemon's admin socket (serve --admin-socket)", EnvVars: []string{"HYBRIDRELAY_ADMIN_SOCKET"}}
+}
+
+func bpffsFlag() cli.Flag {
+	return &cli.StringFlag{Name: "bpffs", Value: "/sys/fs/bpf/hybridrelay", Usage: "where the daemon pins its maps (serve --bpffs)", EnvVars: []string{"HYBRIDRELAY_BPFFS"}}
+}
+
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON instead of text"}
+}
+
+func init() {
+	register(&cli.Command{
+		Name:  "stats",
+		Usage: "show a running relay's counters (kernel counters from pinned maps when it is down)",
+		Description: `Asks the daemon over its admin socket (root only) for allocations, permissions,
+channels, requests, authentication failures, drops, the userspace datapath's
+batch statistics and the XDP program's counters. When no daemon answers, the
+kernel counters are read straight from the maps pinned under --bpffs.
+
+With --watch DUR the numbers are printed again every DUR, with rates (per
+second) computed over the interval. With --json each report is one JSON
+object per line: {"snapshot": ..., "rates": {...}} (rates only when watching).`,
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "watch", Usage: "print every `DUR` (e.g. 1s) with rates, until interrupted"},
+			jsonFlag(), adminSocketFlag(), bpffsFlag(),
+		},
+		Action: statsAction,
+	})
+}
+
+// statsSource reads snapshots from the daemon, or the kernel counters from
+// the pins.
+type statsSource struct {
+	sock, pins string
+	client     *admin.Client
+	pinned     *loader.XDP
+}
+
+func (s *statsSource) Close() {
+	if s.client != nil {
+		s.client.Close()
+	}
+	if s.pinned != nil {
+		s.pinned.Close()
+	}
+}
+
+func (s *statsSource) snapshot() (admin.Snapshot, error) {
+	if s.pinned == nil {
+		if s.client == nil {
+			c, err := admin.Dial(s.sock)
+			if err == nil {
+				s.client = c
+			} else if !errNoDaemon(err) {
+				return admin.Snapshot{}, err
+			}
+		}
+		if s.client != nil {
+			var snap admin.Snapshot
+			err := s.client.Call("stats", &snap)
+			if err == nil {
+				return snap, nil
+			}
+			s.client.Close()
+			s.client = nil
+			return admin.Snapshot{}, err
+		}
+		x, err := openPinned(s.pins)
+		if err != nil {
+			if errors.Is(err, errNoPins) {
+				return admin.Snapshot{}, fmt.Errorf("no daemon answers on %s and %v", s.sock, err)
+			}
+			return admin.Snapshot{}, err
+		}
+		s.pinned = x
+	}
+	k, err := admin.KernelFromLoader(s.pinned, "pinned maps", nil)
+	if err != nil {
+		return admin.Snapshot{}, err
+	}
+	return admin.Snapshot{Time: time.Now(), Kernel: k}, nil
+}
+
+func statsAction(c *cli.Context) error {
+	if c.Args().Len() > 0 {
+		return usageErrorf("stats takes no arguments")
+	}
+	watch := c.Duration("watch")
+	if watch < 0 || (watch > 0 && watch < 100*time.Millisecond) {
+		return usageErrorf("--watch %s: use at least 100ms", watch)
+	}
+	src := &statsSource{sock: c.String("admin-socket"), pins: c.String("bpffs")}
+	defer src.Close()
+	out := c.App.Writer
+	asJSON := c.Bool("json")
+	prev, err := src.snapshot()
+	if err != nil {
+		return err
+	}
+	if err := printStats(out, prev, nil, asJSON); err != nil {
+		return err
+	}
+	if watch == 0 {
+		return nil
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	tick := time.NewTicker(watch)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sig:
+			return nil
+		case <-tick.C:
+		}
+		cur, err := src.snapshot()
+		if err != nil {
+			return err
+		}
+		rates := computeRates(prev, cur)
+		if !asJSON {
+			fmt.Fprintln(out)
+		}
+		if err := printStats(out, cur, rates, asJSON); err != nil {
+			return err
+		}
+		prev = cur
+	}
+}
+
+// counterValues flattens a snapshot's monotonic counters by a stable name,
+// the keys of the rates.
+func counterValues(s admin.Snapshot) map[string]uint64 {
+	m := map[string]uint64{}
+	if srv := s.Server; srv != nil {
+		m["userspace.to_peer.packets"] = srv.UserspaceToPeer.Packets
+		m["userspace.to_peer.bytes"] = srv.UserspaceToPeer.Bytes
+		m["userspace.to_client.packets"] = srv.UserspaceToClient.Packets
+		m["userspace.to_client.bytes"] = srv.UserspaceToClient.Bytes
+		m["data_indications"] = srv.DataIndications
+		m["allocations_created"] = srv.AllocationsCreated
+		for meth, byRes := range srv.Requests {
+			for res, v := range byRes {
+				m["requests."+meth+"."+res] = v
+			}
+		}
+		for r, v := range srv.AuthFailures {
+			m["auth_failures."+r] = v
+		}
+		for r, v := range srv.Drops {
+			m["drops."+r] = v
+		}
+	}
+	if d := s.Dataplane; d != nil {
+		m["dataplane.read_calls"] = d.ReadCalls
+		m["dataplane.rx_packets"] = d.RxPackets
+		m["dataplane.tx_packets"] = d.TxPackets
+		m["dataplane.tx_gso_sends"] = d.TxGSOSends
+		m["dataplane.tx_gso_segments"] = d.TxGSOSegments
+		m["dataplane.drops"] = d.Drops
+	}
+	if k := s.Kernel; k != nil {
+		for n, v := range k.Counters {
+			m["kernel."+n] = v
+		}
+	}
+	return m
+}
+
+// computeRates is the per-second change of every counter between two
+// snapshots (a counter that went backwards, i.e. a daemon restart, is
+// left out).
+func computeRates(prev, cur admin.Snapshot) map[string]float64 {
+	dt := cur.Time.Sub(prev.Time).Seconds()
+	if dt <= 0 {
+		return nil
+	}
+	a, b := counterValues(prev), counterValues(cur)
+	r := map[string]float64{}
+	for k, v := range b {
+		if old, ok := a[k]; ok && v >= old {
+			r[k] = float64(v-old) / dt
+		}
+	}
+	return r
+}
+
+func printStats(w io.Writer, s admin.Snapshot, rates map[string]float64, asJSON bool) error {
+	if asJSON {
+		return json.NewEncoder(w).Encode(struct {
+			Snapshot admin.Snapshot     `json:"snapshot"`
+			Rates    map[string]float64 `json:"rates,omitempty"`
+		}{s, rates})
+	}
+	renderStats(w, s, rates)
+	return nil
+}
+
+// renderStats writes the human-readable report. It is a pure function of
+// its inputs (golden-tested).
+func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
+	rate := func(key string, scale float64, unit string) string {
+		if rates == nil {
+			return ""
+		}
+		return humanRate(rates[key]*scale, unit)
+	}
+	if s.Server != nil {
+		fmt.Fprintf(w, "daemon pid %d, up %s, datapath %s (%s)\n", s.PID, s.Time.Sub(s.StartedAt).Round(time.Second), s.Datapath, s.DatapathReason)
+	} else {
+		fmt.Fprintf(w, "no daemon running: kernel counters from pinned maps in %s\n", s.Kernel.PinDir)
+	}
+	if srv := s.Server; srv != nil {
+		fmt.Fprintf(w, "\nallocations %d   permissions %d   channels %d (%d in the kernel)\n",
+			srv.Allocations, srv.Permissions, srv.Channels, srv.OffloadedChannels)
+		fmt.Fprintf(w, "allocations created %d, expired %d, deleted %d\n", srv.AllocationsCreated, srv.AllocationsExpired, srv.AllocationsDeleted)
+	}
+
+	fmt.Fprintln(w)
+	head := fmt.Sprintf("%-20s %14s %16s", "relayed", "packets", "bytes")
+	if rates != nil {
+		head += fmt.Sprintf(" %10s %10s", "pkt/s", "bit/s")
+	}
+	fmt.Fprintln(w, head)
+	row := func(name, pktKey, byteKey string, pkts, bytes uint64) {
+		line := fmt.Sprintf("%-20s %14d %16d", name, pkts, bytes)
+		if rates != nil {
+			line += fmt.Sprintf(" %10s %10s", rate(pktKey, 1, ""), rate(byteKey, 8, ""))
+		}
+		fmt.Fprintln(w, line)
+	}
+	if k := s.Kernel; k != nil {
+		row("kernel to peer", "kernel.fwd_to_peer_packets", "kernel.fwd_to_peer_bytes", k.Counters["fwd_to_peer_packets"], k.Counters["fwd_to_peer_bytes"])
+		row("kernel to client", "kernel.fwd_to_client_packets", "kernel.fwd_to_client_bytes", k.Counters["fwd_to_client_packets"], k.Counters["fwd_to_client_bytes"])
+	}
+	if srv := s.Server; srv != nil {
+		row("userspace to peer", "userspace.to_peer.packets", "userspace.to_peer.bytes", srv.UserspaceToPeer.Packets, srv.UserspaceToPeer.Bytes)
+		row("userspace to client", "userspace.to_client.packets", "userspace.to_client.bytes", srv.UserspaceToClient.Packets, srv.UserspaceToClient.Bytes)
+	}
+
+	if srv := s.Server; srv != nil {
+		fmt.Fprintf(w, "\nrequests (method: result count)\n")
+		printed := false
+		for _, m := range sortedKeys(srv.Requests) {
+			var parts []string
+			for _, r := range sortedKeys(srv.Requests[m]) {
+				if v := srv.Requests[m][r]; v > 0 {
+					parts = append(parts, fmt.Sprintf("%s %d", r, v))
+				}
+			}
+			if len(parts) > 0 {
+				printed = true
+				fmt.Fprintf(w, "  %-18s %s\n", m+":", strings.Join(parts, ", "))
+			}
+		}
+		if !printed {
+			fmt.Fprintln(w, "  none yet")
+		}
+		printCounterLine(w, "auth failures", srv.AuthFailures)
+		printCounterLine(w, "drops", srv.Drops)
+		if srv.OffloadInstalls+srv.OffloadInstallErrors+srv.OffloadFull+srv.OffloadRemoves > 0 {
+			fmt.Fprintf(w, "offload: installs %d, removes %d, table full %d, errors install %d refresh %d remove %d\n",
+				srv.OffloadInstalls, srv.OffloadRemoves, srv.OffloadFull, srv.OffloadInstallErrors, srv.OffloadRefreshErrors, srv.OffloadRemoveErrors)
+		}
+	}
+	if d := s.Dataplane; d != nil {
+		fmt.Fprintf(w, "\nuserspace datapath %s, %d loops\n", d.Datapath, len(s.Loops))
+		fmt.Fprintf(w, "  reads %d, received %d datagrams (%d via GRO), kernel receive drops %d\n", d.ReadCalls, d.RxPackets, d.RxGROReads, d.RxKernelDrops)
+		fmt.Fprintf(w, "  receive batch sizes: %s\n", batchLine(d))
+		segs := "-"
+		if d.TxGSOSends > 0 {
+			segs = fmt.Sprintf("%.1f", float64(d.TxGSOSegments)/float64(d.TxGSOSends))
+		}
+		fmt.Fprintf(w, "  sent %d datagrams: %d GSO sends carrying %d (%s per send), %d sendmmsg calls carrying %d, %d single sends\n",
+			d.TxPackets, d.TxGSOSends, d.TxGSOSegments, segs, d.TxMmsgCalls, d.TxMmsgPackets, d.TxSingleSends)
+		fmt.Fprintf(w, "  GSO fallbacks %d, send errors %d, userspace drops %d\n", d.GSOFallbacks, d.TxErrors, d.Drops)
+		if rates != nil {
+			fmt.Fprintf(w, "  rates: %s datagrams/s received, %s sent, %s reads/s\n",
+				humanRate(rates["dataplane.rx_packets"], ""), humanRate(rates["dataplane.tx_packets"], ""), humanRate(rates["dataplane.read_calls"], ""))
+		}
+	}
+	if k := s.Kernel; k != nil {
+		fmt.Fprintf(w, "\nkernel fast path (%s", k.Source)
+		if k.PinDir != "" {
+			fmt.Fprintf(w, ", %s", k.PinDir)
+		}
+		fmt.Fprintf(w, "): %d of %d channels", k.Channels, k.MaxChannels)
+		if len(k.Ifaces) > 0 {
+			fmt.Fprintf(w, ", on %s", strings.Join(k.Ifaces, ", "))
+		}
+		fmt.Fprintln(w)
+		pass := map[string]uint64{}
+		for n, v := range k.Counters {
+			if r, ok := strings.CutPrefix(n, "pass_"); ok {
+				pass[r] = v
+			}
+		}
+		printCounterLine(w, "  passed to the stack", pass)
+	}
+}
+
+func printCounterLine(w io.Writer, title string, m map[string]uint64) {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		if m[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	if len(parts) == 0 {
+		parts = []string{"none"}
+	}
+	fmt.Fprintf(w, "%s: %s\n", title, strings.Join(parts, ", "))
+}
+
+// batchLine renders the batch-size histogram: "1: 10, 2-2: 3, ...".
+func batchLine(d *dataplane.Stats) string {
+	var parts []string
+	lo := 1
+	for i, hi := range dataplane.BatchHistogramBuckets {
+		if v := d.BatchSizes[i]; v > 0 {
+			label := fmt.Sprint(hi)
+			if lo != hi {
+				label = fmt.Sprintf("%d-%d", lo, hi)
+			}
+			parts = append(parts, fmt.Sprintf("%s: %d", label, v))
+		}
+		lo = hi + 1
+	}
+	if len(parts) == 0 {
+		return "none yet"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// humanRate prints a rate with k/M/G suffixes.
+func humanRate(v float64, unit string) string {
+	switch {
+	case v >= 1e9:
+		return fmt.Sprintf("%.2fG%s", v/1e9, unit)
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM%s", v/1e6, unit)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1fk%s", v/1e3, unit)
+	}
+	return fmt.Sprintf("%.0f%s", v, unit)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
