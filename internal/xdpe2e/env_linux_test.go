@@ -1,0 +1,294 @@
+package xdpe2e
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
+	"github.com/pion/logging"
+	"github.com/pion/transport/v4/stdnet"
+	"github.com/pion/turn/v4"
+)
+
+const (
+	user, pass, realm = "alice", "wonderland", "xdpe2e"
+	listenPort        = 3478
+)
+
+// env is one topology with the XDP path attached and a relay server in
+// the relay namespace.
+type env struct {
+	topo *netns.Topology
+	path *Path
+	srv  *control.Server
+	v6   bool
+	cfg  control.Config
+	opts control.Options
+}
+
+func (e *env) listener() netip.AddrPort {
+	if e.v6 {
+		return netip.AddrPortFrom(e.topo.RelayClientV6, listenPort)
+	}
+	return netip.AddrPortFrom(e.topo.RelayClientV4, listenPort)
+}
+
+func (e *env) clientIP() netip.Addr {
+	if e.v6 {
+		return e.topo.ClientV6
+	}
+	return e.topo.ClientV4
+}
+
+func (e *env) peerIP() netip.Addr {
+	if e.v6 {
+		return e.topo.PeerV6
+	}
+	return e.topo.PeerV4
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(ioDiscard{}, nil))
+}
+
+type ioDiscard struct{}
+
+func (ioDiscard) Write(b []byte) (int, error) { return len(b), nil }
+
+// newEnv builds the topology, attaches the program and starts a server
+// listening on the relay's client-side address with relay addresses on its
+// peer side (only the one family, so allocations are of that family).
+func newEnv(t *testing.T, v6 bool, mod func(*control.Config)) *env {
+	t.Helper()
+	privtest.Need(t, "ip", "ethtool", "ping")
+	topo, err := netns.NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topo.Close() })
+	p, err := Attach(topo, Options{MaxChannels: 64})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("detach xdp: %v", err)
+		}
+	})
+	e := &env{topo: topo, path: p, v6: v6}
+	cfg := control.DefaultConfig()
+	relayIP := topo.RelayPeerV4
+	if v6 {
+		relayIP = topo.RelayPeerV6
+	}
+	cfg.Listeners = []control.ListenerSpec{{Network: "udp", Addr: e.listener()}}
+	cfg.RelayIPs = []netip.Addr{relayIP}
+	cfg.Users = map[string]string{user: pass, "bob": "builder"}
+	cfg.Realm = realm
+	cfg.AllowPeers = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("2001:2::/48")}
+	if mod != nil {
+		mod(&cfg)
+	}
+	e.cfg = cfg
+	e.opts = control.Options{
+		Datapath:  InNamespace(dataplane.NewPlain(), topo.Relay),
+		Offload:   p.Offload(),
+		Logger:    testLogger(t),
+		StateFile: filepath.Join(t.TempDir(), "state.json"),
+	}
+	e.start(t)
+	return e
+}
+
+func (e *env) start(t *testing.T) {
+	t.Helper()
+	srv, err := control.NewServer(e.cfg, e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.srv = srv
+	t.Cleanup(func() { srv.Close() })
+}
+
+// peer is a UDP socket in the peer namespace.
+type peer struct {
+	conn *net.UDPConn
+}
+
+func newPeer(t *testing.T, e *env, port uint16) *peer {
+	t.Helper()
+	var c *net.UDPConn
+	err := e.topo.Peer.Do(func() (err error) {
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.peerIP(), port)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &peer{conn: c}
+}
+
+func (p *peer) addr() netip.AddrPort { return p.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (p *peer) recv(timeout time.Duration) ([]byte, netip.AddrPort, error) {
+	buf := make([]byte, 2048)
+	p.conn.SetReadDeadline(time.Now().Add(timeout))
+	n, from, err := p.conn.ReadFromUDPAddrPort(buf)
+	return buf[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), err
+}
+
+// pionClient is a pion/turn v4 client in the client namespace.
+type pionClient struct {
+	c     *turn.Client
+	relay net.PacketConn
+}
+
+func newPion(t *testing.T, e *env) *pionClient {
+	t.Helper()
+	var conn net.PacketConn
+	err := e.topo.Client.Do(func() (err error) {
+		conn, err = net.ListenPacket("udp", netip.AddrPortFrom(e.clientIP(), 0).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelError
+	n, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := turn.NewClient(&turn.ClientConfig{
+		Net:            anyFamilyNet{n},
+		STUNServerAddr: e.listener().String(),
+		TURNServerAddr: e.listener().String(),
+		Username:       user,
+		Password:       pass,
+		Realm:          realm,
+		Conn:           conn,
+		LoggerFactory:  lf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	relay, err := c.Allocate()
+	if err != nil {
+		c.Close()
+		conn.Close()
+		t.Fatalf("allocate: %v", err)
+	}
+	t.Cleanup(func() {
+		relay.Close()
+		c.Close()
+		conn.Close()
+	})
+	return &pionClient{c: c, relay: relay}
+}
+
+func (p *pionClient) relayAddr() netip.AddrPort {
+	return p.relay.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// anyFamilyNet resolves "udp4" as "udp": pion/turn v4's client resolves
+// the server address with "udp4" unconditionally, which would rule out an
+// IPv6 server; everything else is the standard library network.
+type anyFamilyNet struct{ *stdnet.Net }
+
+func (n anyFamilyNet) ResolveUDPAddr(network, address string) (*net.UDPAddr, error) {
+	if network == "udp4" {
+		network = "udp"
+	}
+	return n.Net.ResolveUDPAddr(network, address)
+}
+
+// exchange sends n payloads client -> peer and n replies peer -> client,
+// one round trip at a time, checking every byte and the addresses.
+func exchange(t *testing.T, pc *pionClient, pr *peer, n int, tag string) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		want := []byte(fmt.Sprintf("%s c->p %d %s", tag, i, bytes.Repeat([]byte{byte(i)}, (i*37)%400)))
+		if _, err := pc.relay.WriteTo(want, net.UDPAddrFromAddrPort(pr.addr())); err != nil {
+			t.Fatalf("%s: relay write: %v", tag, err)
+		}
+		got, from, err := pr.recv(3 * time.Second)
+		if err != nil {
+			t.Fatalf("%s: peer did not receive %d: %v", tag, i, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: peer got %x, want %x", tag, got, want)
+		}
+		if from != pc.relayAddr() {
+			t.Fatalf("%s: from %v, want relay %v", tag, from, pc.relayAddr())
+		}
+		back := []byte(fmt.Sprintf("%s p->c %d %s", tag, i, bytes.Repeat([]byte{0xA5, byte(i)}, (i*13)%300)))
+		if _, err := pr.conn.WriteToUDPAddrPort(back, pc.relayAddr()); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2048)
+		pc.relay.SetReadDeadline(time.Now().Add(3 * time.Second))
+		nr, src, err := pc.relay.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("%s: client did not receive reply %d: %v", tag, i, err)
+		}
+		if !bytes.Equal(buf[:nr], back) {
+			t.Fatalf("%s: client got %x, want %x", tag, buf[:nr], back)
+		}
+		if ap := src.(*net.UDPAddr).AddrPort(); netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) != pr.addr() {
+			t.Fatalf("%s: reply from %v, want %v", tag, src, pr.addr())
+		}
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func offloadedChannels(s *control.Server) int {
+	n := 0
+	for _, a := range s.Allocations() {
+		for _, c := range a.Channels {
+			if c.Offloaded {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func counters(t *testing.T, x *loader.XDP) loader.Counters {
+	t.Helper()
+	c, err := x.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
