@@ -585,6 +585,11 @@ func TestSendDataAndChannelData(t *testing.T) {
 				bad := appendChannelData(nil, 0x4ABC, payload, false)
 				binary.BigEndian.PutUint16(bad[2:], 200)
 				c.write(bad)
+				// A length field shorter than the datagram beyond padding:
+				// corrupted, dropped rather than truncated.
+				short := appendChannelData(nil, 0x4ABC, payload, true)
+				binary.BigEndian.PutUint16(short[2:], 4)
+				c.write(short)
 				if _, _, err := peer.recv(200 * time.Millisecond); err == nil {
 					t.Fatal("unbound or truncated ChannelData was relayed")
 				}
