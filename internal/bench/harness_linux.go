@@ -130,8 +130,8 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 					run.Error = err.Error()
 					h.progress("%s %-6s repeat %d: error: %v", c.Name, v, r+1, err)
 				} else {
-					h.progress("%s %-6s repeat %d: offered %8.0f pps, delivered %8.0f pps, relay CPU %5.1f%%, %6.0f CPU-ns/pkt, p50 %6.0f us, p99 %6.0f us",
-						c.Name, v, r+1, run.OfferedPPS, run.DeliveredPPS, run.RelayCPUPct, run.SysCPUNsPerPkt, run.P50us, run.P99us)
+					h.progress("%s %-6s repeat %d: offered %8.0f pps, delivered %8.0f pps, relay CPU %5.1f%%, %6.0f CPU-ns/pkt, p50 %6.0f us, p99 %6.0f us, background CPU %3.0f%%",
+						c.Name, v, r+1, run.OfferedPPS, run.DeliveredPPS, run.RelayCPUPct, run.SysCPUNsPerPkt, run.P50us, run.P99us, run.BackgroundCPUPct)
 				}
 				cr.Runs = append(cr.Runs, run)
 			}
@@ -312,6 +312,22 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 		return run, err
 	}
 	defer recv.Stop()
+	// The machine is shared: measure how busy it is without our load, just
+	// before the run, so a reader can tell a noisy run from a slow path.
+	b0, err := ReadSystemCPU()
+	if err != nil {
+		return run, err
+	}
+	if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+		return run, err
+	}
+	b1, err := ReadSystemCPU()
+	if err != nil {
+		return run, err
+	}
+	if total := b1.Total - b0.Total; total > 0 {
+		run.BackgroundCPUPct = 100 * float64(b1.Busy-b0.Busy) / float64(total)
+	}
 	gen, err := NewGenerator(GenConfig{Flows: flows, PayloadSize: c.Size, Rate: c.Rate, Duration: h.opts.Warmup + h.opts.Duration + 5*time.Second})
 	if err != nil {
 		return run, err

@@ -55,11 +55,14 @@ type Run struct {
 	RelayCPUPct    float64 `json:"relay_cpu_pct"`        // % of one core; 0 for direct
 	RelayNsPerPkt  float64 `json:"relay_cpu_ns_per_pkt"` // relay process CPU time / delivered
 	SysCPUNsPerPkt float64 `json:"sys_cpu_ns_per_pkt"`   // all non-idle CPU time / delivered
-	SysCPUPct      float64 `json:"sys_cpu_pct"`          // machine busy %, all cores
-	P50us          float64 `json:"latency_p50_us"`
-	P99us          float64 `json:"latency_p99_us"`
-	GSOSends       uint64  `json:"generator_gso_sends"`
-	Error          string  `json:"error,omitempty"`
+	SysCPUPct      float64 `json:"sys_cpu_pct"`
+	// BackgroundCPUPct is how busy the machine was (all cores, %) in the
+	// half second before the load started: other work on a shared host.
+	BackgroundCPUPct float64 `json:"background_cpu_pct"` // machine busy %, all cores
+	P50us            float64 `json:"latency_p50_us"`
+	P99us            float64 `json:"latency_p99_us"`
+	GSOSends         uint64  `json:"generator_gso_sends"`
+	Error            string  `json:"error,omitempty"`
 }
 
 // Summary is the median of a variant's runs in one case, and the median of
@@ -73,6 +76,7 @@ type Summary struct {
 	Delivered   float64 `json:"delivered_pps"`
 	RelayCPU    float64 `json:"relay_cpu_pct"`
 	RelayNs     float64 `json:"relay_cpu_ns_per_pkt"`
+	Background  float64 `json:"background_cpu_pct"`
 	CPUNsPerPkt float64 `json:"sys_cpu_ns_per_pkt"`
 	P50us       float64 `json:"latency_p50_us"`
 	P99us       float64 `json:"latency_p99_us"`
@@ -141,7 +145,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 			s.Available = false
 			s.Reason = why
 		}
-		var off, del, rcpu, rns, ns, p50, p99, loss, rDel, rNs, rP50, rP99 []float64
+		var bg, off, del, rcpu, rns, ns, p50, p99, loss, rDel, rNs, rP50, rP99 []float64
 		for _, r := range cr.Runs {
 			if r.Variant != v || r.Error != "" {
 				continue
@@ -151,6 +155,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 			del = append(del, r.DeliveredPPS)
 			rcpu = append(rcpu, r.RelayCPUPct)
 			rns = append(rns, r.RelayNsPerPkt)
+			bg = append(bg, r.BackgroundCPUPct)
 			ns = append(ns, r.SysCPUNsPerPkt)
 			p50 = append(p50, r.P50us)
 			p99 = append(p99, r.P99us)
@@ -177,7 +182,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 				}
 			}
 		}
-		s.Offered, s.Delivered, s.RelayCPU, s.RelayNs = median(off), median(del), median(rcpu), median(rns)
+		s.Offered, s.Delivered, s.RelayCPU, s.RelayNs, s.Background = median(off), median(del), median(rcpu), median(rns), median(bg)
 		s.CPUNsPerPkt, s.P50us, s.P99us, s.Loss = median(ns), median(p50), median(p99), median(loss)
 		s.DeliveredRatio, s.CPUNsRatio, s.P50Ratio, s.P99Ratio = median(rDel), median(rNs), median(rP50), median(rP99)
 		cr.Summaries = append(cr.Summaries, s)
@@ -196,29 +201,30 @@ func (r *Report) WriteJSON(w io.Writer) error {
 func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "hybridrelay compare: kernel %s, %d CPUs, %gs per run after %gs warm-up, %d repeat(s), variants alternating %s\n",
 		r.Kernel, r.CPUs, r.Duration, r.Warmup, r.Repeats, strings.Join(r.Variants, " "))
+	fmt.Fprintln(w, "bg CPU % is how busy the host was just before each run without this load (median); high values mean other work disturbed the run")
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
 	for _, cr := range r.Cases {
 		fmt.Fprintf(w, "\n%s — %s\n", cr.Case.Name, cr.Case)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "variant\truns\toffered kpps\tdelivered kpps\tx direct\trelay CPU %\trelay ns/pkt\tsys CPU ns/pkt\tx direct\tp50 us\tp99 us\tloss %\t")
+		fmt.Fprintln(tw, "variant\truns\toffered kpps\tdelivered kpps\tx direct\trelay CPU %\trelay ns/pkt\tsys CPU ns/pkt\tx direct\tp50 us\tp99 us\tloss %\tbg CPU %\t")
 		for _, s := range cr.Summaries {
 			if !s.Available || s.Runs == 0 {
 				why := s.Reason
 				if why == "" {
 					why = "no successful run"
 				}
-				fmt.Fprintf(tw, "%s\t%d\tunavailable: %s\t\t\t\t\t\t\t\t\t\t\n", s.Variant, s.Runs, oneLine(why, 90))
+				fmt.Fprintf(tw, "%s\t%d\tunavailable: %s\t\t\t\t\t\t\t\t\t\t\t\n", s.Variant, s.Runs, oneLine(why, 90))
 				continue
 			}
 			relay, relayNs := fmt.Sprintf("%.0f", s.RelayCPU), fmt.Sprintf("%.0f", s.RelayNs)
 			if s.Variant == VariantDirect {
 				relay, relayNs = "-", "-"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.2f\t\n",
+			fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.2f\t%.0f\t\n",
 				s.Variant, s.Runs, s.Offered/1e3, s.Delivered/1e3, fmtRatio(s.DeliveredRatio), relay, relayNs,
-				s.CPUNsPerPkt, fmtRatio(s.CPUNsRatio), s.P50us, s.P99us, s.Loss*100)
+				s.CPUNsPerPkt, fmtRatio(s.CPUNsRatio), s.P50us, s.P99us, s.Loss*100, s.Background)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

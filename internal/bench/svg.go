@@ -34,7 +34,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	nv := len(r.Variants)
 	groupW := nv*(barW+barGap) + groupGp
 	width := left + right + max(1, len(r.Cases))*groupW
-	width = max(width, 520)
+	width = max(width, 720)
 	height := top + 2*(panelH+labelH) + 20
 
 	var b strings.Builder
