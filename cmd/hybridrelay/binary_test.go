@@ -499,3 +499,47 @@ var execCommand = exec.Command
 type netipAddrPort = netip.AddrPort
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// authed sends an authenticated request of type typ with attrs, after
+// fetching a nonce with an unauthenticated one (RFC 8489 section 9.2).
+func authed(t *testing.T, c *net.UDPConn, user, pass string, typ stun.MessageType, attrs ...stun.Setter) *stun.Message {
+	t.Helper()
+	first := stun.MustBuild(append([]stun.Setter{stun.TransactionID, typ}, append(attrs, stun.Fingerprint)...)...)
+	res := stunRoundTrip(t, c, first)
+	var nonce stun.Nonce
+	var realm stun.Realm
+	if err := nonce.GetFrom(res); err != nil {
+		t.Fatalf("no NONCE in %v", res)
+	}
+	if err := realm.GetFrom(res); err != nil {
+		t.Fatalf("no REALM in %v", res)
+	}
+	setters := append([]stun.Setter{stun.TransactionID, typ}, attrs...)
+	setters = append(setters, stun.NewUsername(user), realm, nonce, stun.NewLongTermIntegrity(user, realm.String(), pass), stun.Fingerprint)
+	return stunRoundTrip(t, c, stun.MustBuild(setters...))
+}
+
+// bindChannel allocates on c and binds channel number to peer (RFC 8656
+// section 11), failing the test unless every step succeeds.
+func bindChannel(t *testing.T, c *net.UDPConn, user, pass, peer string, number uint16) {
+	t.Helper()
+	if res := allocate(t, c, user, pass); res.Type.Class != stun.ClassSuccessResponse {
+		t.Fatalf("allocate: %v", res)
+	}
+	ap := netip.MustParseAddrPort(peer)
+	xpeer := stun.XORMappedAddress{IP: ap.Addr().AsSlice(), Port: int(ap.Port())}
+	peerAttr := setterFunc(func(m *stun.Message) error { return xpeer.AddToAs(m, stun.AttrXORPeerAddress) })
+	// CHANNEL-NUMBER: the number, then 16 bits RFFU (RFC 8656 section 18.1).
+	chAttr := stun.RawAttribute{Type: stun.AttrChannelNumber, Value: []byte{byte(number >> 8), byte(number), 0, 0}}
+	res := authed(t, c, user, pass, stun.NewType(stun.MethodChannelBind, stun.ClassRequest), chAttr, peerAttr)
+	if res.Type.Class != stun.ClassSuccessResponse {
+		var code stun.ErrorCodeAttribute
+		code.GetFrom(res)
+		t.Fatalf("ChannelBind: %v %v", res, code)
+	}
+}
+
+// setterFunc adapts a function to stun.Setter.
+type setterFunc func(*stun.Message) error
+
+func (f setterFunc) AddTo(m *stun.Message) error { return f(m) }

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +96,68 @@ func TestLoadgenThroughServe(t *testing.T) {
 	}
 	if !strings.Contains(errb, "relayed 127.0.0.1:") || !strings.Contains(s[1], "received") {
 		t.Fatalf("progress lines missing:\nclient:\n%s\nsink:\n%s", errb, s[1])
+	}
+}
+
+// TestLoadgenSinkSendsToRelayed covers the peer-to-client direction from
+// the command line: the client prints its relayed addresses, a sink sends
+// to them with --send-to, and the client counts what the relay delivers.
+func TestLoadgenSinkSendsToRelayed(t *testing.T) {
+	port := freePort(t)
+	startDaemon(t, nil, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--relay-ip", "127.0.0.1",
+		"--user", "lg:pw", "--allow-peer", "127.0.0.1/32", "--datapath", "plain",
+		"--admin-socket", "off", "--metrics-listen", "off")
+	sinkPort := freePort(t)
+	client := exec.Command(binary, "loadgen", "--server", fmt.Sprintf("127.0.0.1:%d", port), "--peer", fmt.Sprintf("127.0.0.1:%d", sinkPort),
+		"--user", "lg:pw", "--allocations", "2", "--rate", "1", "--size", "100", "--duration", "4s", "--json")
+	client.Env = cleanEnv()
+	var cout, cerr syncBuffer
+	client.Stdout, client.Stderr = &cout, &cerr
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- client.Wait() }()
+	defer func() {
+		select {
+		case <-done:
+		default:
+			client.Process.Kill()
+			<-done
+		}
+	}()
+	re := regexp.MustCompile(`relayed (\S+) channel`)
+	var relayed []string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && len(relayed) < 2; time.Sleep(50 * time.Millisecond) {
+		relayed = relayed[:0]
+		for _, m := range re.FindAllStringSubmatch(cerr.String(), -1) {
+			relayed = append(relayed, m[1])
+		}
+	}
+	if len(relayed) != 2 {
+		t.Fatalf("client did not print two relayed addresses:\n%s", cerr.String())
+	}
+	args := []string{"loadgen", "sink", "--listen", fmt.Sprintf("127.0.0.1:%d", sinkPort), "--rate", "200", "--size", "300", "--duration", "1s", "--json"}
+	for _, r := range relayed {
+		args = append(args, "--send-to", r)
+	}
+	sout, serr, code := runBinary(t, nil, args...)
+	if code != 0 {
+		t.Fatalf("sink exit %d:\n%s\n%s", code, sout, serr)
+	}
+	var sr bench.SinkResult
+	if err := json.Unmarshal([]byte(sout), &sr); err != nil {
+		t.Fatalf("sink json: %v\n%s", err, sout)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("client: %v\n%s", err, cerr.String())
+	}
+	var cr bench.ClientResult
+	if err := json.Unmarshal([]byte(cout.String()), &cr); err != nil {
+		t.Fatalf("client json: %v\n%s", err, cout.String())
+	}
+	// 2 flows x 200 pps x 1 s from the sink; the client sent ~4 per flow.
+	if sr.Sent < 300 || cr.Returned+2 < sr.Sent || cr.Invalid != 0 || sr.Received == 0 {
+		t.Fatalf("sink sent %d, client got back %d (invalid %d); sink received %d", sr.Sent, cr.Returned, cr.Invalid, sr.Received)
 	}
 }

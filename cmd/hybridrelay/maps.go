@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -274,11 +275,14 @@ func mapsUnpinAction(c *cli.Context) error {
 		return err
 	}
 	n := x.Len() // the index the loader rebuilt from the maps
+	// pkg/loader pins one link per interface as link_<ifindex>; removing
+	// the pin of a link nobody else holds detaches the program.
+	links, _ := filepath.Glob(filepath.Join(dir, "link_*"))
 	err = x.Unpin()
 	x.Close()
 	if err != nil {
 		return fmt.Errorf("unpin: %w", err)
 	}
-	fmt.Fprintf(c.App.Writer, "removed %s (%d channels; XDP program detached)\n", dir, n)
+	fmt.Fprintf(c.App.Writer, "removed %s (%d channels, %d XDP links detached)\n", dir, n, len(links))
 	return nil
 }

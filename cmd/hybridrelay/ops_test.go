@@ -242,4 +242,17 @@ func TestMapsDumpGolden(t *testing.T) {
 			compareGolden(t, filepath.Join("testdata", tt.golden+".golden"), out)
 		})
 	}
+
+	// unpin removes the state for good; afterwards there is nothing to dump.
+	out, stderr, code := runBinary(t, nil, "maps", "unpin", "--bpffs", pins, "--admin-socket", noDaemon)
+	if code != 0 || out != fmt.Sprintf("removed %s (4 channels, 0 XDP links detached)\n", pins) {
+		t.Fatalf("unpin: exit %d %q %s", code, out, stderr)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Fatalf("%s still exists: %v", pins, err)
+	}
+	_, stderr, code = runBinary(t, nil, "stats", "--bpffs", pins, "--admin-socket", noDaemon)
+	if code != 1 || !strings.Contains(stderr, "no daemon answers on "+noDaemon+" and no pinned hybridrelay maps in "+pins) {
+		t.Fatalf("stats after unpin: exit %d: %s", code, stderr)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -46,12 +47,13 @@ func TestServeAutoPicksXDP(t *testing.T) {
 	t.Cleanup(func() { topo.Close() })
 
 	pinDir := fmt.Sprintf("/sys/fs/bpf/hrtest-%d-serve", os.Getpid())
+	sock := filepath.Join(t.TempDir(), "admin.sock")
 	lo, hi := relayRange(t)
 	cmd := topo.Relay.Exec(binary, "serve",
 		"--listen", "udp://"+topo.RelayClientV4.String()+":3478",
 		"--relay-ip", topo.RelayPeerV4.String(),
 		"--min-port", fmt.Sprint(lo), "--max-port", fmt.Sprint(hi),
-		"--user", "u:p", "--admin-socket", "off", "--bpffs", pinDir)
+		"--user", "u:p", "--admin-socket", sock, "--bpffs", pinDir)
 	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
@@ -78,9 +80,9 @@ func TestServeAutoPicksXDP(t *testing.T) {
 	if !strings.Contains(log, `msg="datapath selected" datapath=xdp reason="auto: XDP attaches (`) {
 		t.Fatalf("auto did not pick xdp:\n%s", log)
 	}
-	out, err := topo.Relay.IP("link", "show", topo.RelayClientIf)
-	if err != nil || !strings.Contains(out, "xdp") {
-		t.Fatalf("no XDP program on %s: %s %v", topo.RelayClientIf, out, err)
+	linkOut, err := topo.Relay.IP("link", "show", topo.RelayClientIf)
+	if err != nil || !strings.Contains(linkOut, "xdp") {
+		t.Fatalf("no XDP program on %s: %s %v", topo.RelayClientIf, linkOut, err)
 	}
 
 	var c *net.UDPConn
@@ -96,6 +98,26 @@ func TestServeAutoPicksXDP(t *testing.T) {
 	var xor stun.XORMappedAddress
 	if err := xor.GetFrom(res); err != nil || !xor.IP.Equal(topo.ClientV4.AsSlice()) {
 		t.Fatalf("XOR-MAPPED-ADDRESS %v (%v), want %v", xor, err, topo.ClientV4)
+	}
+
+	// Bind a channel to the peer: the daemon installs it in the kernel,
+	// and the operator tools show it.
+	bindChannel(t, c, "u", "p", topo.PeerV4.String()+":9000", 0x4001)
+	out, stderr, code := runBinary(t, nil, "maps", "dump", "channels", "--admin-socket", sock, "--bpffs", pinDir)
+	if code != 0 {
+		t.Fatalf("maps dump channels: exit %d: %s", code, stderr)
+	}
+	// The pins are private to the daemon's mount namespace, so the table
+	// comes from the daemon itself.
+	want := fmt.Sprintf("0x4001   %s", c.LocalAddr())
+	if !strings.Contains(out, "1 channels (daemon on "+sock+")") || !strings.Contains(out, want) ||
+		!strings.Contains(out, topo.PeerV4.String()+":9000") {
+		t.Fatalf("maps dump channels:\n%s\nwant a line starting %q", out, want)
+	}
+	out, stderr, code = runBinary(t, nil, "stats", "--admin-socket", sock)
+	if code != 0 || !strings.Contains(out, "datapath xdp") || !strings.Contains(out, "kernel fast path (daemon, "+pinDir+"): 1 of 16384 channels, on cli0, peer0") ||
+		!strings.Contains(out, "channels 1 (1 in the kernel)") {
+		t.Fatalf("stats: exit %d %s\n%s", code, stderr, out)
 	}
 
 	if code := d.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
