@@ -2,6 +2,7 @@ package xdpe2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,10 +14,12 @@ import (
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/hybridrelay/hybridrelay/internal/turnclient"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 	"github.com/pion/logging"
+	"github.com/pion/stun/v3"
 	"github.com/pion/transport/v4/stdnet"
 	"github.com/pion/turn/v4"
 )
@@ -291,4 +294,82 @@ func counters(t *testing.T, x *loader.XDP) loader.Counters {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// rawClient is the project's small TURN client (internal/turnclient) in
+// the client namespace, for steps pion does not expose (explicit
+// ChannelBind, Send indications, waiting for a channel to expire).
+type rawClient struct {
+	*turnclient.Client
+	relayed netip.AddrPort
+}
+
+func newRaw(t *testing.T, e *env, name, password string) *rawClient {
+	t.Helper()
+	var conn *net.UDPConn
+	err := e.topo.Client.Do(func() (err error) {
+		conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(e.clientIP(), 0)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := turnclient.New(turnclient.Config{
+		Server:      e.listener(),
+		Conn:        conn,
+		Credentials: turnclient.Credentials{Username: name, Password: password},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := c.Allocate(ctx, turnclient.AllocateOptions{IPv6: e.v6})
+	if err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	return &rawClient{Client: c, relayed: a.Relayed}
+}
+
+func (c *rawClient) bind(t *testing.T, ch uint16, peer netip.AddrPort) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.ChannelBind(ctx, ch, peer); err != nil {
+		t.Fatalf("channel bind: %v", err)
+	}
+}
+
+// read returns the next datagram from the server, decoded: a ChannelData
+// message (ch != 0) or a Data indication (ch == 0, from = its peer).
+func (c *rawClient) read(timeout time.Duration) (ch uint16, data []byte, from netip.AddrPort, err error) {
+	buf := make([]byte, 2048)
+	c.Conn().SetReadDeadline(time.Now().Add(timeout))
+	n, _, err := c.Conn().ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return 0, nil, from, err
+	}
+	b := buf[:n]
+	if turnclient.IsChannelData(b) {
+		ch, data, err = turnclient.ParseChannelData(b)
+		return ch, data, from, err
+	}
+	m := &stun.Message{Raw: b}
+	if err := m.Decode(); err != nil {
+		return 0, nil, from, err
+	}
+	if m.Type != stun.NewType(stun.MethodData, stun.ClassIndication) {
+		return 0, nil, from, fmt.Errorf("unexpected %v", m.Type)
+	}
+	data, err = m.Get(stun.AttrData)
+	if err != nil {
+		return 0, nil, from, err
+	}
+	var xa stun.XORMappedAddress
+	if err := xa.GetFromAs(m, stun.AttrXORPeerAddress); err != nil {
+		return 0, nil, from, err
+	}
+	ip, _ := netip.AddrFromSlice(xa.IP)
+	return 0, data, netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)), nil
 }
