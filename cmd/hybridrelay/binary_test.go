@@ -543,3 +543,17 @@ func bindChannel(t *testing.T, c *net.UDPConn, user, pass, peer string, number u
 type setterFunc func(*stun.Message) error
 
 func (f setterFunc) AddTo(m *stun.Message) error { return f(m) }
+
+// TestServeAddressInUse: a runtime failure exits 1 and names the address.
+func TestServeAddressInUse(t *testing.T) {
+	busy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	addr := busy.LocalAddr().String()
+	_, stderr, code := runBinary(t, nil, "serve", "--listen", "udp://"+addr, "--datapath", "plain", "--admin-socket", "off", "--user", "a:b")
+	if code != 1 || !strings.Contains(stderr, "listen udp "+addr) || !strings.Contains(stderr, "address already in use") {
+		t.Fatalf("exit %d, want 1 naming %s:\n%s", code, addr, stderr)
+	}
+}
