@@ -25,13 +25,17 @@
 #define HR_IP_OFFSET 0x1FFF
 
 /* ChannelData (RFC 8656 section 12.4): 2-byte channel number, 2-byte
- * length, then the data. Valid channel numbers are 0x4000-0x4FFF
- * (section 12); the first two bits are 01 which tells ChannelData apart
- * from STUN (00). Over UDP the padding to a multiple of 4 is optional
- * (section 12.5), so at most 3 bytes may follow the data. */
+ * length, then the data. The first two bits are 01, which tells
+ * ChannelData apart from STUN (00). RFC 8656 section 12 allows channels
+ * 0x4000-0x4FFF, RFC 5766 section 11 allowed 0x4000-0x7FFF and clients
+ * still use it (coturn's turnutils_uclient does); the control plane
+ * decides which numbers it binds, so the program accepts the whole 01
+ * range and forwards only installed channels. Over UDP the padding to a
+ * multiple of 4 is optional (section 12.5), so at most 3 bytes may follow
+ * the data. */
 #define HR_CHANNELDATA_HLEN 4
 #define HR_CHANNEL_MIN      0x4000
-#define HR_CHANNEL_MAX      0x4FFF
+#define HR_CHANNEL_MAX      0x7FFF
 #define HR_MAX_PAD          3
 
 /* Address family tags in map keys (not AF_* values: they are stable on

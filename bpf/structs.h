@@ -18,7 +18,7 @@ struct c2p_key {
 	__u8 listener_addr[16]; /* destination (the server's listener) */
 	__be16 client_port;
 	__be16 listener_port;
-	__be16 channel; /* 0x4000-0x4FFF, network order */
+	__be16 channel; /* 0x4000-0x7FFF, network order */
 	__u8 family;    /* HR_FAMILY_V4 / HR_FAMILY_V6 */
 	__u8 pad;
 };

@@ -39,6 +39,9 @@ var (
 		Relay: ap("198.18.3.2:49157"), Peer: ap("198.18.3.1:40000"), Number: 0x4005}
 	chExpired = Channel{Client: ap("198.18.0.1:50006"), Listener: ap("198.18.0.2:3478"),
 		Relay: ap("198.18.1.2:49158"), Peer: ap("198.18.1.1:40006"), Number: 0x4006}
+	// RFC 5766 allowed channels up to 0x7FFF; clients still use them.
+	chHigh = Channel{Client: ap("198.18.0.1:50008"), Listener: ap("198.18.0.2:3478"),
+		Relay: ap("198.18.1.2:49161"), Peer: ap("198.18.1.1:40008"), Number: 0x7F45}
 	// A VLAN client whose peer is reached untagged: the program cannot
 	// move a frame between tagged and untagged.
 	chVlanMix = Channel{Client: ap("198.18.2.1:50007"), Listener: ap("198.18.2.2:3478"),
@@ -46,7 +49,7 @@ var (
 )
 
 func installGolden(t testing.TB, x *XDP) {
-	for _, c := range []Channel{chV4, chV4DF, chV6, chTX, chVlan4, chVlan6, chNoNeigh, chHairpin, chNoEgress, chVlanMix} {
+	for _, c := range []Channel{chV4, chV4DF, chV6, chTX, chVlan4, chVlan6, chNoNeigh, chHairpin, chNoEgress, chVlanMix, chHigh} {
 		c.Expires = hour()
 		if err := x.PutChannel(c); err != nil {
 			t.Fatalf("install %#x: %v", c.Number, err)
@@ -144,6 +147,10 @@ func goldenCases() []goldenCase {
 			c2pOut(chV4, d5, macRP0, macPeer, nil), FwdToPeerPackets},
 		{"c2p v4 same interface TX", c2pIn(chTX, d100, nil, nil), onRC0, xdpTX,
 			c2pOut(chTX, d100, macRC0, macCli3, nil), FwdToPeerPackets},
+		{"c2p v4 rfc 5766 channel", c2pIn(chHigh, seq(11), []byte{0, 0, 0}, nil), onRC0, xdpRedirect,
+			c2pOut(chHigh, seq(11), macRP0, macPeer, nil), FwdToPeerPackets},
+		{"p2c v4 rfc 5766 channel", p2cIn(chHigh, d100, nil), onRP0, xdpRedirect,
+			p2cOut(chHigh, d100, macRC0, macCli, nil), FwdToClientPackets},
 		{"c2p v6 no padding", c2pIn(chV6, d100, nil, nil), onRC0, xdpRedirect,
 			c2pOut(chV6, d100, macRP0, macPeer, nil), FwdToPeerPackets},
 		{"c2p v6 padding", c2pIn(chV6, seq(6), []byte{0xff, 0xfe}, nil), onRC0, xdpRedirect,
@@ -177,7 +184,9 @@ func goldenCases() []goldenCase {
 		{"unknown v6", c2pIn(Channel{Client: ap("[2001:2::1]:1"), Listener: chV6.Listener, Number: 0x4FFF}, d100, nil, nil), onRC0, xdpPass, nil, PassNoEntry},
 		{"unknown peer", p2cIn(Channel{Peer: ap("198.18.1.1:1"), Relay: chV4.Relay}, d100, nil), onRP0, xdpPass, nil, PassNotChannelData},
 		{"stun to listener", c2pIn(chV4, nil, nil, func(f *frameSpec) { f.payload = append([]byte{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42}, seq(12)...) }), onRC0, xdpPass, nil, PassNotChannelData},
-		{"reserved channel 0x5000", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0x5000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"rfc 5766 channel without entry", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0x5000}, d100, nil, nil), onRC0, xdpPass, nil, PassNoEntry},
+		{"first bits 10 is not channeldata", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0x8000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"first bits 11 is not channeldata", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0xC000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
 		{"expired c2p", c2pIn(chExpired, d100, nil, nil), onRC0, xdpPass, nil, PassExpired},
 		{"expired p2c", p2cIn(chExpired, d100, nil), onRP0, xdpPass, nil, PassExpired},
 		{"no neighbour", c2pIn(chNoNeigh, d100, nil, nil), onRC0, xdpPass, nil, PassNoNeigh},

@@ -50,8 +50,10 @@ func addrFrom(b [16]byte, family uint8) netip.Addr {
 // keys builds both directions' keys and values of c. This is the only place
 // map keys are made.
 func (c Channel) keys(slot uint32, expires uint64) (ck relayC2pKey, cv relayC2pVal, pk relayP2cKey, pv relayP2cVal, err error) {
-	if c.Number < 0x4000 || c.Number > 0x4FFF {
-		return ck, cv, pk, pv, fmt.Errorf("channel %#x outside 0x4000-0x4FFF: %w", c.Number, ErrUnsupported)
+	// RFC 8656 section 12 (0x4000-0x4FFF) and RFC 5766 section 11
+	// (0x4000-0x7FFF): whatever the control plane bound.
+	if c.Number < 0x4000 || c.Number > 0x7FFF {
+		return ck, cv, pk, pv, fmt.Errorf("channel %#x outside 0x4000-0x7FFF: %w", c.Number, ErrUnsupported)
 	}
 	client, f1 := addrBytes(c.Client.Addr())
 	listener, f2 := addrBytes(c.Listener.Addr())

@@ -59,7 +59,7 @@ type Options struct {
 // All four addresses must be of one family.
 type Channel struct {
 	Client, Listener, Relay, Peer netip.AddrPort
-	Number                        uint16 // 0x4000-0x4FFF
+	Number                        uint16 // 0x4000-0x7FFF (RFC 8656 / RFC 5766)
 	// Expires is when the kernel stops forwarding (it then passes the
 	// packets to userspace). The zero Time means already expired.
 	Expires time.Time
