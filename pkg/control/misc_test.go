@@ -141,6 +141,29 @@ func TestRateLimitUnauthenticated(t *testing.T) {
 	if st := s.Stats(); st.AuthFailures["rate_limited"] < 8 {
 		t.Errorf("rate_limited = %d", st.AuthFailures["rate_limited"])
 	}
+	// Over TCP the bucket is per connection: fresh connections from the
+	// IP whose UDP bucket is empty are answered, a flooding connection is
+	// cut off at its burst.
+	for conn := 0; conn < 5; conn++ {
+		tc := dialRaw(t, "tcp", s.addr("tcp"))
+		m := tc.build(methodAllocate, stun.ClassRequest, false, udpTransport())
+		tc.write(m.Raw)
+		if r := tc.readSTUN(m.TransactionID, time.Second); code(r) != 401 {
+			t.Fatalf("tcp connection %d: code %d", conn, code(r))
+		}
+	}
+	tc := dialRaw(t, "tcp", s.addr("tcp"))
+	n := 0
+	for i := 0; i < 12; i++ {
+		m := tc.build(methodAllocate, stun.ClassRequest, false, udpTransport())
+		tc.write(m.Raw)
+		if r := tc.readSTUN(m.TransactionID, 200*time.Millisecond); code(r) == 401 {
+			n++
+		}
+	}
+	if n < 3 || n > 4 {
+		t.Errorf("tcp connection: %d of 12 answered, want the burst of 3 (4 with a refill)", n)
+	}
 	// A client with valid credentials is charged for its first 401 only:
 	// ten authenticated requests from a fresh source pass a burst of 3.
 	c2 := dialRawFrom(t, "udp", "127.0.0.5:0", s.addr("udp"))

@@ -182,10 +182,19 @@ func (r *reqCtx) authenticate() bool {
 	return false
 }
 
-// allowUnauth charges one unauthenticated response to the client's IP and
-// reports whether it may be sent.
+// allowUnauth charges one unauthenticated response and reports whether it
+// may be sent. Over UDP the bucket is per source IP (reflection and
+// amplification with spoofed sources). Over TCP/TLS it is per connection:
+// the handshake already proved the source, a response dropped on a stream
+// is never retransmitted, and many legitimate clients behind one NAT
+// (TURN over TLS from an office) must not starve each other; a connection
+// that floods is still cut off.
 func (r *reqCtx) allowUnauth() bool {
-	if r.s.limiter.allow(r.tuple.client.Addr(), r.now) {
+	if sc, ok := r.sink.(*streamConn); ok {
+		if sc.unauth.take(1, r.now) {
+			return true
+		}
+	} else if r.s.limiter.allow(r.tuple.client.Addr(), r.now) {
 		return true
 	}
 	r.s.stats.authFailures[authRateLimited].Add(1)

@@ -55,6 +55,7 @@ type streamConn struct {
 	nc    net.Conn
 	tuple fiveTuple
 
+	unauth    *tokenBucket // unauthenticated responses on this connection
 	out       chan []byte
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -113,6 +114,7 @@ func (s *Server) acceptLoop(ln net.Listener, proto transport) {
 			tuple: fiveTuple{proto: proto,
 				client: netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port()),
 				server: netip.AddrPortFrom(la.AddrPort().Addr().Unmap(), la.AddrPort().Port())},
+			unauth: newTokenBucket(s.cfg.UnauthRate, max(float64(s.cfg.UnauthBurst), 1), time.Now()),
 			out:    make(chan []byte, streamQueue),
 			closed: make(chan struct{}),
 		}
