@@ -77,6 +77,12 @@ func testPinDir(t testing.TB) string {
 }
 
 func newProgEnv(t testing.TB, maxChannels int) *progEnv {
+	return newProgEnvPin(t, maxChannels, true)
+}
+
+// newProgEnvPin is newProgEnv; pin=false loads private maps (no bpffs
+// mount: fuzz workers may be stopped before their cleanups run).
+func newProgEnvPin(t testing.TB, maxChannels int, pin bool) *progEnv {
 	privtest.Need(t, "ip")
 	ns, err := netns.New("g")
 	if err != nil {
@@ -138,7 +144,11 @@ func newProgEnv(t testing.TB, maxChannels int) *progEnv {
 			t.Fatal(err)
 		}
 	}
-	x, err := Load(Options{MaxChannels: maxChannels, PinDir: testPinDir(t)})
+	opts := Options{MaxChannels: maxChannels, DisablePin: !pin}
+	if pin {
+		opts.PinDir = testPinDir(t)
+	}
+	x, err := Load(opts)
 	if err != nil {
 		t.Fatalf("%+v", err)
 	}
