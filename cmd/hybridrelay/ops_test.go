@@ -243,6 +243,22 @@ func TestMapsDumpGolden(t *testing.T) {
 		})
 	}
 
+	// Watching the pinned counters keeps reporting, with rates.
+	p := startTool(t, "stats", "--bpffs", pins, "--admin-socket", noDaemon, "--json", "--watch", "100ms")
+	time.Sleep(450 * time.Millisecond)
+	lines := strings.Split(strings.TrimSpace(p.stop(t)), "\n")
+	var last struct {
+		Snapshot admin.Snapshot    `json:"snapshot"`
+		Rates    map[string]float64 `json:"rates"`
+	}
+	if len(lines) < 2 || json.Unmarshal([]byte(lines[len(lines)-1]), &last) != nil ||
+		last.Snapshot.Kernel == nil || last.Snapshot.Kernel.Source != "pinned maps" || last.Snapshot.Kernel.Channels != 4 {
+		t.Fatalf("stats --watch on pins:\n%s", strings.Join(lines, "\n"))
+	}
+	if _, ok := last.Rates["kernel.pass_no_entry"]; !ok {
+		t.Fatalf("no kernel rates: %v", last.Rates)
+	}
+
 	// unpin removes the state for good; afterwards there is nothing to dump.
 	out, stderr, code := runBinary(t, nil, "maps", "unpin", "--bpffs", pins, "--admin-socket", noDaemon)
 	if code != 0 || out != fmt.Sprintf("removed %s (4 channels, 0 XDP links detached)\n", pins) {
