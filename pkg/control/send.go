@@ -61,15 +61,15 @@ func (s *Server) handleSend(r *reqCtx) {
 
 // channelDataFromClient relays a ChannelData message from the client (RFC
 // 8656 section 12.5): the channel must be bound and live, and the frame
-// must be exactly the header plus the length field's bytes, optionally
-// padded to a multiple of 4 (padding is optional over UDP, always present
-// on streams). Any other size means a corrupted length field and the
-// datagram is dropped (coturn checks the same); the kernel path must PASS
-// such datagrams so both paths agree.
+// must hold the header plus the length field's bytes followed by at most 3
+// bytes of padding (optional over UDP, always present on streams). More
+// trailing bytes mean a corrupted length field and the datagram is dropped
+// rather than truncated — the same rule as the XDP program's
+// (bpf/relay.bpf.c, HR_MAX_PAD), so both paths treat a datagram alike.
 func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 	num := binary.BigEndian.Uint16(p[0:2])
 	l := int(binary.BigEndian.Uint16(p[2:4]))
-	if (len(p) != 4+l && len(p) != 4+(l+3)&^3) || num > s.maxChannelNumber() {
+	if trail := len(p) - 4 - l; trail < 0 || trail > 3 || num > s.maxChannelNumber() {
 		s.stats.dropMalformed.Add(1)
 		return
 	}
