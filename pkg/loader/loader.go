@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,7 +38,7 @@ type Options struct {
 	// MaxChannels is the number of channels the kernel can forward (each
 	// direction's hash map and the usage array get this many entries).
 	// 0 means DefaultMaxChannels. Re-adopting maps pinned with another
-	// size fails: unpin them (hybridrelay maps unpin) or keep the size.
+	// size fails: keep the size, or stop the daemon and remove the pins.
 	MaxChannels int
 	// PinDir is the bpffs directory for maps and links; "" means
 	// DefaultPinDir. Maps already pinned there are re-adopted.
@@ -488,12 +489,32 @@ func (x *XDP) Unpin() error {
 			}
 		}
 	}
-	// Links pinned by an earlier process on interfaces this one did not
-	// attach, and anything left: the directory belongs to us.
-	if err := os.RemoveAll(x.pinDir); err != nil {
+	// Pins of this program only (maps by name, links of earlier processes
+	// on interfaces this one did not attach): the directory may be shared
+	// or even be the bpffs root. The directory goes when it is empty.
+	entries, err := os.ReadDir(x.pinDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("read pin directory: %w", err))
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, "link_") && !pinnedMapNames[name] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(x.pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", name, err))
+		}
+	}
+	if err := os.Remove(x.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
 		errs = append(errs, fmt.Errorf("remove pin directory: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// pinnedMapNames are the maps Load pins by name (bpf/maps.h).
+var pinnedMapNames = map[string]bool{
+	relayMapC2pChannels: true, relayMapP2cChannels: true, relayMapChanUsage: true,
+	relayMapCounters: true, relayMapTxPorts: true, relayMapVlanDevs: true,
 }
 
 // linkPin is the pin path of the link on ifindex.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -209,4 +210,32 @@ func TestVLANDevicesStayOutOfDevmap(t *testing.T) {
 	if err := e.ns.Do(func() error { return e.x.SetRedirectIfaces([]int{e.rc0, e.rc0v}) }); err != nil {
 		t.Fatalf("after removing the VLAN entry: %v", err)
 	}
+}
+
+// TestUnpinLeavesForeignPins: Unpin removes this program's pins only, so a
+// pin directory shared with something else (or the bpffs root) survives.
+func TestUnpinLeavesForeignPins(t *testing.T) {
+	e := newProgEnv(t, 16)
+	dir := e.x.PinDir()
+	foreign := filepath.Join(dir, "someone_elses_map")
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(foreign); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.x.Unpin(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(foreign); err != nil {
+		t.Fatalf("foreign pin removed: %v", err)
+	}
+	for _, n := range []string{"c2p_channels", "counters", "tx_ports"} {
+		if _, err := os.Stat(filepath.Join(dir, n)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s still pinned: %v", n, err)
+		}
+	}
+	os.Remove(foreign)
 }
