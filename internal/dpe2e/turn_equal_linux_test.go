@@ -185,7 +185,8 @@ func sendGSO(c *net.UDPConn, dst netip.AddrPort, frames [][]byte) error {
 	for len(frames) > 0 {
 		seg := len(frames[0])
 		n := 1
-		for n < len(frames) && n < 64 && (n+1)*seg <= 65000 && len(frames[n]) <= seg {
+		// Each segment must fit the 1500-byte MTU of the veths (IPv6: 1452).
+		for seg <= 1452 && n < len(frames) && n < 64 && (n+1)*seg <= 65000 && len(frames[n]) <= seg {
 			n++
 			if len(frames[n-1]) < seg {
 				break
@@ -418,7 +419,7 @@ func normalize(d Datagram) []byte {
 // checks that what leaves the relay toward the client (ChannelData, Data
 // indications) and toward the peers (relayed payloads
 // from ChannelData and Send indications) is the same on both, with valid
-// checksums, IPv4 and IPv6.
+// checksums, IPv4 and IPv6, without and with GRO on the relay's links.
 func TestTURNBytesEqual(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping")
 	topo, err := netns.NewTopology()
@@ -426,8 +427,15 @@ func TestTURNBytesEqual(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { topo.Close() })
-	for _, v6 := range []bool{false, true} {
-		t.Run(map[bool]string{false: "ipv4", true: "ipv6"}[v6], func(t *testing.T) {
+	for _, tc := range []struct {
+		v6, gro bool
+	}{{false, false}, {true, false}, {false, true}, {true, true}} {
+		name := map[bool]string{false: "ipv4", true: "ipv6"}[tc.v6] + map[bool]string{false: "", true: "-gro"}[tc.gro]
+		v6 := tc.v6
+		if tc.gro {
+			enableGRO(t, topo)
+		}
+		t.Run(name, func(t *testing.T) {
 			c4, c6 := snmpCsumErrors(t, topo.Client)
 			p4, p6 := snmpCsumErrors(t, topo.Peer)
 			plain := runTURN(t, topo, "plain", v6)
@@ -461,10 +469,13 @@ func TestTURNBytesEqual(t *testing.T) {
 				t.Fatalf("peer InCsumErrors grew: %d/%d -> %d/%d", p4, p6, p4b, p6b)
 			}
 			st := gso.stats
-			t.Logf("gso relay: %d read calls for %d datagrams; %d GSO sends (%d segments), %d sendmmsg (%d datagrams), %d single",
-				st.ReadCalls, st.RxPackets, st.TxGSOSends, st.TxGSOSegments, st.TxMmsgCalls, st.TxMmsgPackets, st.TxSingleSends)
+			t.Logf("gso relay: %d read calls (%d GRO) for %d datagrams; %d GSO sends (%d segments), %d sendmmsg (%d datagrams), %d single",
+				st.ReadCalls, st.RxGROReads, st.RxPackets, st.TxGSOSends, st.TxGSOSegments, st.TxMmsgCalls, st.TxMmsgPackets, st.TxSingleSends)
 			if st.TxGSOSends == 0 || st.GSOFallbacks != 0 {
 				t.Fatalf("gso relay did not coalesce: %+v", st)
+			}
+			if tc.gro && st.RxGROReads == 0 {
+				t.Fatalf("no GRO read with GRO on the relay's links: %+v", st)
 			}
 		})
 	}
