@@ -194,6 +194,14 @@ func startProcess(t *testing.T, bin string, args ...string) (*exec.Cmd, *syncBuf
 // runBounded runs bin to completion, killing its process group when ctx
 // ends. It returns the combined output.
 func runBounded(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	// coturn's tools print with stdio: piped, their output is block
+	// buffered and lost when they are killed. stdbuf (coreutils) makes it
+	// line buffered, so a run killed at its time bound still says where it
+	// hung.
+	if sb, err := exec.LookPath("stdbuf"); err == nil {
+		args = append([]string{"-oL", "-eL", bin}, args...)
+		bin = sb
+	}
 	var out syncBuffer
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout = &out

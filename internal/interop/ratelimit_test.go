@@ -3,6 +3,7 @@ package interop
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -38,8 +39,9 @@ func is401For(b []byte, ids map[[stun.TransactionIDSize]byte]bool) bool {
 // TestUnauthRateLimit floods unauthenticated Allocates from one source IP
 // and checks that the answers stop at the configured token bucket (burst
 // plus rate times the flood's duration), that the server counts the
-// refusals, and that another source IP is still answered at once. Over UDP
-// and over TCP (the limit is per source IP, whatever the transport).
+// refusals, and that another source IP is still answered at once. This is
+// the UDP case: only there can a source address be spoofed to aim the
+// answers at a victim. TestUnauthRateLimitStream covers TCP.
 func TestUnauthRateLimit(t *testing.T) {
 	if referenceMode() {
 		t.Skip("the limits and counters are hybridrelay's configuration")
@@ -62,7 +64,6 @@ func TestUnauthRateLimit(t *testing.T) {
 		flooder, bystander netip.Addr
 	}{
 		{name: "udp", network: "udp", flooder: netip.MustParseAddr("127.0.0.2"), bystander: netip.MustParseAddr("127.0.0.3")},
-		{name: "tcp", network: "tcp", flooder: netip.MustParseAddr("127.0.0.4"), bystander: netip.MustParseAddr("127.0.0.5")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,6 +136,103 @@ func TestUnauthRateLimit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnauthRateLimitStream checks the unauthenticated rate limit on TCP.
+// Over a stream there is no 401 amplification (the handshake proves the
+// source address) and the client does not retransmit (RFC 8489 section
+// 6.2.2: it waits Ti, 39.5 s, for the one response), so a request dropped
+// because other clients behind the same address used up its budget leaves
+// a legitimate client hanging: such a request must be answered, or the
+// connection closed so the client fails fast. A connection that floods is
+// still cut off at its own budget.
+func TestUnauthRateLimitStream(t *testing.T) {
+	if referenceMode() {
+		t.Skip("the limits are hybridrelay's configuration")
+	}
+	// A slow refill (one token per 5 s) makes "the budget is used up"
+	// hold for the whole test; with the default 20/s the same happens
+	// whenever the other clients behind the address keep sending.
+	tgt := startTarget(t, func(c *control.Config) {
+		c.UnauthRate = 0.2
+		c.UnauthBurst = 20
+	})
+	server := tgt.lt4
+
+	// answeredOrClosed sends reqs on c and reports how many 401s came back
+	// and whether the server closed the connection.
+	answeredOrClosed := func(t *testing.T, c net.Conn, reqs []*stun.Message) (answered int, closed bool) {
+		ids := map[[stun.TransactionIDSize]byte]bool{}
+		for _, m := range reqs {
+			ids[m.TransactionID] = true
+			if _, err := c.Write(m.Raw); err != nil {
+				return answered, true // reset by the server
+			}
+		}
+		r := bufio.NewReader(c)
+		hdr := make([]byte, 20)
+		for answered < len(reqs) {
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := io.ReadFull(r, hdr); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					return answered, false
+				}
+				return answered, true // EOF or reset: the server closed it
+			}
+			body := make([]byte, binary.BigEndian.Uint16(hdr[2:4]))
+			if _, err := io.ReadFull(r, body); err != nil {
+				return answered, true
+			}
+			if is401For(append(append([]byte(nil), hdr...), body...), ids) {
+				answered++
+			}
+		}
+		return answered, false
+	}
+
+	t.Run("after-udp-burst-same-ip", func(t *testing.T) {
+		// Many clients behind one NAT address start at once: the UDP
+		// ones use up the source's budget, then one connects over TCP
+		// (as WebRTC clients do when UDP is blocked).
+		ip := netip.MustParseAddr("127.0.0.6")
+		u := dialFrom(t, "udp", ip, server)
+		for i := 0; i < 100; i++ {
+			if _, err := u.Write(unauthAllocate().Raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		c := dialFrom(t, "tcp", ip, server)
+		answered, closed := answeredOrClosed(t, c, []*stun.Message{unauthAllocate()})
+		if answered != 1 && !closed {
+			t.Errorf("an unauthenticated Allocate on a new TCP connection from %s got no answer within 2 s and the connection stayed open: "+
+				"the rate limit dropped it silently, and a real client would wait 39.5 s (RFC 8489 Ti) before giving up", ip)
+		}
+	})
+
+	t.Run("pipelined-flood", func(t *testing.T) {
+		// One connection that floods is cut off at its own budget; a
+		// second connection from the same address is still answered.
+		ip := netip.MustParseAddr("127.0.0.7")
+		reqs := make([]*stun.Message, 400)
+		for i := range reqs {
+			reqs[i] = unauthAllocate()
+		}
+		c := dialFrom(t, "tcp", ip, server)
+		start := time.Now()
+		answered, closed := answeredOrClosed(t, c, reqs)
+		limit := 20 + int(0.2*time.Since(start).Seconds()) + 1
+		t.Logf("%d of %d pipelined unauthenticated Allocates answered (limit %d); connection closed by the server: %v",
+			answered, len(reqs), limit, closed)
+		if answered > limit {
+			t.Errorf("%d answers to %d unauthenticated requests on one connection; the budget allows %d", answered, len(reqs), limit)
+		}
+		c2 := dialFrom(t, "tcp", ip, server)
+		if got, closed := answeredOrClosed(t, c2, []*stun.Message{unauthAllocate()}); got != 1 {
+			t.Errorf("a second connection from %s got no 401 while the first floods (closed: %v)", ip, closed)
+		}
+	})
 }
 
 // dialFrom connects to server over network from the local address ip.

@@ -24,6 +24,11 @@ import (
 // requested over an IPv4 connection (-x, REQUESTED-ADDRESS-FAMILY).
 func TestUclient(t *testing.T) {
 	privtest.Need(t, "turnutils_uclient", "turnutils_peer")
+	// Default configuration: ~60 clients start within a second from
+	// 127.0.0.1, each with an unauthenticated Allocate, more than the
+	// default burst of 40 per source IP. UDP clients retransmit what the
+	// limit drops; TCP/TLS clients do not (RFC 8489 section 6.2.2), which
+	// is why the server gives each stream connection its own budget.
 	tgt := startTarget(t, nil)
 	peer4 := startTurnutilsPeer(t, lo4)
 	peer6 := startTurnutilsPeer(t, lo6)
@@ -37,6 +42,10 @@ func TestUclient(t *testing.T) {
 		rest bool // REST API secret instead of the static user
 		rtcp bool // a second, RTCP allocation (EVEN-PORT + RESERVATION-TOKEN)
 		ipv6 bool // IPv6 relay and peer
+		// extra flags: -m clients at once, -G extra CreatePermission and
+		// ChannelBind requests, -g DONT-FRAGMENT (RFC 8656 section 18.8)
+		extra   []string
+		clients int
 	}{
 		{name: "udp-channel-longterm"},
 		{name: "udp-send-longterm", send: true},
@@ -50,6 +59,10 @@ func TestUclient(t *testing.T) {
 		{name: "tls-send-rest", tcp: true, tls: true, send: true, rest: true},
 		{name: "udp-channel-rtcp-pair", rtcp: true},
 		{name: "udp-channel-ipv6-relay", ipv6: true},
+		{name: "udp-channel-10-clients", extra: []string{"-m", "10"}, clients: 10},
+		{name: "tcp-send-10-clients", tcp: true, send: true, extra: []string{"-m", "10"}, clients: 10},
+		{name: "udp-channel-extra-requests", extra: []string{"-G"}},
+		{name: "udp-channel-dont-fragment", extra: []string{"-g"}},
 	}
 	// All clients run at once (uclient spends most of its time in its own
 	// timers); each case's assertions then run as a subtest.
@@ -99,6 +112,7 @@ func TestUclient(t *testing.T) {
 		if tc.ipv6 {
 			args = append(args, "-x")
 		}
+		args = append(args, tc.extra...)
 		args = append(args, server.Addr().String())
 		wg.Add(1)
 		go func() {
@@ -110,6 +124,14 @@ func TestUclient(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if tgt.hybridrelay != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				st := tgt.hybridrelay.srv.Stats()
+				t.Logf("server stats: auth failures %v, drops %v, requests %v", st.AuthFailures, st.Drops, st.Requests)
+			}
+		})
+	}
 
 	for i, tc := range tests {
 		res := results[i]
@@ -127,7 +149,7 @@ func TestUclient(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v\n%s", cmdline, err, res.out)
 			}
-			want := int64(msgs)
+			want := int64(msgs) * int64(max(tc.clients, 1))
 			if tc.rtcp {
 				want *= 2 // one stream per allocation of the pair
 			}
