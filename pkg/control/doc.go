@@ -52,7 +52,7 @@
 // With Options.StateFile set, allocation state of UDP clients (5-tuple,
 // username, relay addresses, absolute expiries, permissions, channels,
 // DONT-FRAGMENT) is written as JSON to that file (temporary file + rename,
-// mode 0600) at most every 250 ms after a change, and at shutdown. Start
+// mode 0600) at most once a second after a change, and at shutdown. Start
 // restores every allocation that has not expired: relay sockets are opened
 // again on the same ports and offload entries are installed again (Install
 // replaces the entry the old process left). TCP/TLS allocations die with

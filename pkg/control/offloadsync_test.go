@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -461,4 +462,32 @@ func TestRestoreSkipsExpiredAndBadState(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStateWrittenOnChange: the state file follows changes without a
+// shutdown (a crashed daemon's successor still finds recent state).
+func TestStateWrittenOnChange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s := startServer(t, func(_ *Config, o *Options) { o.StateFile = path })
+	c := dialRaw(t, "udp", s.addr("udp"))
+	c.allocate()
+	if r := c.do(methodChannelBind, channelAttr(0x4567), peerAttr(netip.MustParseAddrPort("127.0.0.2:9"))); code(r) != 0 {
+		t.Fatal(code(r))
+	}
+	read := func() stateFile {
+		var st stateFile
+		b, err := os.ReadFile(path)
+		if err == nil {
+			json.Unmarshal(b, &st)
+		}
+		return st
+	}
+	waitFor(t, 5*time.Second, "state with the channel", func() bool {
+		st := read()
+		return len(st.Allocations) == 1 && len(st.Allocations[0].Channels) == 1 && st.Allocations[0].Channels[0].Number == 0x4567
+	})
+	if r := c.do(methodRefresh, lifetimeAttr(0)); code(r) != 0 {
+		t.Fatal(code(r))
+	}
+	waitFor(t, 5*time.Second, "state without the allocation", func() bool { return len(read().Allocations) == 0 })
 }

@@ -472,7 +472,7 @@ func (s *Server) janitor() {
 	defer s.wg.Done()
 	t := time.NewTicker(janitorInterval)
 	defer t.Stop()
-	lastPrune := time.Now()
+	lastPrune, lastSave := time.Now(), time.Now()
 	for {
 		select {
 		case <-s.done:
@@ -491,8 +491,12 @@ func (s *Server) janitor() {
 				})
 				lastPrune = now
 			}
-			if err := s.saveState(false); err != nil {
-				s.log.Warn("save allocation state", "err", err)
+			// State is rewritten whole, so at most once per second.
+			if now.Sub(lastSave) >= stateSaveInterval {
+				if err := s.saveState(false); err != nil {
+					s.log.Warn("save allocation state", "err", err)
+				}
+				lastSave = now
 			}
 		}
 	}

@@ -13,12 +13,15 @@ import (
 	"time"
 )
 
+// stateSaveInterval debounces state writes (each rewrites the whole file).
+const stateSaveInterval = time.Second
+
 // stateVersion is bumped when the file format changes incompatibly.
 const stateVersion = 1
 
 // stateWriter persists allocation state (issue 4, "Restart without
 // dropping media"). Changes only mark it dirty; the janitor writes at most
-// once per tick, and Shutdown writes unconditionally.
+// once per stateSaveInterval, and Shutdown writes unconditionally.
 type stateWriter struct {
 	path  string
 	dirty atomic.Bool
