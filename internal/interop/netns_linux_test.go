@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
@@ -303,4 +305,72 @@ func clientIP(r *netnsRelay, server netip.AddrPort) netip.Addr {
 		return r.topo.ClientV6
 	}
 	return r.topo.ClientV4
+}
+
+// TestNetnsHairpinAndPolicy checks the default peer policy with pion
+// clients (DESIGN.md "Security defaults"): two clients relayed through the
+// same server talk relay-to-relay (hairpin, both via Send/Data indications
+// and over channels), while a permission for the server's own listener
+// address or for loopback is refused with 403 (RFC 8656 section 9.2:
+// "Forbidden").
+func TestNetnsHairpinAndPolicy(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping")
+	r := startNetnsRelay(t)
+	dial := func() *pionSession {
+		var base net.PacketConn
+		err := r.topo.Client.Do(func() error {
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.topo.ClientV4, 0)))
+			base = c
+			return err
+		})
+		if err != nil {
+			t.Fatalf("client socket: %v", err)
+		}
+		return newPionSession(t, "udp", r.addr4, base, 0)
+	}
+	a, b := dial(), dial()
+	ra, rb := net.UDPAddrFromAddrPort(a.relayAddr()), net.UDPAddrFromAddrPort(b.relayAddr())
+	if err := a.client.CreatePermission(rb); err != nil {
+		t.Fatalf("permission for the other client's relayed address %s (hairpin): %v", rb, err)
+	}
+	if err := b.client.CreatePermission(ra); err != nil {
+		t.Fatalf("permission for the other client's relayed address %s (hairpin): %v", ra, err)
+	}
+	// a -> b and b -> a, until both use channels.
+	buf := make([]byte, 2048)
+	send := func(from, to *pionSession, toAddr, fromAddr *net.UDPAddr, data []byte) {
+		t.Helper()
+		if _, err := from.relay.WriteTo(data, toAddr); err != nil {
+			t.Fatalf("hairpin write: %v", err)
+		}
+		_ = to.relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, src, err := to.relay.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("hairpin %s -> %s (%d bytes): %v", fromAddr, toAddr, len(data), err)
+		}
+		if src.String() != fromAddr.String() || string(buf[:n]) != string(data) {
+			t.Fatalf("hairpin: got %d bytes from %s, want %d bytes from %s", n, src, len(data), fromAddr)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for seq := 0; a.tap.outChannelData.Load() < 5 || b.tap.outChannelData.Load() < 5; seq++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("hairpin never moved to channels: a sent %d ChannelData, b %d", a.tap.outChannelData.Load(), b.tap.outChannelData.Load())
+		}
+		send(a, b, rb, ra, payload(seq, 150))
+		send(b, a, ra, rb, payload(seq, 151))
+	}
+	if a.tap.inChannelData.Load() == 0 || b.tap.inChannelData.Load() == 0 {
+		t.Errorf("hairpin data never arrived over a channel (a got %d, b got %d ChannelData)",
+			a.tap.inChannelData.Load(), b.tap.inChannelData.Load())
+	}
+
+	// Refused peers: the server's own listener address, and loopback.
+	for _, bad := range []netip.AddrPort{r.addr4, netip.MustParseAddrPort("127.0.0.1:9")} {
+		err := a.client.CreatePermission(net.UDPAddrFromAddrPort(bad))
+		var te *stun.TurnError
+		if !errors.As(err, &te) || te.ErrorCodeAttr.Code != stun.CodeForbidden {
+			t.Errorf("CreatePermission(%s) with the default policy: %v, want 403 Forbidden", bad, err)
+		}
+	}
 }

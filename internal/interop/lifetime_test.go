@@ -1,0 +1,83 @@
+package interop
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hybridrelay/hybridrelay/pkg/control"
+)
+
+// TestPionStaleNonceAndRefresh runs pion against a server with a 1 s nonce
+// lifetime and a 3 s default allocation lifetime, and keeps the allocation
+// busy for longer than both. pion's own timer refreshes at half the
+// lifetime; every refresh, permission and channel bind after the first
+// second meets 438 Stale Nonce (RFC 8489 section 9.2.4) and must recover
+// with the new nonce. The allocation must outlive its first lifetime and
+// relay byte-exact throughout.
+func TestPionStaleNonceAndRefresh(t *testing.T) {
+	if referenceMode() {
+		t.Skip("needs hybridrelay's short nonce and allocation lifetimes")
+	}
+	tgt := startTarget(t, func(c *control.Config) {
+		c.NonceLifetime = time.Second
+		c.DefaultLifetime = 3 * time.Second
+	})
+	s := tgt.hybridrelay
+	before := s.srv.Stats()
+	p := dialPion(t, "udp", tgt.lt4, 0)
+	relay := p.relayAddr()
+	a := findAllocation(t, s, relay)
+	if left := time.Until(a.Expires); left > 3*time.Second+100*time.Millisecond {
+		t.Fatalf("allocation without LIFETIME expires in %s, want the configured default 3 s", left)
+	}
+	peer := listenPeer(t, lo4)
+	peerAddr := peer.LocalAddr().(*net.UDPAddr)
+
+	// Let the nonce go stale before the first CreatePermission. pion's
+	// public CreatePermission does not retry on 438 itself (it stores the
+	// new nonce and returns "try again"); a second call must succeed.
+	time.Sleep(1200 * time.Millisecond)
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = p.client.CreatePermission(peerAddr); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("CreatePermission after the nonce went stale: %v", err)
+	}
+
+	// Data both ways for 5 s: past the allocation's first lifetime, with
+	// pion refreshing (438, then success) every 1.5 s and binding its
+	// channel with a stale nonce on the way.
+	start := time.Now()
+	seq := 0
+	for time.Since(start) < 5*time.Second {
+		if err := clientToPeer(p, peer, payload(seq, 100+seq%50)); err != nil {
+			t.Fatalf("client->peer at %s: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+		if err := peerToClient(p, peer, payload(seq, 60+seq%70)); err != nil {
+			t.Fatalf("peer->client at %s: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+		seq++
+		time.Sleep(50 * time.Millisecond)
+	}
+	if lookupAllocation(s, relay) == nil {
+		t.Fatalf("allocation %s expired although pion kept refreshing it", relay)
+	}
+	if p.tap.outChannelData.Load() == 0 || p.tap.inChannelData.Load() == 0 {
+		t.Errorf("the channel was never used (sent %d, received %d ChannelData): the stale-nonce ChannelBind did not recover",
+			p.tap.outChannelData.Load(), p.tap.inChannelData.Load())
+	}
+	after := s.srv.Stats()
+	stale := after.AuthFailures["stale_nonce"] - before.AuthFailures["stale_nonce"]
+	refreshes := after.Requests["refresh"]["ok"] - before.Requests["refresh"]["ok"]
+	t.Logf("%d round trips; %d stale-nonce answers; %d successful refreshes", seq, stale, refreshes)
+	if stale < 2 {
+		t.Errorf("only %d 438 answers; the test did not exercise nonce expiry", stale)
+	}
+	if refreshes < 2 {
+		t.Errorf("only %d successful refreshes in 5 s of a 3 s allocation", refreshes)
+	}
+}
