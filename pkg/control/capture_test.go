@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -101,12 +102,85 @@ func (p *recordingProxy) records() [][]byte {
 	return append([][]byte(nil), p.recs...)
 }
 
+// recordingTCPProxy forwards TCP connections to a server and records the
+// client->server byte stream of each.
+type recordingTCPProxy struct {
+	ln     net.Listener
+	server netip.AddrPort
+
+	mu      sync.Mutex
+	streams []*bytes.Buffer
+}
+
+func newRecordingTCPProxy(t *testing.T, server netip.AddrPort) *recordingTCPProxy {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &recordingTCPProxy{ln: ln, server: server}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp4", server.String())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			buf := &bytes.Buffer{}
+			p.mu.Lock()
+			p.streams = append(p.streams, buf)
+			p.mu.Unlock()
+			go func() {
+				defer up.Close()
+				b := make([]byte, 65536)
+				for {
+					n, err := c.Read(b)
+					if n > 0 {
+						p.mu.Lock()
+						buf.Write(b[:n])
+						p.mu.Unlock()
+						up.Write(b[:n])
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			go func() {
+				defer c.Close()
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *recordingTCPProxy) addr() netip.AddrPort { return p.ln.Addr().(*net.TCPAddr).AddrPort() }
+
+func (p *recordingTCPProxy) records() [][]byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out [][]byte
+	for _, b := range p.streams {
+		out = append(out, append([]byte(nil), b.Bytes()...))
+	}
+	return out
+}
+
 func writeCapture(t *testing.T, name, source string, recs [][]byte) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# source: %s\n", source)
 	fmt.Fprintf(&b, "# against hybridrelay on 127.0.0.1, recorded by TestCaptureRealClients (HYBRIDRELAY_CAPTURE=1)\n")
 	fmt.Fprintf(&b, "# credentials: user=%s password=%s realm=%s; REST secret=%s (REST user part: bob)\n", testUser, testPass, testRealm, captureSecret)
-	fmt.Fprintf(&b, "# one client->server datagram per line, hex\n")
+	if strings.HasSuffix(name, ".streamhex") {
+		fmt.Fprintf(&b, "# one client->server TCP byte stream (one connection) per line, hex\n")
+	} else {
+		fmt.Fprintf(&b, "# one client->server datagram per line, hex\n")
+	}
 	for _, r := range recs {
 		b.WriteString(hex.EncodeToString(r) + "\n")
 	}
@@ -149,6 +223,7 @@ func TestCaptureRealClients(t *testing.T) {
 		file, what string
 		args       []string
 	}{
+		{"turnutils_uclient_tcp.streamhex", "coturn turnutils_uclient -t (TCP), channel mode", []string{"-t", "-u", testUser, "-w", testPass}},
 		{"turnutils_uclient_channel.hex", "coturn turnutils_uclient, channel mode", []string{"-u", testUser, "-w", testPass}},
 		{"turnutils_uclient_send.hex", "coturn turnutils_uclient -s (Send indications)", []string{"-s", "-u", testUser, "-w", testPass}},
 		{"turnutils_uclient_rest.hex", "coturn turnutils_uclient -W (TURN REST secret), DONT-FRAGMENT (-g)", []string{"-g", "-u", "bob", "-W", captureSecret}},
@@ -165,7 +240,15 @@ func TestCaptureRealClients(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { peer.Process.Kill(); peer.Wait() }()
-			proxy := newRecordingProxy(t, s.addr("udp"))
+			var proxy interface {
+				addr() netip.AddrPort
+				records() [][]byte
+			}
+			if strings.HasSuffix(mode.file, ".streamhex") {
+				proxy = newRecordingTCPProxy(t, s.addr("tcp"))
+			} else {
+				proxy = newRecordingProxy(t, s.addr("udp"))
+			}
 			args := append([]string{"-n", "5", "-m", "1", "-l", "120", "-c",
 				"-p", fmt.Sprint(proxy.addr().Port()), "-e", "127.0.0.1", "-r", fmt.Sprint(peerPort)}, mode.args...)
 			args = append(args, "127.0.0.1")
@@ -199,8 +282,13 @@ func freeUDPPort(t *testing.T) int {
 }
 
 // readCaptures returns every datagram of testdata/*.hex.
-func readCaptures(t testing.TB) map[string][][]byte {
-	files, _ := filepath.Glob(filepath.Join("testdata", "*.hex"))
+func readCaptures(t testing.TB) map[string][][]byte { return readHexLines(t, "*.hex") }
+
+// readStreamCaptures returns every TCP stream of testdata/*.streamhex.
+func readStreamCaptures(t testing.TB) map[string][][]byte { return readHexLines(t, "*.streamhex") }
+
+func readHexLines(t testing.TB, glob string) map[string][][]byte {
+	files, _ := filepath.Glob(filepath.Join("testdata", glob))
 	out := map[string][][]byte{}
 	for _, f := range files {
 		fh, err := os.Open(f)
@@ -315,5 +403,61 @@ func TestCapturedMessages(t *testing.T) {
 	}
 	if st := s.Stats(); st.Drops["panics"] != 0 {
 		t.Errorf("panics: %d", st.Drops["panics"])
+	}
+}
+
+// TestCapturedStreams splits the recorded TCP streams of a real client
+// with the server's framing: every frame must be a STUN message that
+// verifies, or padded ChannelData, and the frames must use up the stream.
+// Replayed over a new connection, every request is answered.
+func TestCapturedStreams(t *testing.T) {
+	streams := readStreamCaptures(t)
+	if len(streams) == 0 {
+		t.Fatal("no stream captures in testdata")
+	}
+	key := longTermKey(testUser, testRealm, testPass, pwAlgMD5)
+	s := startServer(t)
+	for name, conns := range streams {
+		for ci, stream := range conns {
+			buf := make([]byte, 4+65535+3)
+			br := bytes.NewReader(stream)
+			var requests [][12]byte
+			counts := map[string]int{}
+			for {
+				frame, err := readFrame(br, buf, 65535)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("%s conn %d: framing: %v", name, ci, err)
+				}
+				if frame[0]>>6 == 1 {
+					counts["channel_data"]++
+					if len(frame)%4 != 0 {
+						t.Errorf("%s: unpadded ChannelData over TCP", name)
+					}
+					continue
+				}
+				m := &stun.Message{Raw: append([]byte(nil), frame...)}
+				if err := m.Decode(); err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				counts[m.Type.String()]++
+				if m.Contains(stun.AttrMessageIntegrity) && stun.MessageIntegrity(key).Check(m) != nil {
+					t.Errorf("%s: %s does not verify", name, m.Type)
+				}
+				if m.Type.Class == stun.ClassRequest {
+					requests = append(requests, m.TransactionID)
+				}
+			}
+			t.Logf("%s conn %d: %v", name, ci, counts)
+			c := dialRaw(t, "tcp", s.addr("tcp"))
+			c.write(stream)
+			for _, id := range requests {
+				if c.readSTUN(id, 2*time.Second) == nil {
+					t.Errorf("%s conn %d: replayed request not answered", name, ci)
+				}
+			}
+		}
 	}
 }

@@ -134,6 +134,11 @@ func FuzzHandleSTUN(f *testing.F) {
 // TCP/TLS byte stream split into frames (RFC 8656 section 12.5).
 func FuzzChannelData(f *testing.F) {
 	fuzzSeeds(f)
+	for _, streams := range readStreamCaptures(f) {
+		for _, b := range streams {
+			f.Add(byte(0), b)
+		}
+	}
 	f.Add(byte(0), appendChannelData(nil, 0x4000, []byte("abc"), true))
 	f.Add(byte(0), appendChannelData(appendChannelData(nil, 0x4000, []byte("abcde"), true), 0x4001, []byte("x"), true))
 	s := startServer(f)
