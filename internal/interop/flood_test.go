@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/hybridrelay/hybridrelay/pkg/control"
 )
 
 // Flood sizes: bounded, so the test stays a few seconds long.
@@ -304,7 +306,13 @@ func TestMalformedFlood(t *testing.T) {
 	if referenceMode() {
 		t.Skip("the flood checks read hybridrelay's in-process counters")
 	}
-	tgt := startTarget(t, nil)
+	for _, dp := range datapaths() {
+		t.Run(dp, func(t *testing.T) { floodScenario(t, dp) })
+	}
+}
+
+func floodScenario(t *testing.T, dp string) {
+	tgt := startTarget(t, func(c *control.Config) { c.Datapath = dp })
 	s := tgt.hybridrelay
 	server := tgt.lt4
 	attackerIP := netip.MustParseAddr("127.0.0.2")

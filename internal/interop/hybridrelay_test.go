@@ -25,6 +25,7 @@ type hrServer struct {
 // startHybridrelay starts the server with the package's credentials and a
 // peer allow-list for loopback (which the default policy denies, DESIGN.md
 // "Security defaults"); tweak may change the config before it starts.
+// cfg.Datapath "gso" selects the batched datapath, anything else plain.
 func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {
 	t.Helper()
 	sink := &testLogSink{t: t}
@@ -55,15 +56,29 @@ func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {
 		if tweak != nil {
 			tweak(&cfg)
 		}
-		srv, err := control.NewServer(cfg, control.Options{Datapath: dataplane.NewPlain(), Logger: logger})
+		dp := dataplane.NewPlain()
+		if cfg.Datapath == "gso" {
+			var err error
+			if dp, err = dataplane.NewGSO(dataplane.GSOOptions{Logger: logger}); err != nil {
+				t.Fatalf("gso datapath: %v", err)
+			}
+		}
+		srv, err := control.NewServer(cfg, control.Options{Datapath: dp, Logger: logger})
 		if err != nil {
 			t.Fatalf("new server: %v", err)
 		}
 		if err := srv.Start(); err != nil {
 			lastErr = err
 			_ = srv.Close()
+			_ = dp.Close()
 			continue
 		}
+		// The server does not own its datapath: close it after the server.
+		t.Cleanup(func() {
+			if err := dp.Close(); err != nil {
+				t.Errorf("close datapath: %v", err)
+			}
+		})
 		t.Cleanup(func() {
 			if err := srv.Close(); err != nil {
 				t.Errorf("close server: %v", err)

@@ -15,6 +15,8 @@ import (
 	"github.com/pion/logging"
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
+
+	"github.com/hybridrelay/hybridrelay/pkg/control"
 )
 
 // pionSession is a pion/turn v4 client with one UDP allocation.
@@ -202,7 +204,22 @@ var sizes = []int{1, 2, 3, 5, 7, 64, 120, 333, 1000, 1199, 1200}
 // permission check on peer traffic, Refresh, and deallocation by
 // Refresh(lifetime=0) when pion closes.
 func TestPion(t *testing.T) {
-	tgt := startTarget(t, nil)
+	for _, dp := range datapaths() {
+		t.Run(dp, func(t *testing.T) { pionMatrix(t, dp) })
+	}
+}
+
+// datapaths are the userspace datapaths the in-process tests run on (one
+// name only against the coturn reference, where it means nothing).
+func datapaths() []string {
+	if referenceMode() {
+		return []string{"reference"}
+	}
+	return []string{"plain", "gso"}
+}
+
+func pionMatrix(t *testing.T, dp string) {
+	tgt := startTarget(t, func(c *control.Config) { c.Datapath = dp })
 	tests := []struct {
 		name    string
 		network string

@@ -33,7 +33,9 @@ func TestUclient(t *testing.T) {
 	peer4 := startTurnutilsPeer(t, lo4)
 	peer6 := startTurnutilsPeer(t, lo6)
 
-	const msgs, msgLen = 20, 120
+	// 121 bytes: not a multiple of 4, so ChannelData over TCP/TLS carries
+	// padding (RFC 8656 section 12.5), and so does UDP with -D.
+	const msgs, msgLen = 20, 121
 	tests := []struct {
 		name string
 		tcp  bool
@@ -43,7 +45,8 @@ func TestUclient(t *testing.T) {
 		rtcp bool // a second, RTCP allocation (EVEN-PORT + RESERVATION-TOKEN)
 		ipv6 bool // IPv6 relay and peer
 		// extra flags: -m clients at once, -G extra CreatePermission and
-		// ChannelBind requests, -g DONT-FRAGMENT (RFC 8656 section 18.8)
+		// ChannelBind requests, -g DONT-FRAGMENT (RFC 8656 section 18.8),
+		// -D padded ChannelData over UDP too (as pjnath sends it)
 		extra   []string
 		clients int
 	}{
@@ -63,6 +66,7 @@ func TestUclient(t *testing.T) {
 		{name: "tcp-send-10-clients", tcp: true, send: true, extra: []string{"-m", "10"}, clients: 10},
 		{name: "udp-channel-extra-requests", extra: []string{"-G"}},
 		{name: "udp-channel-dont-fragment", extra: []string{"-g"}},
+		{name: "udp-channel-padded", extra: []string{"-D"}},
 	}
 	// All clients run at once (uclient spends most of its time in its own
 	// timers); each case's assertions then run as a subtest.
