@@ -1,7 +1,10 @@
 package loader
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -238,4 +241,77 @@ func TestUnpinLeavesForeignPins(t *testing.T) {
 		}
 	}
 	os.Remove(foreign)
+}
+
+// TestAttachModes: native where the driver has XDP (veth), an error for
+// native without it (bridge), and auto falling back to generic with a
+// warning.
+func TestAttachModes(t *testing.T) {
+	e := newProgEnv(t, 16)
+	if _, err := e.ns.IP("link", "add", "br0", "type", "bridge"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ns.IP("link", "set", "br0", "up"); err != nil {
+		t.Fatal(err)
+	}
+	var br0 int
+	if err := e.ns.Do(func() error {
+		ifc, err := net.InterfaceByName("br0")
+		if err == nil {
+			br0 = ifc.Index
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var logBuf bytes.Buffer
+	x, err := Load(Options{MaxChannels: 16, DisablePin: true, Logger: slog.New(slog.NewTextHandler(&logBuf, nil))})
+	if err != nil {
+		t.Fatalf("%+v", err)
+	}
+	defer x.Close()
+	show := func(dev string) string {
+		out, err := e.ns.IP("-d", "link", "show", dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if err := e.ns.Do(func() error { return x.Attach([]int{br0}, ModeNative) }); err == nil {
+		t.Fatal("native attach on a bridge succeeded")
+	}
+	if err := e.ns.Do(func() error { return x.Attach([]int{br0}, ModeAuto) }); err != nil {
+		t.Fatalf("auto attach on a bridge: %v", err)
+	}
+	if out := show("br0"); !contains(out, "xdpgeneric") {
+		t.Fatalf("bridge not in generic mode: %s", out)
+	}
+	if !contains(logBuf.String(), "generic mode") {
+		t.Fatalf("no warning about the generic fallback: %q", logBuf.String())
+	}
+	if err := e.ns.Do(func() error { return x.Attach([]int{e.rx0}, ModeGeneric) }); err != nil {
+		t.Fatal(err)
+	}
+	if out := show("rx0"); !contains(out, "xdpgeneric") {
+		t.Fatalf("rx0 not in generic mode: %s", out)
+	}
+	if err := e.ns.Do(func() error { return x.Attach([]int{e.rc0}, ModeAuto) }); err != nil {
+		t.Fatal(err)
+	}
+	if out := show("rc0"); contains(out, "xdpgeneric") || !contains(out, "prog/xdp") {
+		t.Fatalf("veth not in native mode: %s", out)
+	}
+	for _, idx := range []int{br0, e.rx0, e.rc0} {
+		if err := x.Detach(idx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dev := range []string{"br0", "rx0", "rc0"} {
+		if out := show(dev); contains(out, "prog/xdp") {
+			t.Fatalf("%s still has a program after Detach: %s", dev, out)
+		}
+	}
+	if _, err := ParseMode("turbo"); err == nil {
+		t.Fatal("ParseMode accepted an unknown mode")
+	}
 }
