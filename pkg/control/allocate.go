@@ -211,11 +211,10 @@ func (s *Server) handleAllocate(r *reqCtx) {
 	r.sink.send(r.tx, resp)
 	s.stats.requests[mAllocate][resultIndex(0)].Add(1)
 	quotaHeld = false
-	s.nAlloc.Add(1)
 	s.stats.allocationsCreated.Add(1)
 	s.state.markDirty()
 	s.log.Debug("allocation created", "client", r.tuple.client, "transport", r.tuple.proto,
-		"user", r.username, "relays", a.relays, "lifetime", life)
+		"user", r.username, "relays", relays, "lifetime", life)
 }
 
 func reasonOf(c stun.ErrorCode) string {

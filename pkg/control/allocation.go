@@ -333,7 +333,6 @@ func (a *allocation) delete(reason string) {
 	a.mu.Unlock()
 
 	s.allocs.CompareAndDelete(a.tuple, a)
-	s.nAlloc.Add(-1)
 	s.releaseQuota(a.username)
 	for _, r := range relays {
 		if r != nil {
@@ -363,7 +362,6 @@ func (a *allocation) shutdown(keepOffload bool) {
 	relays := a.relays
 	a.mu.Unlock()
 	s.allocs.CompareAndDelete(a.tuple, a)
-	s.nAlloc.Add(-1)
 	for _, r := range relays {
 		if r != nil {
 			s.releaseRelay(r)

@@ -82,7 +82,6 @@ type Server struct {
 	// Per-packet lookups: no global lock.
 	allocs sync.Map // fiveTuple -> *allocation
 	relays sync.Map // netip.AddrPort -> *relaySock (live relay sockets, for hairpin)
-	nAlloc atomic.Int64
 
 	quotaMu    sync.Mutex // guards perUser and quotaTotal
 	perUser    map[string]int

@@ -255,7 +255,6 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		}
 	}
 	s.allocs.Store(t, a)
-	s.nAlloc.Add(1)
 	a.mu.Lock()
 	a.syncAllOffloadLocked(now)
 	a.mu.Unlock()
