@@ -157,16 +157,21 @@ func TestNetnsUclient(t *testing.T) {
 
 	const msgs, msgLen = 20, 200
 	tests := []struct {
-		name   string
-		server netip.AddrPort
-		peer   netip.AddrPort
-		flags  []string
+		name    string
+		server  netip.AddrPort
+		peer    netip.AddrPort
+		flags   []string
+		streams int // message streams uclient counts (0: 1)
 	}{
-		{"udp4-channel-longterm", r.addr4, peer4, []string{"-w", testPass}},
-		{"tcp4-send-rest", r.addr4, peer4, []string{"-t", "-s", "-W", testSecret}},
-		{"udp4-channel-ipv6-relay", r.addr4, peer6, []string{"-x", "-w", testPass}},
-		{"udp6-channel-ipv6-relay", r.addr6, peer6, []string{"-x", "-W", testSecret}},
-		{"tcp6-send-ipv4-relay", r.addr6, peer4, []string{"-t", "-s", "-X", "-w", testPass}},
+		{"udp4-channel-longterm", r.addr4, peer4, []string{"-w", testPass}, 1},
+		{"tcp4-send-rest", r.addr4, peer4, []string{"-t", "-s", "-W", testSecret}, 1},
+		{"udp4-channel-ipv6-relay", r.addr4, peer6, []string{"-x", "-w", testPass}, 1},
+		{"udp6-channel-ipv6-relay", r.addr6, peer6, []string{"-x", "-W", testSecret}, 1},
+		{"tcp6-send-ipv4-relay", r.addr6, peer4, []string{"-t", "-s", "-X", "-w", testPass}, 1},
+		// -y: two allocations of this server talk to each other (hairpin)
+		// under the default peer policy.
+		{"udp4-channel-client-to-client", r.addr4, peer4, []string{"-y", "-w", testPass}, 2},
+		{"tcp4-send-client-to-client", r.addr4, peer4, []string{"-y", "-t", "-s", "-w", testPass}, 2},
 	}
 	type result struct {
 		args []string
@@ -203,10 +208,11 @@ func TestNetnsUclient(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v\n%s", cmdline, err, res.out)
 			}
-			if rep.SentMsgs != msgs || rep.RecvMsgs != msgs || rep.LostPackets != 0 || len(rep.Errors) != 0 ||
-				rep.RecvBytes != msgs*msgLen {
+			want := int64(msgs * tc.streams)
+			if rep.SentMsgs != want || rep.RecvMsgs != want || rep.LostPackets != 0 || len(rep.Errors) != 0 ||
+				rep.RecvBytes != want*msgLen {
 				t.Fatalf("%s: sent %d received %d (%d bytes) lost %d errors %q, want %d/%d/0/none\n%s",
-					cmdline, rep.SentMsgs, rep.RecvMsgs, rep.RecvBytes, rep.LostPackets, rep.Errors, msgs, msgs, res.out)
+					cmdline, rep.SentMsgs, rep.RecvMsgs, rep.RecvBytes, rep.LostPackets, rep.Errors, want, want, res.out)
 			}
 		})
 	}
@@ -217,7 +223,10 @@ func TestNetnsUclient(t *testing.T) {
 	if !r.statsOK {
 		t.Fatalf("the server helper printed no final stats")
 	}
-	want := uint64(len(tests) * msgs)
+	want := uint64(0)
+	for _, tc := range tests {
+		want += uint64(tc.streams * msgs)
+	}
 	if r.stats.UserspaceToPeer.Packets < want || r.stats.UserspaceToClient.Packets < want {
 		t.Errorf("server relayed %d packets to peers and %d to clients, want at least %d each",
 			r.stats.UserspaceToPeer.Packets, r.stats.UserspaceToClient.Packets, want)

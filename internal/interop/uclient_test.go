@@ -67,6 +67,10 @@ func TestUclient(t *testing.T) {
 		{name: "udp-channel-extra-requests", extra: []string{"-G"}},
 		{name: "udp-channel-dont-fragment", extra: []string{"-g"}},
 		{name: "udp-channel-padded", extra: []string{"-D"}},
+		// -y: pairs of allocations of this server send to each other
+		// (hairpin); each side counts its own stream.
+		{name: "udp-channel-client-to-client", extra: []string{"-y"}, clients: 2},
+		{name: "tcp-send-client-to-client", tcp: true, send: true, extra: []string{"-y"}, clients: 2},
 	}
 	// All clients run at once (uclient spends most of its time in its own
 	// timers); each case's assertions then run as a subtest.
