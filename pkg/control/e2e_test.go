@@ -10,6 +10,8 @@ import (
 
 	"github.com/pion/logging"
 	"github.com/pion/turn/v4"
+
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
 // pionClient is a pion/turn v4 client (a real client nobody here wrote)
@@ -107,36 +109,57 @@ func exchange(t *testing.T, pc *pionClient, peer *udpPeer, n int, tag string) {
 	}
 }
 
+// datapaths are the userspace datapaths the server runs on: the control
+// plane must behave the same on each (gso batches sends made through tx).
+func datapaths(t *testing.T) map[string]func() dataplane.Datapath {
+	return map[string]func() dataplane.Datapath{
+		"plain": dataplane.NewPlain,
+		"gso": func() dataplane.Datapath {
+			dp, err := dataplane.NewGSO(dataplane.GSOOptions{Loops: 2, SocketBuffer: 1 << 20})
+			if err != nil {
+				t.Skipf("gso datapath: %v", err)
+			}
+			return dp
+		},
+	}
+}
+
 func TestPionClientEndToEnd(t *testing.T) {
-	for _, network := range []string{"udp", "tcp"} {
-		t.Run(network, func(t *testing.T) {
-			s := startServer(t)
-			peer := newPeer(t, "127.0.0.1:0")
-			pc := newPionClient(t, network, s.addr(network), testUser, testPass)
-			// The first datagrams go as Send indications while pion binds
-			// a channel in the background; later ones as ChannelData.
-			exchange(t, pc, peer, 5, "warmup")
-			waitFor(t, 3*time.Second, "channel binding", func() bool {
-				as := s.Allocations()
-				return len(as) == 1 && len(as[0].Channels) == 1
+	for dpName, newDP := range datapaths(t) {
+		for _, network := range []string{"udp", "tcp"} {
+			t.Run(dpName+"/"+network, func(t *testing.T) {
+				s := startServer(t, func(_ *Config, o *Options) { o.Datapath = newDP() })
+				pionEndToEnd(t, s, network)
 			})
-			before := s.Stats()
-			exchange(t, pc, peer, 20, "channel")
-			after := s.Stats()
-			if d := after.UserspaceToPeer.Packets - before.UserspaceToPeer.Packets; d != 20 {
-				t.Errorf("to-peer packets counted %d, want 20", d)
-			}
-			if after.DataIndications != before.DataIndications {
-				t.Errorf("data indications sent after the channel was bound")
-			}
-			as := s.Allocations()
-			if as[0].LastActivity.IsZero() || as[0].Channels[0].LastActivity.IsZero() {
-				t.Errorf("no activity recorded: %+v", as[0])
-			}
-			if as[0].Username != testUser || as[0].Transport != network {
-				t.Errorf("allocation info %+v", as[0])
-			}
-		})
+		}
+	}
+}
+
+func pionEndToEnd(t *testing.T, s *Server, network string) {
+	peer := newPeer(t, "127.0.0.1:0")
+	pc := newPionClient(t, network, s.addr(network), testUser, testPass)
+	// The first datagrams go as Send indications while pion binds
+	// a channel in the background; later ones as ChannelData.
+	exchange(t, pc, peer, 5, "warmup")
+	waitFor(t, 3*time.Second, "channel binding", func() bool {
+		as := s.Allocations()
+		return len(as) == 1 && len(as[0].Channels) == 1
+	})
+	before := s.Stats()
+	exchange(t, pc, peer, 20, "channel")
+	after := s.Stats()
+	if d := after.UserspaceToPeer.Packets - before.UserspaceToPeer.Packets; d != 20 {
+		t.Errorf("to-peer packets counted %d, want 20", d)
+	}
+	if after.DataIndications != before.DataIndications {
+		t.Errorf("data indications sent after the channel was bound")
+	}
+	as := s.Allocations()
+	if as[0].LastActivity.IsZero() || as[0].Channels[0].LastActivity.IsZero() {
+		t.Errorf("no activity recorded: %+v", as[0])
+	}
+	if as[0].Username != testUser || as[0].Transport != network {
+		t.Errorf("allocation info %+v", as[0])
 	}
 }
 
@@ -145,7 +168,18 @@ func TestPionClientEndToEnd(t *testing.T) {
 // defaults": relay addresses stay reachable even though loopback, where
 // they live in this test, is otherwise denied).
 func TestHairpin(t *testing.T) {
-	s := startServer(t, func(c *Config, _ *Options) { c.AllowPeers = nil })
+	for dpName, newDP := range datapaths(t) {
+		t.Run(dpName, func(t *testing.T) {
+			s := startServer(t, func(c *Config, o *Options) {
+				c.AllowPeers = nil
+				o.Datapath = newDP()
+			})
+			hairpin(t, s)
+		})
+	}
+}
+
+func hairpin(t *testing.T, s *Server) {
 	a := newPionClient(t, "udp", s.addr("udp"), testUser, testPass)
 	b := newPionClient(t, "udp", s.addr("udp"), "bob", "builder")
 	// Both sides need a permission for the other's relay address.
