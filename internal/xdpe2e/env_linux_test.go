@@ -77,13 +77,19 @@ func (ioDiscard) Write(b []byte) (int, error) { return len(b), nil }
 // peer side (only the one family, so allocations are of that family).
 func newEnv(t *testing.T, v6 bool, mod func(*control.Config)) *env {
 	t.Helper()
+	return newEnvMax(t, v6, 64, mod)
+}
+
+// newEnvMax is newEnv with maps for maxChannels channels.
+func newEnvMax(t *testing.T, v6 bool, maxChannels int, mod func(*control.Config)) *env {
+	t.Helper()
 	privtest.Need(t, "ip", "ethtool", "ping")
 	topo, err := netns.NewTopology()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { topo.Close() })
-	p, err := Attach(topo, Options{MaxChannels: 64})
+	p, err := Attach(topo, Options{MaxChannels: maxChannels})
 	if err != nil {
 		t.Fatalf("%+v", err)
 	}

@@ -299,3 +299,35 @@ func TestRestartKeepsMediaFlowing(t *testing.T) {
 	}
 	t.Logf("%d to peer (%d in the gap), %d to client (%d in the gap)", toPeer.Load(), gapToPeer.Load(), toClient.Load(), gapToClient.Load())
 }
+
+// TestFullTableLeavesChannelInUserspace: with room for one channel, the
+// second client's channel is refused by the kernel table; the client never
+// notices (its ChannelBind succeeds, its data arrives through userspace),
+// and the refusal is counted on both sides.
+func TestFullTableLeavesChannelInUserspace(t *testing.T) {
+	e := newEnvMax(t, false, 1, nil)
+	pr := newPeer(t, e, 40000)
+	a := newRaw(t, e, user, pass)
+	b := newRaw(t, e, "bob", "builder")
+	a.bind(t, 0x4000, pr.addr())
+	waitFor(t, 3*time.Second, "first channel offloaded", func() bool { return offloadedChannels(e.srv) == 1 })
+	b.bind(t, 0x4000, pr.addr())
+	k0 := counters(t, e.path.X)
+	u0 := e.srv.Stats()
+	roundTrip(t, a, 0x4000, pr, "kernel")
+	roundTrip(t, b, 0x4000, pr, "userspace")
+	k1 := counters(t, e.path.X)
+	u1 := e.srv.Stats()
+	if d := k1.Get(loader.FwdToPeerPackets) - k0.Get(loader.FwdToPeerPackets); d != 1 {
+		t.Errorf("kernel forwarded %d packets to the peer, want 1 (the first client's)", d)
+	}
+	if d := u1.UserspaceToPeer.Packets - u0.UserspaceToPeer.Packets; d != 1 {
+		t.Errorf("userspace relayed %d packets to the peer, want 1 (the second client's)", d)
+	}
+	if got := k1.Get(loader.PassMapFull); got != 1 {
+		t.Errorf("kernel map-full counter %d, want 1", got)
+	}
+	if u1.OffloadFull != 1 || offloadedChannels(e.srv) != 1 {
+		t.Errorf("server counted %d full-table refusals with %d channels offloaded, want 1 and 1", u1.OffloadFull, offloadedChannels(e.srv))
+	}
+}
