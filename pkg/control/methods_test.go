@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -666,4 +667,76 @@ func mappedPeerAttr(ap netip.AddrPort) stun.Setter {
 		m.Add(stun.AttrXORPeerAddress, v)
 		return nil
 	})
+}
+
+// TestMalformedDropped: messages that are not valid STUN (RFC 8489 section
+// 6.3) or exceed the configured bounds get no answer and are counted.
+func TestMalformedDropped(t *testing.T) {
+	s := startServer(t, func(c *Config, _ *Options) { c.MaxMessageSize = 600; c.MaxAttributeCount = 10 })
+	c := dialRaw(t, "udp", s.addr("udp"))
+	valid := func(setters ...stun.Setter) []byte {
+		return c.build(methodBinding, stun.ClassRequest, false, setters...).Raw
+	}
+	mutate := func(b []byte, f func([]byte) []byte) []byte { return f(append([]byte(nil), b...)) }
+	many := make([]stun.Setter, 12)
+	for i := range many {
+		many[i] = attr{stun.AttrSoftware, []byte("x")}
+	}
+	for _, tt := range []struct {
+		name string
+		b    []byte
+	}{
+		{"too many attributes", valid(many...)},
+		{"oversize", valid(attr{stun.AttrSoftware, make([]byte, 700)})},
+		{"bad cookie", mutate(valid(), func(b []byte) []byte { b[4] ^= 1; return b })},
+		{"length beyond datagram", mutate(valid(), func(b []byte) []byte { b[3] += 4; return b })},
+		{"length short of datagram", append(valid(), 0, 0, 0, 0)},
+		{"length not multiple of 4", mutate(valid(), func(b []byte) []byte { return append(b[:len(b)-8], 0, 0, 0) })},
+		{"top bits set", mutate(valid(), func(b []byte) []byte { b[0] |= 0x80; return b })},
+		{"bad fingerprint", mutate(valid(), func(b []byte) []byte { b[len(b)-1] ^= 1; return b })},
+		{"fingerprint not last", mutate(valid(), func(b []byte) []byte {
+			m := &stun.Message{Raw: b}
+			m.Decode()
+			m.Add(stun.AttrSoftware, []byte("late"))
+			return m.Raw
+		})},
+		{"attribute overruns message", mutate(valid(), func(b []byte) []byte { b[22], b[23] = 0x01, 0x00; return b })},
+		{"response class", c.build(methodBinding, stun.ClassSuccessResponse, false).Raw},
+		{"short", []byte{0, 1, 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := s.Stats().Drops
+			c.write(tt.b)
+			if b := c.read(150 * time.Millisecond); b != nil {
+				t.Fatalf("answered: %x", b)
+			}
+			after := s.Stats().Drops
+			if after["malformed"]+after["oversize"] != before["malformed"]+before["oversize"]+1 {
+				t.Errorf("drop not counted: %v -> %v", before, after)
+			}
+		})
+	}
+	// The same socket is still served.
+	m := c.build(methodBinding, stun.ClassRequest, false)
+	c.write(m.Raw)
+	if code(c.readSTUN(m.TransactionID, time.Second)) != 0 {
+		t.Fatal("valid Binding after the malformed ones not answered")
+	}
+}
+
+// TestRelayPortRetry: ports of the range taken by another program
+// (EADDRINUSE) are skipped; when every port is taken, 508.
+func TestRelayPortRetry(t *testing.T) {
+	s := startServer(t, func(c *Config, _ *Options) { c.MinPort, c.MaxPort = 45100, 45103 })
+	for _, p := range []int{45100, 45101, 45103} {
+		newPeer(t, fmt.Sprintf("127.0.0.1:%d", p)) // a foreign socket holding the port
+	}
+	c := dialRaw(t, "udp", s.addr("udp"))
+	if relay := c.allocate(); relay.Port() != 45102 {
+		t.Fatalf("relay port %d, want the only free one 45102", relay.Port())
+	}
+	c2 := dialRaw(t, "udp", s.addr("udp"))
+	if r := c2.do(methodAllocate, udpTransport()); code(r) != 508 {
+		t.Fatalf("range exhausted by foreign sockets: code %d", code(r))
+	}
 }
