@@ -83,6 +83,13 @@ func newEnv(t *testing.T, v6 bool, mod func(*control.Config)) *env {
 // newEnvMax is newEnv with maps for maxChannels channels.
 func newEnvMax(t *testing.T, v6 bool, maxChannels int, mod func(*control.Config)) *env {
 	t.Helper()
+	return newEnvDP(t, v6, maxChannels, dataplane.NewPlain(), mod)
+}
+
+// newEnvDP is newEnvMax with the given userspace datapath (the hybrid
+// `xdp` mode runs the GSO datapath beside the kernel path).
+func newEnvDP(t *testing.T, v6 bool, maxChannels int, dp dataplane.Datapath, mod func(*control.Config)) *env {
+	t.Helper()
 	privtest.Need(t, "ip", "ethtool", "ping")
 	topo, err := netns.NewTopology()
 	if err != nil {
@@ -98,6 +105,7 @@ func newEnvMax(t *testing.T, v6 bool, maxChannels int, mod func(*control.Config)
 			t.Errorf("detach xdp: %v", err)
 		}
 	})
+	t.Cleanup(func() { dp.Close() }) // after the servers' Close (cleanups run last-in first-out)
 	e := &env{topo: topo, path: p, v6: v6}
 	cfg := control.DefaultConfig()
 	relayIP := topo.RelayPeerV4
@@ -114,7 +122,7 @@ func newEnvMax(t *testing.T, v6 bool, maxChannels int, mod func(*control.Config)
 	}
 	e.cfg = cfg
 	e.opts = control.Options{
-		Datapath:  InNamespace(dataplane.NewPlain(), topo.Relay),
+		Datapath:  InNamespace(dp, topo.Relay),
 		Offload:   p.Offload(),
 		Logger:    testLogger(t),
 		StateFile: filepath.Join(t.TempDir(), "state.json"),

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
@@ -15,9 +16,17 @@ func TestPionThroughXDP(t *testing.T) {
 	for _, fam := range []struct {
 		name string
 		v6   bool
-	}{{"ipv4", false}, {"ipv6", true}} {
+		gso  bool
+	}{{"ipv4", false, false}, {"ipv6", true, false}, {"ipv4-gso", false, true}, {"ipv6-gso", true, true}} {
 		t.Run(fam.name, func(t *testing.T) {
-			e := newEnv(t, fam.v6, nil)
+			dp := dataplane.NewPlain()
+			if fam.gso {
+				var err error
+				if dp, err = dataplane.NewGSO(dataplane.GSOOptions{Loops: 1}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e := newEnvDP(t, fam.v6, 64, dp, nil)
 			pr := newPeer(t, e, 40000)
 			pc := newPion(t, e)
 			if pc.relayAddr().Addr().Is6() != fam.v6 {
