@@ -609,3 +609,48 @@ func TestGSOLoopNoAllocs(t *testing.T) {
 		t.Fatalf("handled %d", handled.Load())
 	}
 }
+
+// TestGSOSendEdgeCases: an empty datagram is sent (as with plain), an
+// unreachable family is counted as an error without stopping the rest of
+// the batch, and a Conn of another datapath is written directly.
+func TestGSOSendEdgeCases(t *testing.T) {
+	dp := newGSO(t, GSOOptions{})
+	other := NewPlain()
+	defer other.Close()
+	rx := udpSock(t, "127.0.0.1:0")
+	foreign, err := other.OpenRelay(netip.MustParseAddrPort("127.0.0.1:0"), func(Tx, Conn, netip.AddrPort, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := dp.Listen(netip.MustParseAddrPort("127.0.0.1:0"), func(tx Tx, c Conn, _ netip.AddrPort, _ []byte) {
+		tx.Send(c, nil, addrOf(rx))                                        // empty
+		tx.Send(c, []byte("v6"), netip.MustParseAddrPort("[2001:2::1]:9")) // IPv4 socket: error
+		tx.Send(c, []byte("after"), addrOf(rx))
+		tx.Send(foreign, []byte("foreign"), addrOf(rx))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := udpSock(t, "127.0.0.1:0")
+	if _, err := cl.WriteToUDPAddrPort([]byte("go"), lis.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	// The foreign conn writes at once, the queued ones leave at the flush.
+	got := map[string]bool{}
+	buf := make([]byte, 64)
+	for i := 0; i < 3; i++ {
+		rx.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, _, err := rx.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		got[string(buf[:n])] = true
+	}
+	if !got[""] || !got["after"] || !got["foreign"] {
+		t.Fatalf("got %v", got)
+	}
+	waitFor(t, func() bool { st := dp.Stats(); return st.TxPackets == 2 && st.TxErrors == 1 })
+	if st := other.Stats(); st.TxPackets != 1 {
+		t.Fatalf("foreign datapath sent %d", st.TxPackets)
+	}
+}
