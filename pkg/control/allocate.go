@@ -86,14 +86,15 @@ func (s *Server) handleAllocate(r *reqCtx) {
 	}
 	// Step 9 (quota): "the server checks if it ... has the resources...
 	// If not, 486 (Allocation Quota Reached)."
-	if !s.reserveQuota(r.username) {
+	quotaKey := s.creds.Load().quotaKey(r.username)
+	if !s.reserveQuota(quotaKey) {
 		r.fail(stun.CodeAllocQuotaReached)
 		return
 	}
 	quotaHeld := true
 	defer func() {
 		if quotaHeld {
-			s.releaseQuota(r.username)
+			s.releaseQuota(quotaKey)
 		}
 	}()
 
@@ -109,6 +110,7 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		primary = familyIPv6
 	}
 	a := newAllocation(s, r.tuple, r.sink, r.username, r.now)
+	a.quotaKey = quotaKey
 	a.dontFrag = dontFrag
 	var relays [2]*relaySock
 	var resToken [8]byte

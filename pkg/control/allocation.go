@@ -51,6 +51,7 @@ type allocation struct {
 	tuple    fiveTuple
 	sink     clientSink
 	username string
+	quotaKey string // what the per-user quota counts (see credentials.quotaKey)
 	created  time.Time
 	dontFrag bool
 	// allocTxID and allocResp answer a retransmitted Allocate (RFC 8656
@@ -333,7 +334,7 @@ func (a *allocation) delete(reason string) {
 	a.mu.Unlock()
 
 	s.allocs.CompareAndDelete(a.tuple, a)
-	s.releaseQuota(a.username)
+	s.releaseQuota(a.quotaKey)
 	for _, r := range relays {
 		if r != nil {
 			s.releaseRelay(r)

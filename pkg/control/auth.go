@@ -113,6 +113,22 @@ func (c *credentials) passwords(username string, now time.Time) ([]string, authF
 	return out, 0
 }
 
+// quotaKey is the name allocations are counted under for the per-user
+// quota: a static user's name, or the user part of a TURN REST username
+// ("expiry:user"), so that a fresh expiry does not open a fresh quota. A
+// REST username without a user part counts as itself.
+func (c *credentials) quotaKey(username string) string {
+	if _, ok := c.users[username]; ok {
+		return username
+	}
+	if ts, user, ok := strings.Cut(username, ":"); ok && user != "" && ts != "" {
+		if _, err := strconv.ParseInt(ts, 10, 64); err == nil {
+			return "rest:" + user
+		}
+	}
+	return username
+}
+
 func newCredentials(users map[string]string, secrets []string) *credentials {
 	c := &credentials{users: maps.Clone(users), secrets: append([]string(nil), secrets...)}
 	if c.users == nil {

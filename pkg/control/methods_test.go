@@ -133,6 +133,15 @@ func TestAllocateErrors(t *testing.T) {
 			send:  signed(udpTransport()), want: 508},
 		{name: "EVEN-PORT R needs two ports 508", mod: func(c *Config, _ *Options) { c.MinPort, c.MaxPort = 45000, 45000 },
 			send: signed(udpTransport(), attr{stun.AttrEvenPort, []byte{0x80}}), want: 508},
+		{name: "per-user quota counts REST users by user part 486",
+			mod: func(c *Config, _ *Options) { c.MaxAllocationsPerUser = 1; c.AuthSecrets = []string{"s3cret"} },
+			setup: func(t *testing.T, s *Server, c *rawClient) {
+				o := dialRaw(t, "udp", s.addr("udp"))
+				o.user, o.pass = RESTCredentials("s3cret", "carol", time.Now().Add(time.Hour))
+				o.allocate()
+				c.user, c.pass = RESTCredentials("s3cret", "carol", time.Now().Add(2*time.Hour))
+			},
+			send: signed(udpTransport()), want: 486},
 		{name: "expired REST credential 401", mod: func(c *Config, _ *Options) { c.AuthSecrets = []string{"s3cret"} },
 			setup: func(t *testing.T, s *Server, c *rawClient) {
 				withNonce(t, s, c)

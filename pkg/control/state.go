@@ -202,7 +202,8 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 	if s.lookup(t) != nil {
 		return errors.New("5-tuple already allocated")
 	}
-	if !s.reserveQuota(sa.Username) {
+	quotaKey := s.creds.Load().quotaKey(sa.Username)
+	if !s.reserveQuota(quotaKey) {
 		return errors.New("allocation quota reached")
 	}
 	var relays [2]*relaySock
@@ -212,14 +213,14 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		if relays[i] != nil || ra.Port() < s.cfg.MinPort || ra.Port() > s.cfg.MaxPort {
 			s.ports.mu.Unlock()
 			s.closeRelays(relays)
-			s.releaseQuota(sa.Username)
+			s.releaseQuota(quotaKey)
 			return fmt.Errorf("relay %s not usable with this configuration", ra)
 		}
 		rs, err := s.openRelayLocked(ra.Addr(), ra.Port())
 		if err != nil {
 			s.ports.mu.Unlock()
 			s.closeRelays(relays)
-			s.releaseQuota(sa.Username)
+			s.releaseQuota(quotaKey)
 			return fmt.Errorf("reopen relay: %w", err)
 		}
 		relays[i] = rs
@@ -227,6 +228,7 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 	s.ports.mu.Unlock()
 
 	a := newAllocation(s, t, conn, sa.Username, sa.Created)
+	a.quotaKey = quotaKey
 	a.dontFrag = sa.DontFragment
 	a.relays = relays
 	a.expires = sa.Expires
