@@ -55,13 +55,13 @@ func (c Channel) keys(slot uint32, expires uint64) (ck relayC2pKey, cv relayC2pV
 	if c.Number < 0x4000 || c.Number > 0x7FFF {
 		return ck, cv, pk, pv, fmt.Errorf("channel %#x outside 0x4000-0x7FFF: %w", c.Number, ErrUnsupported)
 	}
+	if !c.Client.IsValid() || !c.Listener.IsValid() || !c.Relay.IsValid() || !c.Peer.IsValid() {
+		return ck, cv, pk, pv, fmt.Errorf("channel %#x: missing address: %w", c.Number, ErrUnsupported)
+	}
 	client, f1 := addrBytes(c.Client.Addr())
 	listener, f2 := addrBytes(c.Listener.Addr())
 	relay, f3 := addrBytes(c.Relay.Addr())
 	peer, f4 := addrBytes(c.Peer.Addr())
-	if !c.Client.IsValid() || !c.Listener.IsValid() || !c.Relay.IsValid() || !c.Peer.IsValid() {
-		return ck, cv, pk, pv, fmt.Errorf("channel %#x: missing address: %w", c.Number, ErrUnsupported)
-	}
 	// The program rewrites headers in place: it cannot translate between
 	// IPv4 and IPv6 (an IPv6 client with an IPv4 allocation stays in
 	// userspace).
