@@ -8,7 +8,11 @@ import (
 // GSOOptions configure the gso datapath. The zero value is usable.
 type GSOOptions struct {
 	// BatchSize is the number of datagrams one recvmmsg call may return
-	// (default 64).
+	// (default 64, at most 1024). Each message has a 64 KiB buffer (the
+	// largest UDP payload or GRO read), so a goroutine that is reading
+	// holds BatchSize x 64 KiB of address space (4 MiB by default); only
+	// the pages datagrams are written to become resident, and idle sockets
+	// hold none (buffers are pooled).
 	BatchSize int
 	// Loops is the number of SO_REUSEPORT sockets, each with its own
 	// goroutine, opened for every listener (0 = GOMAXPROCS). Relay sockets
