@@ -118,12 +118,18 @@ func TestLoadgenSinkSendsToRelayed(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- client.Wait() }()
+	var clientErr error
+	waited := false
+	wait := func() error {
+		if !waited {
+			clientErr, waited = <-done, true
+		}
+		return clientErr
+	}
 	defer func() {
-		select {
-		case <-done:
-		default:
+		if !waited {
 			client.Process.Kill()
-			<-done
+			wait()
 		}
 	}()
 	re := regexp.MustCompile(`relayed (\S+) channel`)
@@ -149,7 +155,7 @@ func TestLoadgenSinkSendsToRelayed(t *testing.T) {
 	if err := json.Unmarshal([]byte(sout), &sr); err != nil {
 		t.Fatalf("sink json: %v\n%s", err, sout)
 	}
-	if err := <-done; err != nil {
+	if err := wait(); err != nil {
 		t.Fatalf("client: %v\n%s", err, cerr.String())
 	}
 	var cr bench.ClientResult
