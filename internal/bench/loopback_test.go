@@ -219,4 +219,28 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-var _ = turnclient.MinChannel
+
+
+// FuzzReceiverDecap feeds arbitrary datagrams to the receiver's demux
+// (ChannelData, STUN indications, raw payloads): it must never panic and
+// never count a packet without a valid measurement header.
+func FuzzReceiverDecap(f *testing.F) {
+	b := make([]byte, 40)
+	PutPayloadHeader(b, 1, 2, 3)
+	f.Add(b)
+	f.Add(append([]byte{0x40, 0x00, 0x00, 0x28}, b...))
+	m, _ := turnclient.BuildSendIndication(netip.MustParseAddrPort("198.18.1.1:9"), b)
+	f.Add(m.Raw)
+	f.Add([]byte{0x00, 0x17, 0x00, 0x00})
+	f.Fuzz(func(t *testing.T, d []byte) {
+		r := NewReceiver(RecvConfig{Flows: 2})
+		payload, ok := r.decap(d, nil)
+		if !ok {
+			return
+		}
+		if len(payload) > len(d) {
+			t.Fatalf("payload %d bytes from a %d-byte datagram", len(payload), len(d))
+		}
+		_, _, _, _ = ParsePayloadHeader(payload)
+	})
+}
