@@ -219,8 +219,6 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-
-
 // FuzzReceiverDecap feeds arbitrary datagrams to the receiver's demux
 // (ChannelData, STUN indications, raw payloads): it must never panic and
 // never count a packet without a valid measurement header.
