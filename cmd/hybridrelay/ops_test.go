@@ -248,7 +248,7 @@ func TestMapsDumpGolden(t *testing.T) {
 	time.Sleep(450 * time.Millisecond)
 	lines := strings.Split(strings.TrimSpace(p.stop(t)), "\n")
 	var last struct {
-		Snapshot admin.Snapshot    `json:"snapshot"`
+		Snapshot admin.Snapshot     `json:"snapshot"`
 		Rates    map[string]float64 `json:"rates"`
 	}
 	if len(lines) < 2 || json.Unmarshal([]byte(lines[len(lines)-1]), &last) != nil ||
