@@ -24,6 +24,30 @@
 // token buckets; allocation.go lifetimes, relay ports and offload sync;
 // transport.go the TCP/TLS framing; state.go persistence.
 //
+// # Choices where the RFCs leave room (or real clients disagree)
+//
+//   - Channel numbers: RFC 8656 allows 0x4000-0x4FFF, RFC 5766 allowed up
+//     to 0x7FFF and its clients (coturn's turnutils_uclient) still pick from
+//     there, so the wider range is accepted unless
+//     Config.StrictChannelNumbers.
+//   - Address family: without REQUESTED-ADDRESS-FAMILY an allocation is
+//     IPv4 (RFC 8656 section 7.2), except on a server with IPv6 relay
+//     addresses only, which answers with IPv6 instead of 440 (the pion/turn
+//     v4 client cannot ask for a family).
+//   - ChannelData over UDP may carry at most 3 bytes after the data
+//     (padding); more means a corrupted length field and the datagram is
+//     dropped — the XDP program applies the same rule.
+//   - Unauthenticated responses (401, 438, 400, Binding) are rate limited
+//     per source IP over UDP (spoofed-source amplification) and per
+//     connection over TCP/TLS (a verified source; a response dropped on a
+//     stream is never retransmitted, and clients behind one NAT must not
+//     starve each other).
+//   - The per-user quota counts TURN REST users by the user part of
+//     "expiry:user".
+//   - Peers with one of our relay IPs are reachable only on live relay
+//     sockets (hairpin); nothing relayed may reach a listener port on one
+//     of our addresses, whatever the allow list says.
+//
 // # Concurrency
 //
 // The per-packet path takes no global lock: allocations are found by
