@@ -66,7 +66,8 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 	// A private bpf filesystem for the relays' pins: nothing is left on
 	// the host's /sys/fs/bpf (which may not even be mounted), and the
 	// unmount at the end drops whatever a relay left pinned.
-	bpfDir, err := os.MkdirTemp("", "hybridrelay-bench-bpffs-")
+	removeStaleBPFFS()
+	bpfDir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", bpffsPrefix, os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("harness: %w", err)
 	}
@@ -145,6 +146,39 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 func (h *harness) progress(format string, args ...any) {
 	if h.opts.Progress != nil {
 		fmt.Fprintf(h.opts.Progress, format+"\n", args...)
+	}
+}
+
+// bpffsPrefix names the private bpffs mount points: <tmp>/<prefix><pid>-*.
+const bpffsPrefix = "hybridrelay-bench-bpffs-"
+
+// removeStaleBPFFS unmounts and removes the bpffs mounts of harnesses that
+// died without cleaning up (SIGKILL); their relays died with them
+// (Pdeathsig), and netns.NewTopology removes their namespaces.
+func removeStaleBPFFS() {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "bpf" {
+			continue
+		}
+		base := filepath.Base(f[1])
+		if !strings.HasPrefix(base, bpffsPrefix) {
+			continue
+		}
+		pid, _, ok := strings.Cut(strings.TrimPrefix(base, bpffsPrefix), "-")
+		if !ok || pid == fmt.Sprint(os.Getpid()) {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			continue // still running
+		}
+		if unix.Unmount(f[1], unix.MNT_DETACH) == nil {
+			_ = os.Remove(f[1])
+		}
 	}
 }
 
