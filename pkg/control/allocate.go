@@ -102,11 +102,12 @@ func (s *Server) handleAllocate(r *reqCtx) {
 	// address is IPv4. Deviation, for clients that never send the
 	// attribute (the pion/turn v4 client cannot) on IPv6-only relays: when
 	// this server has no IPv4 relay address, IPv6 is used instead of
-	// answering 440.
+	// answering 440. A dual request (ADDITIONAL-ADDRESS-FAMILY) always
+	// starts with IPv4.
 	primary := familyIPv4
 	if hasReqFam {
 		primary = reqFam
-	} else if _, ok := s.relayIPFor(familyIPv4, netip.Addr{}); !ok {
+	} else if _, ok := s.relayIPFor(familyIPv4, netip.Addr{}); !ok && !hasAddFam {
 		primary = familyIPv6
 	}
 	a := newAllocation(s, r.tuple, r.sink, r.username, r.now)

@@ -94,6 +94,16 @@ func TestIPv6AndDualAllocation(t *testing.T) {
 			}
 		}
 	})
+	t.Run("dual on an IPv6-only server 440", func(t *testing.T) {
+		s6 := startServer(t, func(c *Config, _ *Options) { c.RelayIPs = []netip.Addr{netip.MustParseAddr("::1")} })
+		c := dialRaw(t, "udp", s6.addr("udp"))
+		if r := c.do(methodAllocate, udpTransport(), familyAttr(attrAdditionalAddressFamily, familyIPv6)); code(r) != 440 {
+			t.Fatalf("code %d", code(r))
+		}
+		if r := c.do(methodAllocate, udpTransport()); code(r) != 0 || !relayedAddrs(t, r)[0].Addr().Is6() {
+			t.Fatalf("plain allocate on IPv6-only server: code %d", code(r))
+		}
+	})
 	t.Run("dual without IPv6 relay reports ADDRESS-ERROR-CODE", func(t *testing.T) {
 		s4 := startServer(t)
 		c := dialRaw(t, "udp", s4.addr("udp"))
