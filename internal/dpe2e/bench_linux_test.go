@@ -25,16 +25,13 @@ import (
 //	go test -run '^$' -bench RelaySendVeth -count 6 ./internal/dpe2e
 func BenchmarkRelaySendVeth(b *testing.B) {
 	privtest.Need(b, "ip", "ethtool", "ping")
-	topo, err := netns.NewTopology()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { topo.Close() })
+	topo := newTopology(b)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, size := range []int{120, 1200} {
 		for _, name := range []string{"plain", "gso"} {
 			b.Run(fmt.Sprintf("%dB/%s", size, name), func(b *testing.B) {
 				var dp dataplane.Datapath
+				var err error
 				if name == "plain" {
 					dp = dataplane.NewPlain()
 				} else if dp, err = dataplane.NewGSO(dataplane.GSOOptions{Logger: quiet}); err != nil {
