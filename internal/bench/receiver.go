@@ -55,11 +55,20 @@ type Receiver struct {
 
 // NewReceiver prepares a receiver; Start begins reading.
 func NewReceiver(cfg RecvConfig) *Receiver {
+	// Many sockets (one per allocation) each carry little: smaller
+	// batches and buffers keep memory proportionate.
+	many := len(cfg.Conns) > 64
 	if cfg.Batch <= 0 {
 		cfg.Batch = 64
+		if many {
+			cfg.Batch = 8
+		}
 	}
 	if cfg.SocketBuffer == 0 {
 		cfg.SocketBuffer = 8 << 20
+		if many {
+			cfg.SocketBuffer = 1 << 20
+		}
 	}
 	return &Receiver{cfg: cfg, flowRecv: make([]atomic.Uint64, cfg.Flows), flowNext: make([]atomic.Uint64, cfg.Flows)}
 }
