@@ -71,6 +71,8 @@ func runBinary(t *testing.T, env []string, args ...string) (string, string, int)
 	cmd.Env = append(cleanEnv(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	// A grandchild holding the output pipes must not hang the test.
+	cmd.WaitDelay = 5 * time.Second
 	done := make(chan error, 1)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -121,6 +123,7 @@ func startDaemon(t *testing.T, env []string, args ...string) *daemonProc {
 	d.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
 	d.cmd.Env = append(cleanEnv(), env...)
 	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
+	d.cmd.WaitDelay = 5 * time.Second
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -144,6 +144,7 @@ func startTool(t *testing.T, args ...string) *toolProc {
 	d.cmd = execCommand(binary, args...)
 	d.cmd.Env = cleanEnv()
 	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
+	d.cmd.WaitDelay = 5 * time.Second
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,7 @@ func TestServeAutoPicksXDP(t *testing.T) {
 	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
+	cmd.WaitDelay = 5 * time.Second
 	// `ip netns exec` runs the daemon in its own mount namespace, so its
 	// pins live there and vanish with it; the check below looks inside it
 	// through the daemon's own log and the interface state.
