@@ -12,7 +12,11 @@ type Handler func(tx Tx, c Conn, from netip.AddrPort, payload []byte)
 
 // Tx sends datagrams produced while a receive batch is processed. A datapath
 // may hold them until the end of the batch (gso) or write them at once
-// (plain). Send copies payload before it returns.
+// (plain). Send copies payload before it returns. A Tx is valid only during
+// the Handler call it was passed to and only on that goroutine (gso's is the
+// reading goroutine's send queue); later sends go through Conn.WriteTo.
+// Send may name any Conn of the same datapath, not only the one the
+// datagram came in on.
 type Tx interface {
 	Send(c Conn, payload []byte, dst netip.AddrPort)
 }
