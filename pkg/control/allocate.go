@@ -84,6 +84,15 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		r.fail(stun.CodeBadRequest)
 		return
 	}
+	// Lifetime (section 7.2): min(requested, max); the default when the
+	// result is below it. Parsed before any resource is taken.
+	life := s.cfg.DefaultLifetime
+	if req, ok, err := getLifetime(msg); err != nil {
+		r.fail(stun.CodeBadRequest)
+		return
+	} else if ok {
+		life = clampLifetime(req, s.cfg.DefaultLifetime, s.cfg.MaxLifetime)
+	}
 	// Step 9 (quota): "the server checks if it ... has the resources...
 	// If not, 486 (Allocation Quota Reached)."
 	quotaKey := s.creds.Load().quotaKey(r.username)
@@ -160,16 +169,6 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		}
 	}
 
-	// Lifetime (section 7.2): min(requested, max); the default when the
-	// result is below it.
-	life := s.cfg.DefaultLifetime
-	if req, ok, err := getLifetime(msg); err != nil {
-		s.closeRelays(relays)
-		r.fail(stun.CodeBadRequest)
-		return
-	} else if ok {
-		life = clampLifetime(req, s.cfg.DefaultLifetime, s.cfg.MaxLifetime)
-	}
 	a.relays = relays
 	a.expires = r.now.Add(life)
 
