@@ -325,6 +325,7 @@ type tapConn struct {
 
 	outChannelData, outSend, outRequests atomic.Int64
 	inChannelData, inData, inResponses   atomic.Int64
+	lastChannel                          atomic.Uint32 // number of the last ChannelData sent
 }
 
 func (c *tapConn) WriteTo(p []byte, addr net.Addr) (int, error) {
@@ -334,6 +335,7 @@ func (c *tapConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	switch {
 	case len(p) >= 4 && p[0]&0xC0 == 0x40:
 		c.outChannelData.Add(1)
+		c.lastChannel.Store(uint32(p[0])<<8 | uint32(p[1]))
 	case stun.IsMessage(p):
 		var m stun.Message
 		if err := stun.Decode(p, &m); err == nil {

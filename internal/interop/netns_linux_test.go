@@ -304,7 +304,7 @@ func TestNetnsPion(t *testing.T) {
 					_ = stray.Close()
 				}
 			})
-			runPionScenario(t, p, peer, stray, nil, tc.network)
+			runPionScenario(t, p, peer, stray, nil, tc.network, nil)
 		})
 	}
 }

@@ -252,7 +252,11 @@ func pionMatrix(t *testing.T, dp string) {
 			if tc.strayIP.IsValid() {
 				stray = listenPeer(t, tc.strayIP)
 			}
-			runPionScenario(t, p, peer, stray, tgt.hybridrelay, tc.network)
+			if tc.network == "udp" {
+				runPionScenario(t, p, peer, stray, tgt.hybridrelay, tc.network, checkChannelDataFraming)
+			} else {
+				runPionScenario(t, p, peer, stray, tgt.hybridrelay, tc.network, nil)
+			}
 		})
 	}
 }
@@ -264,7 +268,8 @@ func pionMatrix(t *testing.T, dp string) {
 // Refresh(0) on close. hr, when not nil, is the in-process server whose
 // allocation table is checked along the way. network is how the client
 // reaches the server (udp, tcp or tls).
-func runPionScenario(t *testing.T, p *pionSession, peer, stray *net.UDPConn, hr *hrServer, network string) {
+func runPionScenario(t *testing.T, p *pionSession, peer, stray *net.UDPConn, hr *hrServer, network string,
+	extra func(*testing.T, *pionSession, *net.UDPConn)) {
 	t.Helper()
 	peerAddr := peer.LocalAddr().(*net.UDPAddr)
 	peerIP := peerAddr.AddrPort().Addr().Unmap()
@@ -352,6 +357,10 @@ func runPionScenario(t *testing.T, p *pionSession, peer, stray *net.UDPConn, hr 
 		}
 	}
 
+	if extra != nil {
+		extra(t, p, peer)
+	}
+
 	// Section 7.3: Refresh with a new LIFETIME.
 	refreshAllocation(t, p, 1200*time.Second)
 	if hr != nil {
@@ -430,4 +439,88 @@ func refreshAllocation(t *testing.T, p *pionSession, d time.Duration) {
 	if got := time.Duration(binary.BigEndian.Uint32(v)) * time.Second; got != d {
 		t.Fatalf("refresh granted %s, want %s", got, d)
 	}
+}
+
+// checkChannelDataFraming sends hand-made ChannelData on the client's
+// bound channel over UDP (bypassing pion) and checks what reaches the
+// peer, RFC 8656 section 12.5: padding after the data is optional over
+// UDP and is not relayed; a datagram too short for its length field is
+// discarded. Whatever path forwards a frame (kernel or userspace), the
+// peer gets exactly the declared data or nothing, never the padding or a
+// truncated payload.
+func checkChannelDataFraming(t *testing.T, p *pionSession, peer *net.UDPConn) {
+	t.Helper()
+	ch := uint16(p.tap.lastChannel.Load())
+	if ch < 0x4000 {
+		t.Fatalf("no channel in use yet")
+	}
+	frame := func(declared, actual int) []byte {
+		b := make([]byte, 4+actual)
+		binary.BigEndian.PutUint16(b, ch)
+		binary.BigEndian.PutUint16(b[2:], uint16(declared))
+		_, _ = rand.Read(b[4:])
+		return b
+	}
+	tests := []struct {
+		name             string
+		declared, actual int
+		relayed          bool // the peer must get the declared bytes
+		mayRelay         bool // the peer may get the declared bytes, or nothing
+	}{
+		{name: "exact", declared: 7, actual: 7, relayed: true},
+		{name: "padded-1", declared: 7, actual: 8, relayed: true},
+		{name: "padded-3", declared: 5, actual: 8, relayed: true},
+		{name: "padded-to-1200", declared: 1197, actual: 1200, relayed: true},
+		{name: "length-beyond-datagram", declared: 100, actual: 50},
+		{name: "length-0xffff", declared: 0xFFFF, actual: 10},
+		{name: "one-byte-short", declared: 9, actual: 8},
+		{name: "trailing-garbage", declared: 5, actual: 40, mayRelay: true},
+	}
+	to := p.client.TURNServerAddr()
+	buf := make([]byte, 2048)
+	for i, tc := range tests {
+		f := frame(tc.declared, tc.actual)
+		if _, err := p.tap.WriteTo(f, to); err != nil {
+			t.Fatalf("%s: write: %v", tc.name, err)
+		}
+		marker := payload(500000+i, 33)
+		if _, err := p.relay.WriteTo(marker, peer.LocalAddr()); err != nil {
+			t.Fatalf("%s: marker write: %v", tc.name, err)
+		}
+		var got [][]byte
+		for {
+			_ = peer.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, _, err := peer.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("%s: the marker sent after the frame never reached the peer: %v", tc.name, err)
+			}
+			if bytes.Equal(buf[:n], marker) {
+				break
+			}
+			got = append(got, append([]byte(nil), buf[:n]...))
+		}
+		want := f[4:]
+		if tc.declared <= len(want) {
+			want = want[:tc.declared]
+		}
+		switch {
+		case tc.relayed && (len(got) != 1 || !bytes.Equal(got[0], want)):
+			t.Errorf("ChannelData %s (length field %d, %d data bytes): peer got %d datagrams %v, want exactly the %d declared bytes",
+				tc.name, tc.declared, tc.actual, len(got), lens(got), tc.declared)
+		case tc.mayRelay && !(len(got) == 0 || len(got) == 1 && bytes.Equal(got[0], want)):
+			t.Errorf("ChannelData %s (length field %d, %d data bytes): peer got %d datagrams %v, want nothing or the %d declared bytes",
+				tc.name, tc.declared, tc.actual, len(got), lens(got), tc.declared)
+		case !tc.relayed && !tc.mayRelay && len(got) != 0:
+			t.Errorf("ChannelData %s (length field %d, %d data bytes): peer got %d datagrams %v, want none (RFC 8656 section 12.5: discarded)",
+				tc.name, tc.declared, tc.actual, len(got), lens(got))
+		}
+	}
+}
+
+func lens(bs [][]byte) []int {
+	l := make([]int, len(bs))
+	for i, b := range bs {
+		l[i] = len(b)
+	}
+	return l
 }
