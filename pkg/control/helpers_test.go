@@ -1,9 +1,9 @@
 package control
 
 import (
-	"errors"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -354,7 +354,34 @@ func (p *udpPeer) send(b []byte, to netip.AddrPort) {
 	}
 }
 
-var errTimeout = errors.New("timeout")
+// freePortRange finds n consecutive UDP ports free on 127.0.0.1 in
+// 45000-47999 (outside testConfig's relay range), so tests that need an
+// exact small range do not collide with other tests running at the same
+// time.
+func freePortRange(t testing.TB, n int) uint16 {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		base := 45000 + mrand.IntN(3000-n)
+		var held []*net.UDPConn
+		ok := true
+		for p := base; p < base+n; p++ {
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p})
+			if err != nil {
+				ok = false
+				break
+			}
+			held = append(held, c)
+		}
+		for _, c := range held {
+			c.Close()
+		}
+		if ok {
+			return uint16(base)
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
 
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {

@@ -128,10 +128,10 @@ func TestAllocateErrors(t *testing.T) {
 				o.allocate()
 			},
 			send: signed(udpTransport()), want: 486},
-		{name: "port range exhausted 508", mod: func(c *Config, _ *Options) { c.MinPort, c.MaxPort = 45000, 45000 },
+		{name: "port range exhausted 508", mod: func(c *Config, _ *Options) { c.MinPort = freePortRange(t, 1); c.MaxPort = c.MinPort },
 			setup: func(t *testing.T, s *Server, c *rawClient) { dialRaw(t, "udp", s.addr("udp")).allocate() },
 			send:  signed(udpTransport()), want: 508},
-		{name: "EVEN-PORT R needs two ports 508", mod: func(c *Config, _ *Options) { c.MinPort, c.MaxPort = 45000, 45000 },
+		{name: "EVEN-PORT R needs two ports 508", mod: func(c *Config, _ *Options) { c.MinPort = freePortRange(t, 1); c.MaxPort = c.MinPort },
 			send: signed(udpTransport(), attr{stun.AttrEvenPort, []byte{0x80}}), want: 508},
 		{name: "per-user quota counts REST users by user part 486",
 			mod: func(c *Config, _ *Options) { c.MaxAllocationsPerUser = 1; c.AuthSecrets = []string{"s3cret"} },
@@ -736,13 +736,14 @@ func TestMalformedDropped(t *testing.T) {
 // TestRelayPortRetry: ports of the range taken by another program
 // (EADDRINUSE) are skipped; when every port is taken, 508.
 func TestRelayPortRetry(t *testing.T) {
-	s := startServer(t, func(c *Config, _ *Options) { c.MinPort, c.MaxPort = 45100, 45103 })
-	for _, p := range []int{45100, 45101, 45103} {
+	base := freePortRange(t, 4)
+	s := startServer(t, func(c *Config, _ *Options) { c.MinPort, c.MaxPort = base, base+3 })
+	for _, p := range []uint16{base, base + 1, base + 3} {
 		newPeer(t, fmt.Sprintf("127.0.0.1:%d", p)) // a foreign socket holding the port
 	}
 	c := dialRaw(t, "udp", s.addr("udp"))
-	if relay := c.allocate(); relay.Port() != 45102 {
-		t.Fatalf("relay port %d, want the only free one 45102", relay.Port())
+	if relay := c.allocate(); relay.Port() != base+2 {
+		t.Fatalf("relay port %d, want the only free one %d", relay.Port(), base+2)
 	}
 	c2 := dialRaw(t, "udp", s.addr("udp"))
 	if r := c2.do(methodAllocate, udpTransport()); code(r) != 508 {
