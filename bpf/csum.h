@@ -48,7 +48,11 @@ static __always_inline __u64 hr_csum_replace(__u64 sum, const __u16 *old, const 
 /* The word contribution of byte b at offset off of the summed stream. */
 static __always_inline __u16 hr_csum_byte(__u8 b, __u32 off)
 {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 	return (off & 1) ? (__u16)((__u16)b << 8) : (__u16)b;
+#else
+	return (off & 1) ? (__u16)b : (__u16)((__u16)b << 8);
+#endif
 }
 
 static __always_inline __u16 hr_csum_fold(__u64 sum)

@@ -1,9 +1,10 @@
 package loader
 
 // The XDP object is built from bpf/relay.bpf.c by bpf2go (clang, libbpf
-// headers); its output (relay_bpfel.go, relay_bpfel.o) is committed so
-// `go build` needs no clang. `make generate` reruns this; CI checks the
+// headers); its output (relay_bpfel.go/.o for little-endian hosts,
+// relay_bpfeb.go/.o for big-endian ones, so the control plane builds on
+// every architecture) is committed so `go build` needs no clang. `make generate` reruns this; CI checks the
 // committed files are current (tools/check-generated.sh). The -I adds
 // Debian's multiarch asm/ headers that linux/*.h include.
 //
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type c2p_key -type c2p_val -type p2c_key -type p2c_val -type chan_stats -type vlan_egress -type hr_counter relay ../../bpf/relay.bpf.c -- -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel,bpfeb -type c2p_key -type c2p_val -type p2c_key -type p2c_val -type chan_stats -type vlan_egress -type hr_counter relay ../../bpf/relay.bpf.c -- -I/usr/include/x86_64-linux-gnu
