@@ -19,7 +19,22 @@
 // interface atomically (bpf_link update), so a restarting daemon never leaves
 // a gap in the kernel path. The channel index (which slot belongs to which
 // channel) is rebuilt from the maps; Reconcile deletes what the new process
-// did not re-install.
+// did not re-install. When the pin directory is under /sys/fs/bpf and no
+// bpffs is mounted there, Load mounts one (as bpftool does).
+//
+// # Maps
+//
+// c2p_channels and p2c_channels (plain hash maps, MaxChannels each) hold the
+// two directions of every installed channel, with its expiry; chan_usage
+// (array, indexed by a slot the loader assigns) the per-channel usage, kept
+// outside the entries so that refreshing an expiry never loses counts;
+// counters (per-CPU array) the forwarded packets/bytes per direction and one
+// counter per XDP_PASS reason (see Counter); tx_ports (devmap) the redirect
+// interfaces; vlan_devs the VLAN devices the fib may name. A full table is
+// ErrFull, counted in PassMapFull; a channel the program cannot rewrite in
+// place (IPv6 client with an IPv4 relay, ...) is ErrUnsupported. Channel
+// numbers 0x4000-0x7FFF are accepted (RFC 8656 and RFC 5766 ranges): the
+// control plane decides what it binds.
 //
 // # Map layout and byte order
 //
