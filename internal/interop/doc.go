@@ -2,8 +2,8 @@
 // project wrote: coturn's turnutils_uclient / turnutils_peer and the
 // pion/turn v4 client library. It also holds the robustness tests that the
 // foundation issue asks for: a malformed-packet flood against a server that
-// is relaying live traffic (RFC 8489 section 6.3, RFC 8656 sections 12.5
-// and 21), and the per-source limit on unauthenticated requests (the 401
+// is relaying live traffic (RFC 8489 section 6.3, RFC 8656 section 12.6
+// and its Security Considerations), and the per-source limit on unauthenticated requests (the 401
 // amplification problem).
 //
 // Three ways of running the server are used: an in-process

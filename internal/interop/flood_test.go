@@ -42,7 +42,7 @@ const (
 
 // malformedKinds generate one datagram each; every kind is something a
 // server must drop or answer with an error (RFC 8489 section 6.3: a
-// message that is not well-formed is discarded; RFC 8656 section 12.4:
+// message that is not well-formed is discarded; RFC 8656 section 12.6:
 // ChannelData for an unbound channel is discarded).
 type malformedKind struct {
 	name string

@@ -316,7 +316,7 @@ func runPionScenario(t *testing.T, p *pionSession, peer, stray *net.UDPConn, hr 
 		t.Fatalf("no Send indication was sent; the test did not cover section 11.1")
 	}
 
-	// Peer -> client over the channel (section 12.6).
+	// Peer -> client over the channel (section 12.7).
 	want := 0
 	for i, n := range sizes {
 		if network != "udp" && n < 5 {
@@ -443,9 +443,9 @@ func refreshAllocation(t *testing.T, p *pionSession, d time.Duration) {
 
 // checkChannelDataFraming sends hand-made ChannelData on the client's
 // bound channel over UDP (bypassing pion) and checks what reaches the
-// peer, RFC 8656 section 12.5: padding after the data is optional over
-// UDP and is not relayed; a datagram too short for its length field is
-// discarded. Whatever path forwards a frame (kernel or userspace), the
+// peer: padding after the data is optional over UDP and is not relayed
+// (RFC 8656 section 12.5); a datagram too short for its length field is
+// silently discarded (section 12.6). Whatever path forwards a frame (kernel or userspace), the
 // peer gets exactly the declared data or nothing, never the padding or a
 // truncated payload.
 func checkChannelDataFraming(t *testing.T, p *pionSession, peer *net.UDPConn) {
@@ -511,7 +511,7 @@ func checkChannelDataFraming(t *testing.T, p *pionSession, peer *net.UDPConn) {
 			t.Errorf("ChannelData %s (length field %d, %d data bytes): peer got %d datagrams %v, want nothing or the %d declared bytes",
 				tc.name, tc.declared, tc.actual, len(got), lens(got), tc.declared)
 		case !tc.relayed && !tc.mayRelay && len(got) != 0:
-			t.Errorf("ChannelData %s (length field %d, %d data bytes): peer got %d datagrams %v, want none (RFC 8656 section 12.5: discarded)",
+			t.Errorf("ChannelData %s (length field %d, %d data bytes): peer got %d datagrams %v, want none (RFC 8656 section 12.6: discarded)",
 				tc.name, tc.declared, tc.actual, len(got), lens(got))
 		}
 	}
