@@ -222,11 +222,15 @@ func writeTestFile(t *testing.T, dir, name, content string) string {
 func stunRoundTrip(t *testing.T, c *net.UDPConn, m *stun.Message) *stun.Message {
 	t.Helper()
 	buf := make([]byte, 1500)
-	for attempt := 0; attempt < 5; attempt++ { // UDP: retransmit like a client (RFC 8489 section 6.2.1)
+	// UDP: retransmit like a client, RTO 500 ms doubling (RFC 8489
+	// section 6.2.1), capped so a busy machine gets about 20 s in all.
+	rto := 500 * time.Millisecond
+	for attempt := 0; attempt < 7; attempt++ {
 		if _, err := c.Write(m.Raw); err != nil {
 			t.Fatal(err)
 		}
-		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(rto))
+		rto = min(2*rto, 4*time.Second)
 		n, err := c.Read(buf)
 		if err != nil {
 			var ne net.Error
@@ -244,7 +248,7 @@ func stunRoundTrip(t *testing.T, c *net.UDPConn, m *stun.Message) *stun.Message 
 		}
 		return res
 	}
-	t.Fatal("no STUN answer after 5 tries")
+	t.Fatal("no STUN answer after 7 tries")
 	return nil
 }
 
