@@ -36,8 +36,9 @@ const (
 	// packets would exceed it.
 	goroutineSlack = 8
 
-	insiderSent = 2000 // datagrams from the authenticated misbehaving client
-	heapSlack   = 4 << 20
+	insiderSent  = 2000 // datagrams from the authenticated misbehaving client
+	peerSideSent = 4000 // datagrams to the relayed addresses from a peer without permission
+	heapSlack    = 4 << 20
 )
 
 // malformedKinds generate one datagram each; every kind is something a
@@ -222,7 +223,7 @@ func (v *victim) establish(t *testing.T) {
 // background keeps data flowing both ways until ctx ends: the client
 // sends, the peer echoes, the client reads. It returns how many datagrams
 // made the round trip.
-func (v *victim) background(ctx context.Context, wg *sync.WaitGroup, roundTrips *atomic.Int64) {
+func (v *victim) background(ctx context.Context, wg *sync.WaitGroup, roundTrips, foreign *atomic.Int64) {
 	wg.Add(2)
 	go func() { // peer: echo
 		defer wg.Done()
@@ -245,8 +246,12 @@ func (v *victim) background(ctx context.Context, wg *sync.WaitGroup, roundTrips 
 				return
 			}
 			_ = v.p.relay.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-			if _, _, err := v.p.relay.ReadFrom(buf); err == nil {
-				roundTrips.Add(1)
+			if _, from, err := v.p.relay.ReadFrom(buf); err == nil {
+				if from.String() == peerAddr.String() {
+					roundTrips.Add(1)
+				} else {
+					foreign.Add(1) // from a peer without permission
+				}
 			}
 		}
 	}()
@@ -341,9 +346,9 @@ func floodScenario(t *testing.T, dp string) {
 
 	ctx, stopBackground := context.WithCancel(context.Background())
 	var bgWG sync.WaitGroup
-	var roundTrips atomic.Int64
+	var roundTrips, foreign atomic.Int64
 	for _, v := range victims {
-		v.background(ctx, &bgWG, &roundTrips)
+		v.background(ctx, &bgWG, &roundTrips, &foreign)
 	}
 
 	kinds := malformedKinds()
@@ -406,6 +411,29 @@ func floodScenario(t *testing.T, dp string) {
 			<-readerDone
 		}()
 	}
+
+	// The peer side: anyone can send to a relayed address. Datagrams from
+	// an address without a permission must be dropped (RFC 8656 section
+	// 9), never delivered to the client.
+	floodWG.Add(1)
+	go func() {
+		defer floodWG.Done()
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(attackerIP, 0)))
+		if err != nil {
+			t.Errorf("peer-side flood socket: %v", err)
+			return
+		}
+		defer c.Close()
+		r := mrand.New(mrand.NewPCG(5, 5))
+		for i := 0; i < peerSideSent; i++ {
+			b := make([]byte, 1+r.IntN(1200))
+			_, _ = rand.Read(b)
+			_, _ = c.WriteToUDPAddrPort(b, victims[i%len(victims)].p.relayAddr())
+			if i%25 == 24 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
 
 	// The insider: garbage on a 5-tuple that owns an allocation.
 	floodWG.Add(1)
@@ -486,6 +514,9 @@ func floodScenario(t *testing.T, dp string) {
 	if roundTrips.Load() == 0 {
 		t.Errorf("no round trip completed during the flood")
 	}
+	if n := foreign.Load(); n != 0 {
+		t.Errorf("the clients received %d datagrams from a peer without permission", n)
+	}
 	// The insider's allocation survived its own wrong-MI Refresh(0)s.
 	if lookupAllocation(s, insiderRelay) == nil {
 		t.Errorf("the insider's allocation %s is gone: an unauthenticated Refresh deleted it", insiderRelay)
@@ -535,6 +566,10 @@ func floodScenario(t *testing.T, dp string) {
 		if delta(after.Drops, before.Drops, k) == 0 {
 			t.Errorf("drop counter %q did not move; drops %v", k, after.Drops)
 		}
+	}
+	if delta(after.Drops, before.Drops, "no_permission") == 0 {
+		t.Errorf("drop counter no_permission did not move after %d datagrams from a peer without permission; drops %v",
+			peerSideSent, after.Drops)
 	}
 	if delta(after.AuthFailures, before.AuthFailures, "bad_integrity") == 0 {
 		t.Errorf("auth failure counter bad_integrity did not move; %v", after.AuthFailures)
