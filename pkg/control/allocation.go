@@ -21,9 +21,9 @@ import (
 // packets of the old binding from reaching a new peer).
 const channelCooldown = 5 * time.Minute
 
-// reservationLifetime is how long an EVEN-PORT R reservation is held
+// defaultReservationLifetime is how long an EVEN-PORT R reservation is held
 // (RFC 8656 section 7.2: "approximately 30 seconds").
-const reservationLifetime = 30 * time.Second
+const defaultReservationLifetime = 30 * time.Second
 
 // relaySock is one relayed transport address. Its allocation pointer is set
 // once the allocation exists (a reserved socket has none yet), so the
@@ -491,11 +491,14 @@ type portPool struct {
 	mu           sync.Mutex // guards used and reservations
 	used         map[netip.Addr]map[uint16]bool
 	reservations map[[8]byte]*reservation
+
+	reservationLifetime time.Duration // immutable after init (tests shorten it)
 }
 
 func (p *portPool) init() {
 	p.used = map[netip.Addr]map[uint16]bool{}
 	p.reservations = map[[8]byte]*reservation{}
+	p.reservationLifetime = defaultReservationLifetime
 }
 
 // openRelayLocked opens a relay socket on ip:port. Caller holds p.mu.
@@ -562,7 +565,7 @@ func (s *Server) allocRelay(ip netip.Addr, even, reserve bool, now time.Time) (*
 			s.releaseRelay(r2)
 			return nil, tok, fmt.Errorf("reservation token: %w", err)
 		}
-		p.reservations[tok] = &reservation{sock: r2, expires: now.Add(reservationLifetime)}
+		p.reservations[tok] = &reservation{sock: r2, expires: now.Add(p.reservationLifetime)}
 		return r, tok, nil
 	}
 	return nil, tok, errNoPorts

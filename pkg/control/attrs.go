@@ -181,11 +181,6 @@ func getFamilyAttr(m *stun.Message, t stun.AttrType) (byte, bool, error) {
 	return v[0], true, nil
 }
 
-// addFamilyAttr writes a family attribute (used by tests and clients).
-func addFamilyAttr(m *stun.Message, t stun.AttrType, fam byte) {
-	m.Add(t, []byte{fam, 0, 0, 0})
-}
-
 // getEvenPort reads EVEN-PORT (RFC 8656 section 18.8): one byte whose top
 // bit is R (reserve the next-higher port).
 func getEvenPort(m *stun.Message) (present, reserve bool, err error) {

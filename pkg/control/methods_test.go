@@ -750,3 +750,51 @@ func TestRelayPortRetry(t *testing.T) {
 		t.Fatalf("range exhausted by foreign sockets: code %d", code(r))
 	}
 }
+
+// TestReservationExpires: an EVEN-PORT reservation not claimed within its
+// lifetime releases the port, and its token is refused with 508.
+func TestReservationExpires(t *testing.T) {
+	base := freePortRange(t, 2)
+	for i := 0; i < 20 && base%2 != 0; i++ {
+		base = freePortRange(t, 2) // EVEN-PORT needs an even first port
+	}
+	if base%2 != 0 {
+		t.Fatal("no free even port pair")
+	}
+	s := startServer(t, func(c *Config, _ *Options) { c.MinPort, c.MaxPort = base, base+1 })
+	s.ports.mu.Lock()
+	s.ports.reservationLifetime = 300 * time.Millisecond
+	s.ports.mu.Unlock()
+	c := dialRaw(t, "udp", s.addr("udp"))
+	resp := c.do(methodAllocate, udpTransport(), attr{stun.AttrEvenPort, []byte{0x80}})
+	tok, ok, _ := getReservationToken(resp)
+	if code(resp) != 0 || !ok {
+		t.Fatalf("allocate with reservation: code %d", code(resp))
+	}
+	// While reserved, the odd port is not handed out.
+	c2 := dialRaw(t, "udp", s.addr("udp"))
+	if r := c2.do(methodAllocate, udpTransport()); code(r) != 508 {
+		t.Fatalf("reserved port handed out: code %d", code(r))
+	}
+	waitFor(t, 3*time.Second, "reserved port released", func() bool {
+		c3 := dialRaw(t, "udp", s.addr("udp"))
+		r := c3.do(methodAllocate, udpTransport())
+		return code(r) == 0 && relayedAddrs(t, r)[0].Port() == base+1
+	})
+	c4 := dialRaw(t, "udp", s.addr("udp"))
+	if r := c4.do(methodAllocate, udpTransport(), attr{stun.AttrReservationToken, tok[:]}); code(r) != 508 {
+		t.Fatalf("expired token: code %d", code(r))
+	}
+}
+
+func TestRecoverPacketCounts(t *testing.T) {
+	s := startServer(t)
+	func() {
+		defer s.recoverPacket()
+		var m map[string]int
+		m["boom"]++ // nil map write: a real runtime panic
+	}()
+	if n := s.Stats().Drops["panics"]; n != 1 {
+		t.Fatalf("panics = %d", n)
+	}
+}
