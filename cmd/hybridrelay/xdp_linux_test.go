@@ -138,3 +138,75 @@ func TestServeAutoPicksXDP(t *testing.T) {
 	}
 	t.Logf("daemon log:\n%s", d.stderr.String())
 }
+
+// TestServeNoArguments runs `hybridrelay serve` exactly as the README's
+// quick start does, inside the relay namespace of a topology (so 3478 is
+// free and the host is untouched): the embedded default on 0.0.0.0:3478
+// UDP and TCP, a relay address picked from the interfaces, the best
+// datapath, and a printed demo user that can allocate. Only the admin
+// socket is moved out of /run, through the environment.
+func TestServeNoArguments(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping")
+	topo, err := netns.NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topo.Close() })
+	cmd := topo.Relay.Exec(binary, "serve")
+	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Env = append(cleanEnv(), "HYBRIDRELAY_ADMIN_SOCKET="+filepath.Join(t.TempDir(), "admin.sock"))
+	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("stderr:\n%s\nstdout:\n%s", d.stderr.String(), d.stdout.String())
+		}
+	})
+	d.waitLog(t, "turn server started", 30*time.Second)
+	log := d.stderr.String()
+	for _, want := range []string{
+		`listeners="[{Network:udp Addr:0.0.0.0:3478} {Network:tcp Addr:0.0.0.0:3478}]"`,
+		"relay-ip not set; picked one",
+		`msg="datapath selected" datapath=xdp`,
+		"level=WARN msg=\"no users or auth secrets configured",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	out := d.stdout.String()
+	i := strings.Index(out, "password: ")
+	if i < 0 {
+		t.Fatalf("no demo password printed:\n%s", out)
+	}
+	pass := strings.Fields(out[i+len("password: "):])[0]
+	if !strings.Contains(out, "url: turn:"+topo.RelayClientV4.String()+":3478?transport=udp") &&
+		!strings.Contains(out, "url: turn:"+topo.RelayPeerV4.String()+":3478?transport=udp") {
+		t.Errorf("printed URLs do not name a relay address:\n%s", out)
+	}
+	var c *net.UDPConn
+	if err := topo.Client.Do(func() error {
+		var err error
+		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: topo.RelayClientV4.AsSlice(), Port: 3478})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if res := allocate(t, c, "demo", pass); res.Type != stun.NewType(stun.MethodAllocate, stun.ClassSuccessResponse) {
+		t.Fatalf("Allocate with the printed demo user: %v", res)
+	}
+	if code := d.stop(t, os.Interrupt, 15*time.Second); code != 0 {
+		t.Fatalf("Ctrl-C: exit %d", code)
+	}
+}
