@@ -48,6 +48,11 @@ func TestNetnsXDP(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = topo.Close() })
 	attachXDPPass(t, topo)
+	// A second peer address, for traffic from a peer without permission.
+	strayV4 := netip.MustParseAddr("198.18.1.3")
+	if _, err := topo.Peer.IP("addr", "add", strayV4.String()+"/24", "dev", topo.PeerIf); err != nil {
+		t.Fatal(err)
+	}
 
 	const port = 3478
 	server := netip.AddrPortFrom(topo.RelayClientV4, port)
@@ -135,7 +140,13 @@ func TestNetnsXDP(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = peer.Close() })
-			runPionScenario(t, p, peer, nil, nil, "udp", checkChannelDataFraming)
+			extra := func(t *testing.T, p *pionSession, peer *net.UDPConn) {
+				checkChannelDataFraming(t, p, peer)
+				if v.family == 0 {
+					strayFlood(t, topo.Peer, strayV4, p, peer)
+				}
+			}
+			runPionScenario(t, p, peer, nil, nil, "udp", extra)
 			after := snap().Kernel.Counters
 			toPeer := after["fwd_to_peer_packets"] - before["fwd_to_peer_packets"]
 			toClient := after["fwd_to_client_packets"] - before["fwd_to_client_packets"]
@@ -236,5 +247,55 @@ func attachXDPPass(t *testing.T, topo *netns.Topology) {
 			t.Fatalf("attach xdp_pass to %s in %s: %v", end.If, end.ns.Name, err)
 		}
 		t.Cleanup(func() { _ = l.Close() })
+	}
+}
+
+// strayFlood sends random datagrams from stray (an address in ns without a
+// permission) to the client's relayed address, then a marker from the
+// real peer: the client must get the marker and nothing before it. On the
+// xdp datapath the program finds no channel entry for the stray source and
+// must pass the packets to userspace, which drops them (RFC 8656 section 9).
+func strayFlood(t *testing.T, ns *netns.NS, stray netip.Addr, p *pionSession, peer *net.UDPConn) {
+	t.Helper()
+	var c *net.UDPConn
+	if err := ns.Do(func() (err error) {
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(stray, 0)))
+		return err
+	}); err != nil {
+		t.Fatalf("stray socket: %v", err)
+	}
+	defer c.Close()
+	const n = 2000
+	for i := 0; i < n; i++ {
+		b := payload(i, 1+i%1200)
+		if i%3 == 0 && len(b) >= 4 {
+			// Looks like ChannelData on the client's channel.
+			b[0], b[1] = byte(p.tap.lastChannel.Load()>>8), byte(p.tap.lastChannel.Load())
+		}
+		_, _ = c.WriteToUDPAddrPort(b, p.relayAddr())
+		if i%50 == 49 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	marker := payload(424242, 99)
+	if _, err := peer.WriteToUDPAddrPort(marker, p.relayAddr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	foreign := 0
+	for {
+		_ = p.relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+		k, _, err := p.relay.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("the peer's marker never arrived after the stray flood (%d foreign datagrams before): %v", foreign, err)
+		}
+		if string(buf[:k]) == string(marker) {
+			break
+		}
+		foreign++
+	}
+	if foreign != 0 {
+		t.Errorf("the client received %d of %d datagrams sent by %s, which has no permission", foreign, n, stray)
 	}
 }
