@@ -68,7 +68,8 @@ func TestParseSyntax(t *testing.T) {
 		{name: "empty quoted", in: `metrics-listen = ""`, want: []Entry{{Key: "metrics-listen", Value: "", Line: 1}}},
 		{name: "repeatable appends", in: "user = a:1\n\nuser = b:2", want: []Entry{{Key: "user", Value: "a:1", Line: 1}, {Key: "user", Value: "b:2", Line: 3}}},
 		{name: "equals in value", in: "auth-secret = a=b==", want: []Entry{{Key: "auth-secret", Value: "a=b==", Line: 1}}},
-		{name: "missing equals", in: "\nrealm example", err: `f.conf:2: expected "key = value", got "realm example"`},
+		{name: "missing equals", in: "\nrealm example", err: `f.conf:2: expected "key = value", but there is no "=" after "realm"`},
+		{name: "missing equals does not echo a secret", in: "auth-secret: s3cr3t", err: `f.conf:1: expected "key = value", but there is no "=" after "auth-secret:"`},
 		{name: "missing key", in: "= x", err: `f.conf:1: missing key before "="`},
 		{name: "missing value", in: "realm =", err: `f.conf:1: key "realm": has no value`},
 		{name: "unknown key suggests", in: "min_port = 1", err: `f.conf:1: key "min_port": unknown key; did you mean "min-port"?`},
@@ -77,8 +78,8 @@ func TestParseSyntax(t *testing.T) {
 		{name: "duplicate scalar", in: "realm = a\nrealm = b", err: `f.conf:2: key "realm": already set on line 1`},
 		{name: "config in file", in: "config = x", err: `f.conf:1: key "config": cannot be set in a configuration file`},
 		{name: "unterminated quote", in: `realm = "abc`, err: `f.conf:1: key "realm": unterminated "quoted" value`},
-		{name: "junk after quote", in: `realm = "abc" def`, err: `f.conf:1: key "realm": unexpected "def" after the quoted value`},
-		{name: "bad escape", in: `realm = "a\qb"`, err: `f.conf:1: key "realm": bad quoted value`},
+		{name: "junk after quote", in: `realm = "abc" def`, err: `f.conf:1: key "realm": unexpected text after the quoted value`},
+		{name: "bad escape", in: `auth-secret = "s3cr\qt"`, err: `f.conf:1: key "auth-secret": bad escape in "quoted" value`},
 		{name: "bad key syntax", in: "re alm = x", err: `f.conf:1: "re alm" is not a key`},
 		{name: "invalid utf8", in: "realm = \xff", err: `f.conf:1: line is not valid UTF-8`},
 		{name: "long line", in: "realm = " + strings.Repeat("a", 9000), err: "f.conf:1: line is longer than 8192 bytes"},
@@ -107,6 +108,29 @@ func TestParseSyntax(t *testing.T) {
 				t.Fatalf("got %+v\nwant %+v", trimmed, tt.want)
 			}
 		})
+	}
+}
+
+// TestErrorsDoNotEchoSecrets: configuration errors end up in logs; the
+// value of a user or auth-secret line must never be part of them.
+func TestErrorsDoNotEchoSecrets(t *testing.T) {
+	for _, in := range []string{
+		"auth-secret: s3cr3t",
+		`auth-secret = "s3cr3t\q"`,
+		`auth-secret = "x" s3cr3t`,
+		"auth-secret = s3cr3t\nauth-secret = s3cr3t",
+		"user = s3cr3t",
+		"user = alice:s3cr3t\nuser = alice:s3cr3t",
+		"user = :s3cr3t",
+	} {
+		_, _, err := Load(Sources{FileName: "x.conf", FileData: []byte(in)})
+		if err == nil {
+			t.Errorf("%q: no error", in)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("%q: error echoes the secret: %v", in, err)
+		}
 	}
 }
 

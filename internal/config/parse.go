@@ -90,7 +90,9 @@ func Parse(name string, data []byte) ([]Entry, error) {
 		}
 		eq := strings.IndexByte(text, '=')
 		if eq < 0 {
-			return nil, fail("", fmt.Errorf("expected \"key = value\", got %q", clip(text)))
+			// Only the first word is echoed: the rest may be a secret.
+			first := strings.Fields(text)[0]
+			return nil, fail("", fmt.Errorf("expected \"key = value\", but there is no \"=\" after %q", clip(first)))
 		}
 		key := strings.TrimSpace(text[:eq])
 		if key == "" {
@@ -145,7 +147,8 @@ func parseValue(v string) (string, error) {
 		}
 		s, err := strconv.Unquote(v[:end+1])
 		if err != nil {
-			return "", fmt.Errorf("bad quoted value %s: %w", clip(v[:end+1]), errors.Unwrap(err))
+			// The value is not echoed: it may be a secret.
+			return "", errors.New(`bad escape in "quoted" value (Go escapes: \" \\ \t \n \xNN \uNNNN); use 'single quotes' for a literal value`)
 		}
 		if err := trailing(v[end+1:]); err != nil {
 			return "", err
@@ -191,7 +194,7 @@ func trailing(rest string) error {
 	if rest == "" || rest[0] == '#' {
 		return nil
 	}
-	return fmt.Errorf("unexpected %q after the quoted value", clip(rest))
+	return errors.New("unexpected text after the quoted value (a comment starts with #)")
 }
 
 // clip shortens s for an error message.
