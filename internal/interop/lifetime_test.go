@@ -19,6 +19,9 @@ func TestPionStaleNonceAndRefresh(t *testing.T) {
 	if referenceMode() {
 		t.Skip("needs hybridrelay's short nonce and allocation lifetimes")
 	}
+	// Mostly waiting on timers; runs beside the other waiting tests, after
+	// the serial ones (the flood test counts the process's goroutines).
+	t.Parallel()
 	tgt := startTarget(t, func(c *control.Config) {
 		c.NonceLifetime = time.Second
 		c.DefaultLifetime = 3 * time.Second

@@ -151,6 +151,9 @@ func startNetnsPeer(t *testing.T, r *netnsRelay, ip netip.Addr) netip.AddrPort {
 // (198.18.0.0/15 and 2001:2::/48 are not on the deny list).
 func TestNetnsUclient(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping", "turnutils_uclient", "turnutils_peer")
+	// Mostly waiting on timers; runs beside the other waiting tests, after
+	// the serial ones (the flood test counts the process's goroutines).
+	t.Parallel()
 	r := startNetnsRelay(t)
 	peer4 := startNetnsPeer(t, r, r.topo.PeerV4)
 	peer6 := startNetnsPeer(t, r, r.topo.PeerV6)

@@ -24,6 +24,9 @@ import (
 // requested over an IPv4 connection (-x, REQUESTED-ADDRESS-FAMILY).
 func TestUclient(t *testing.T) {
 	privtest.Need(t, "turnutils_uclient", "turnutils_peer")
+	// Mostly waiting on timers; runs beside the other waiting tests, after
+	// the serial ones (the flood test counts the process's goroutines).
+	t.Parallel()
 	// Default configuration: ~60 clients start within a second from
 	// 127.0.0.1, each with an unauthenticated Allocate, more than the
 	// default burst of 40 per source IP. UDP clients retransmit what the

@@ -33,6 +33,9 @@ import (
 // channel traffic.
 func TestNetnsXDP(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping", "go", "turnutils_uclient", "turnutils_peer")
+	// Mostly waiting on timers; runs beside the other waiting tests, after
+	// the serial ones (the flood test counts the process's goroutines).
+	t.Parallel()
 	bin := buildRelayBinary(t)
 
 	// A private bpffs for the relay's pins, unmounted at the end.
