@@ -3,8 +3,12 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,8 +18,10 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/admin"
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
 // TestServeExplicitXDPMissingFeature: --datapath xdp where XDP cannot
@@ -53,7 +59,7 @@ func TestServeAutoPicksXDP(t *testing.T) {
 		"--listen", "udp://"+topo.RelayClientV4.String()+":3478",
 		"--relay-ip", topo.RelayPeerV4.String(),
 		"--min-port", fmt.Sprint(lo), "--max-port", fmt.Sprint(hi),
-		"--user", "u:p", "--admin-socket", sock, "--bpffs", pinDir)
+		"--user", "u:p", "--admin-socket", sock, "--bpffs", pinDir, "--metrics-listen", topo.RelayClientV4.String()+":9641")
 	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Env = cleanEnv()
 	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
@@ -119,6 +125,33 @@ func TestServeAutoPicksXDP(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "datapath xdp") || !strings.Contains(out, "kernel fast path (daemon, "+pinDir+"): 1 of 16384 channels, on cli0, peer0") ||
 		!strings.Contains(out, "channels 1 (1 in the kernel)") {
 		t.Fatalf("stats: exit %d %s\n%s", code, stderr, out)
+	}
+
+	// ChannelData from the client is forwarded by the kernel to the peer,
+	// and the kernel counters reach stats and the metrics endpoint.
+	const sent = 20
+	got := sendChannelData(t, topo, c, 0x4001, 9000, sent)
+	if got == 0 {
+		t.Fatal("the peer received nothing")
+	}
+	var snap struct {
+		Snapshot admin.Snapshot `json:"snapshot"`
+	}
+	out, stderr, code = runBinary(t, nil, "stats", "--admin-socket", sock, "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &snap) != nil || snap.Snapshot.Kernel == nil {
+		t.Fatalf("stats --json: exit %d %s\n%s", code, stderr, out)
+	}
+	kfwd := snap.Snapshot.Kernel.Counters["fwd_to_peer_packets"]
+	if kfwd == 0 {
+		t.Fatalf("kernel forwarded nothing (peer got %d): %v", got, snap.Snapshot.Kernel.Counters)
+	}
+	t.Logf("peer received %d of %d; kernel forwarded %d, userspace %d", got, sent, kfwd, snap.Snapshot.Server.UserspaceToPeer.Packets)
+	body := scrapeInNS(t, topo.Relay, fmt.Sprintf("http://%s:9641/metrics", topo.RelayClientV4))
+	if want := fmt.Sprintf(`hybridrelay_relayed_packets_total{datapath="xdp",direction="to_peer"} %d`, kfwd); !strings.Contains(body, want) {
+		t.Errorf("metrics lack %q", want)
+	}
+	if !strings.Contains(body, `hybridrelay_kernel_channels 1`) || !strings.Contains(body, `hybridrelay_kernel_pass_total{reason="no_entry"}`) {
+		t.Errorf("metrics lack the kernel table or pass reasons")
 	}
 
 	if code := d.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
@@ -209,4 +242,99 @@ func TestServeNoArguments(t *testing.T) {
 	if code := d.stop(t, os.Interrupt, 15*time.Second); code != 0 {
 		t.Fatalf("Ctrl-C: exit %d", code)
 	}
+}
+
+// sendChannelData sends n ChannelData messages (RFC 8656 section 12.4) on
+// c for channel and counts what arrives at the peer on port, within 3 s.
+// The peer's end of the veth gets an XDP_PASS program, without which
+// frames the relay program redirects into the veth are dropped.
+func sendChannelData(t *testing.T, topo *netns.Topology, c *net.UDPConn, channel uint16, port, n int) int {
+	t.Helper()
+	x, err := loader.Load(loader.Options{DisablePin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	for _, end := range []struct {
+		ns    *netns.NS
+		iface string
+	}{{topo.Peer, topo.PeerIf}, {topo.Client, topo.ClientIf}} {
+		// The index is resolved by netlink inside the namespace
+		// (netns.NS.Ifindex reads the root namespace's /sys, which has
+		// its own eth0).
+		var closer interface{ Close() error }
+		var idx int
+		if err := end.ns.Do(func() error {
+			ifc, err := net.InterfaceByName(end.iface)
+			if err != nil {
+				return err
+			}
+			idx = ifc.Index
+			closer, err = x.AttachPass(idx, loader.ModeNative)
+			return err
+		}); err != nil {
+			out, _ := end.ns.IP("-d", "link", "show", end.iface)
+			t.Fatalf("pass program on %s/%s (ifindex %d): %v\n%s", end.ns.Name, end.iface, idx, err, out)
+		}
+		defer closer.Close()
+	}
+	var peer *net.UDPConn
+	if err := topo.Peer.Do(func() error {
+		var err error
+		peer, err = net.ListenUDP("udp4", &net.UDPAddr{IP: topo.PeerV4.AsSlice(), Port: port})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	payload := []byte("hybridrelay channel data 0123456789")
+	msg := make([]byte, 4+len(payload))
+	msg[0], msg[1] = byte(channel>>8), byte(channel)
+	msg[2], msg[3] = byte(len(payload)>>8), byte(len(payload))
+	copy(msg[4:], payload)
+	for i := 0; i < n; i++ {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	buf := make([]byte, 2048)
+	peer.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for got < n {
+		m, _, err := peer.ReadFromUDP(buf)
+		if err != nil {
+			break
+		}
+		if string(buf[:m]) != string(payload) {
+			t.Fatalf("peer got %q, want %q", buf[:m], payload)
+		}
+		got++
+	}
+	return got
+}
+
+// scrapeInNS fetches url from inside ns (the daemon's endpoint is bound
+// to an address of that namespace).
+func scrapeInNS(t *testing.T, ns *netns.NS, url string) string {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
