@@ -52,7 +52,7 @@ func BenchmarkSendPath(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
-						st := dp.getState(c.(*gsoConn).socks[0])
+						st := dp.getState(c.(*gsoConn).socks[0], true)
 						b.Cleanup(func() { dp.putState(st) })
 						send = func(i int) {
 							st.Send(c, p, sinks[i%flows])

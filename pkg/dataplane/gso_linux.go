@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,8 +35,16 @@ type gsoDP struct {
 
 	nextLoop atomic.Uint32
 	nextID   atomic.Uint64
-	states   sync.Pool // *batchState, one held by each goroutine while it reads
-	warned   atomic.Bool
+	// Batch states, one held by each goroutine while it reads: small ones
+	// (smallBatch messages) for a socket's first read after waking, large
+	// ones (BatchSize) once a read came back full.
+	small, large sync.Pool
+	// largeInUse counts large states held; at most maxLarge, beyond which
+	// a socket goes on with small ones (bounds memory when the host is so
+	// loaded that many relay sockets have queues at once).
+	largeInUse atomic.Int32
+	maxLarge   int32
+	warned     atomic.Bool
 
 	// testGSOErr, set only by tests, replaces the result of every
 	// UDP_SEGMENT sendmsg with its return value when that is not 0.
@@ -56,7 +65,9 @@ func NewGSO(opts GSOOptions) (Datapath, error) {
 		conns:   map[*gsoConn]struct{}{},
 		retired: make([]Stats, opts.Loops),
 	}
-	dp.states.New = func() any { return dp.newState() }
+	dp.maxLarge = int32(opts.Loops + 2*runtime.GOMAXPROCS(0))
+	dp.small.New = func() any { return dp.newState(false) }
+	dp.large.New = func() any { return dp.newState(true) }
 	if !dp.feat.UDPSegment || !dp.feat.UDPGRO {
 		dp.log.Warn("gso datapath: kernel lacks UDP offloads, batching without them",
 			"udp_segment", dp.feat.UDPSegment, "udp_gro", dp.feat.UDPGRO,
@@ -351,26 +362,29 @@ func (s *gsoSock) fallback(errno syscall.Errno) {
 // serve is the goroutine of one socket. It holds a batch state only while
 // the socket has data: when recvmmsg finds it empty the state goes back to
 // the pool before the goroutine parks, so thousands of idle relay sockets
-// cost no buffers.
+// cost no buffers. After waking it reads with a small state (a relay socket
+// at WebRTC rates has one or two datagrams waiting, and hundreds of them
+// may be handling at once); a read that fills it switches to a large one.
 func (s *gsoSock) serve(h Handler) {
 	defer s.conn.wg.Done()
 	dp := s.conn.dp
 	var (
-		st    *batchState
-		n     int
-		errno syscall.Errno
-		empty uint64
+		st        *batchState
+		n         int
+		errno     syscall.Errno
+		empty     uint64
+		wantLarge bool
 	)
 	read := func(fd uintptr) bool {
 		if st == nil {
-			st = dp.getState(s)
+			st = dp.getState(s, wantLarge)
 		}
 		st.resetRx()
 		n, errno = recvmmsg(fd, st.rxMsgs)
 		if errno == unix.EAGAIN {
 			empty++
 			dp.putState(st)
-			st = nil
+			st, wantLarge = nil, false
 			return false // park until readable
 		}
 		return true
@@ -389,6 +403,10 @@ func (s *gsoSock) serve(h Handler) {
 			continue
 		}
 		st.handleBatch(n, h)
+		if !st.large && n == len(st.rxMsgs) && dp.largeInUse.Load() < dp.maxLarge {
+			dp.putState(st) // more is waiting: read in large batches
+			st, wantLarge = nil, true
+		}
 	}
 	if st != nil {
 		dp.putState(st)
@@ -399,9 +417,10 @@ func (s *gsoSock) serve(h Handler) {
 // It is allocated once (sync.Pool) and reused, so steady state allocates
 // nothing per packet.
 type batchState struct {
-	dp   *gsoDP
-	cur  *gsoSock // the socket whose goroutine holds this state
-	slot int
+	dp    *gsoDP
+	cur   *gsoSock // the socket whose goroutine holds this state
+	slot  int
+	large bool // from dp.large (BatchSize messages), else dp.small
 
 	slab    []byte // BatchSize slots of slot bytes
 	rxMsgs  []unix.Mmsghdr
@@ -438,23 +457,32 @@ const (
 	// rxSlot holds the largest UDP payload (65535 - 8) and the largest
 	// UDP_GRO read (the kernel stops coalescing at 64 KiB).
 	rxSlot = 65536
-	// txArena bounds the bytes queued between two flushes; a Send that
-	// does not fit flushes first.
-	txArena = 512 << 10
+	// txArena bounds the bytes queued between two flushes by a large
+	// state; a Send that does not fit flushes first. Small states have
+	// smallArena.
+	txArena    = 512 << 10
+	smallArena = 64 << 10
+	// smallBatch is the number of messages of a small state.
+	smallBatch = 4
 )
 
-func (dp *gsoDP) newState() *batchState {
+func (dp *gsoDP) newState(large bool) *batchState {
 	b := dp.opts.BatchSize
+	arena := txArena
 	maxRecs := min(max(4*b, 64), 1024) // sendmmsg takes at most UIO_MAXIOV (1024)
+	if !large && b > smallBatch {
+		b, arena, maxRecs = smallBatch, smallArena, 64
+	}
 	st := &batchState{
 		dp:      dp,
+		large:   large,
 		slot:    rxSlot,
 		slab:    make([]byte, b*rxSlot),
 		rxMsgs:  make([]unix.Mmsghdr, b),
 		rxIov:   make([]unix.Iovec, b),
 		rxNames: make([]sockaddrBuf, b),
 		rxCtrl:  make([]byte, b*rxCtrlLen),
-		arena:   make([]byte, txArena),
+		arena:   make([]byte, arena),
 		recs:    make([]txRec, 0, maxRecs),
 		recSock: make([]*gsoSock, maxRecs),
 		ops:     make([]sendOp, 0, maxRecs),
@@ -476,15 +504,32 @@ func (dp *gsoDP) newState() *batchState {
 	return st
 }
 
-func (dp *gsoDP) getState(s *gsoSock) *batchState {
-	st := dp.states.Get().(*batchState)
+func (dp *gsoDP) getState(s *gsoSock, large bool) *batchState {
+	pool := &dp.small
+	if dp.opts.BatchSize <= smallBatch {
+		pool = &dp.large // small and large are the same size
+	} else if large {
+		if dp.largeInUse.Add(1) <= dp.maxLarge {
+			pool = &dp.large
+		} else {
+			dp.largeInUse.Add(-1)
+		}
+	}
+	st := pool.Get().(*batchState)
 	st.cur = s
 	return st
 }
 
 func (dp *gsoDP) putState(st *batchState) {
 	st.cur = nil
-	dp.states.Put(st)
+	if !st.large {
+		dp.small.Put(st)
+		return
+	}
+	if dp.opts.BatchSize > smallBatch {
+		dp.largeInUse.Add(-1)
+	}
+	dp.large.Put(st)
 }
 
 func (st *batchState) resetRx() {

@@ -534,7 +534,7 @@ func TestGSOSendPathNoAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := dp.getState(relay.(*gsoConn).socks[0])
+	st := dp.getState(relay.(*gsoConn).socks[0], true)
 	defer dp.putState(st)
 	p := make([]byte, 120)
 	big := make([]byte, 1400)
@@ -653,4 +653,47 @@ func TestGSOSendEdgeCases(t *testing.T) {
 	if st := other.Stats(); st.TxPackets != 1 {
 		t.Fatalf("foreign datapath sent %d", st.TxPackets)
 	}
+}
+
+// TestGSOStateTiers: a woken socket reads with a small state; a read that
+// fills it moves the socket to a large one; a parked socket holds none.
+func TestGSOStateTiers(t *testing.T) {
+	dp := newGSO(t, GSOOptions{Loops: 1})
+	release := make(chan struct{})
+	var first atomic.Bool
+	var handled atomic.Int64
+	lis, err := dp.Listen(netip.MustParseAddrPort("127.0.0.1:0"), func(_ Tx, _ Conn, _ netip.AddrPort, _ []byte) {
+		if first.CompareAndSwap(false, true) {
+			<-release
+		}
+		handled.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := udpSock(t, "127.0.0.1:0")
+	const n = 1 + 4 + 40
+	for i := 0; i < n; i++ {
+		if _, err := cl.WriteToUDPAddrPort([]byte("x"), lis.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			waitFor(t, first.Load)
+		}
+	}
+	close(release)
+	waitFor(t, func() bool { return handled.Load() == n && dp.Stats().RxPackets == n })
+	st := dp.Stats()
+	// 1 (the blocked read), 4 (a full small read), then up to 40 in a
+	// large batch: some read must have returned more than 4.
+	large := uint64(0)
+	for i, b := range BatchHistogramBuckets {
+		if b > smallBatch {
+			large += st.BatchSizes[i]
+		}
+	}
+	if large == 0 {
+		t.Fatalf("no read above %d datagrams: %v", smallBatch, st.BatchSizes)
+	}
+	waitFor(t, func() bool { return dp.largeInUse.Load() == 0 })
 }
