@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/hybridrelay/hybridrelay/internal/admin"
 	"github.com/hybridrelay/hybridrelay/internal/netns"
@@ -337,4 +338,126 @@ func scrapeInNS(t *testing.T, ns *netns.NS, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// startInNS starts serve inside ns with args and waits until it serves.
+func startInNS(t *testing.T, ns *netns.NS, args ...string) *daemonProc {
+	t.Helper()
+	cmd := ns.Exec(binary, append([]string{"serve"}, args...)...)
+	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Env = cleanEnv()
+	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-d.done:
+		default:
+			cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("daemon stderr:\n%s", d.stderr.String())
+		}
+	})
+	d.waitLog(t, "turn server started", 30*time.Second)
+	return d
+}
+
+// TestServeRestartKeepsKernelPath: with a state file, SIGTERM is a restart:
+// the kernel keeps forwarding the bound channel while no daemon runs (the
+// operator tools read it from the pins), and the next serve re-adopts the
+// maps and the allocation. maps unpin finally removes everything.
+func TestServeRestartKeepsKernelPath(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping")
+	topo, err := netns.NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topo.Close() })
+	// `ip netns exec` gives every daemon its own /sys, so the pins go to a
+	// bpffs mounted where both daemons and this test see it.
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "bpf")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	pins := filepath.Join(mnt, "hybridrelay")
+	sock := filepath.Join(dir, "admin.sock")
+	lo, hi := relayRange(t)
+	args := []string{"--listen", "udp://" + topo.RelayClientV4.String() + ":3478", "--relay-ip", topo.RelayPeerV4.String(),
+		"--min-port", fmt.Sprint(lo), "--max-port", fmt.Sprint(hi), "--user", "u:p", "--datapath", "xdp",
+		"--bpffs", pins, "--state-file", filepath.Join(dir, "state.json"), "--admin-socket", sock}
+
+	d := startInNS(t, topo.Relay, args...)
+	var c *net.UDPConn
+	if err := topo.Client.Do(func() error {
+		var err error
+		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: topo.RelayClientV4.AsSlice(), Port: 3478})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bindChannel(t, c, "u", "p", topo.PeerV4.String()+":9000", 0x4123)
+	if got := sendChannelData(t, topo, c, 0x4123, 9000, 10); got != 10 {
+		t.Fatalf("before restart: peer got %d of 10", got)
+	}
+	if code := d.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	if !strings.Contains(d.stderr.String(), "keeping kernel fast path entries for re-adoption") {
+		t.Fatalf("no restart-style shutdown logged")
+	}
+
+	// No daemon: the kernel still forwards, and the tools read the pins.
+	if got := sendChannelData(t, topo, c, 0x4123, 9000, 10); got != 10 {
+		t.Fatalf("while down: peer got %d of 10", got)
+	}
+	out, stderr, code := runBinary(t, nil, "maps", "dump", "channels", "--bpffs", pins, "--admin-socket", sock)
+	if code != 0 || !strings.Contains(out, "1 channels (pinned maps in "+pins+")") || !strings.Contains(out, "0x4123") {
+		t.Fatalf("maps dump while down: exit %d %s\n%s", code, stderr, out)
+	}
+	out, stderr, code = runBinary(t, nil, "stats", "--bpffs", pins, "--admin-socket", sock, "--json")
+	var snap struct {
+		Snapshot admin.Snapshot `json:"snapshot"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &snap) != nil || snap.Snapshot.Kernel == nil ||
+		snap.Snapshot.Kernel.Counters["fwd_to_peer_packets"] < 20 {
+		t.Fatalf("stats while down: exit %d %s\n%s", code, stderr, out)
+	}
+	d2 := startInNS(t, topo.Relay, args...)
+	if !strings.Contains(d2.stderr.String(), "readopted_channels=1") {
+		t.Errorf("second daemon did not re-adopt the channel")
+	}
+	if got := sendChannelData(t, topo, c, 0x4123, 9000, 10); got != 10 {
+		t.Fatalf("after restart: peer got %d of 10", got)
+	}
+	out, _, _ = runBinary(t, nil, "stats", "--admin-socket", sock)
+	if !strings.Contains(out, "allocations 1 ") || !strings.Contains(out, "(1 in the kernel)") {
+		t.Errorf("allocation not restored:\n%s", out)
+	}
+	_, stderr, code = runBinary(t, nil, "maps", "unpin", "--bpffs", pins, "--admin-socket", sock)
+	if code != 1 || !strings.Contains(stderr, "stop it first") {
+		t.Fatalf("unpin with a daemon running: exit %d %s", code, stderr)
+	}
+	if code := d2.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
+		t.Fatalf("second SIGTERM: exit %d", code)
+	}
+	out, stderr, code = runBinary(t, nil, "maps", "unpin", "--bpffs", pins, "--admin-socket", sock)
+	if code != 0 || !strings.Contains(out, "removed "+pins+" (1 channels, 2 XDP links detached)") {
+		t.Fatalf("unpin: exit %d %s\n%s", code, stderr, out)
+	}
+	for _, ifc := range []string{topo.RelayClientIf, topo.RelayPeerIf} {
+		if out, _ := topo.Relay.IP("link", "show", ifc); strings.Contains(out, "xdp") {
+			t.Errorf("XDP still on %s after unpin: %s", ifc, out)
+		}
+	}
 }
