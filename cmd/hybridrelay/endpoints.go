@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -34,6 +35,9 @@ func (d *daemon) startSideEndpoints() error {
 		}
 		d.closer = append(d.closer, m.Close)
 		d.log.Info("metrics endpoint listening", "addr", m.Addr().String(), "path", "/metrics")
+		if ap, err := netip.ParseAddrPort(addr); err == nil && !ap.Addr().IsLoopback() {
+			d.log.Warn("the metrics endpoint is not on a loopback address: anyone who can reach it sees the relay's counters", "addr", addr)
+		}
 	}
 	return nil
 }
