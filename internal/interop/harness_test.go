@@ -322,6 +322,12 @@ type tapConn struct {
 	// given an IPv4 stand-in address (fakeServer): every write goes to
 	// realServer, and reads from realServer are reported as fakeServer.
 	realServer, fakeServer net.Addr
+	// duplicate sends every request twice, as a client does when its
+	// first copy's response is lost (RFC 8489 section 6.2.1).
+	duplicate bool
+
+	mu         sync.Mutex
+	errorCodes map[string]int // "Method code" of error responses received
 
 	outChannelData, outSend, outRequests atomic.Int64
 	inChannelData, inData, inResponses   atomic.Int64
@@ -345,16 +351,22 @@ func (c *tapConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 			case m.Type.Class == stun.ClassRequest:
 				c.outRequests.Add(1)
 			}
+			raw := p
 			if c.requestFamily != 0 && m.Type == stun.NewType(stun.MethodAllocate, stun.ClassRequest) {
-				raw, err := c.withFamily(&m)
-				if err != nil {
+				var err error
+				if raw, err = c.withFamily(&m); err != nil {
 					return 0, err
 				}
+			}
+			if _, err := c.PacketConn.WriteTo(raw, addr); err != nil {
+				return 0, err
+			}
+			if c.duplicate && m.Type.Class == stun.ClassRequest {
 				if _, err := c.PacketConn.WriteTo(raw, addr); err != nil {
 					return 0, err
 				}
-				return len(p), nil
 			}
+			return len(p), nil
 		}
 	}
 	return c.PacketConn.WriteTo(p, addr)
@@ -375,8 +387,18 @@ func (c *tapConn) ReadFrom(p []byte) (int, net.Addr, error) {
 				switch {
 				case m.Type == stun.NewType(stun.MethodData, stun.ClassIndication):
 					c.inData.Add(1)
-				case m.Type.Class == stun.ClassSuccessResponse || m.Type.Class == stun.ClassErrorResponse:
+				case m.Type.Class == stun.ClassSuccessResponse:
 					c.inResponses.Add(1)
+				case m.Type.Class == stun.ClassErrorResponse:
+					c.inResponses.Add(1)
+					var code stun.ErrorCodeAttribute
+					_ = code.GetFrom(&m)
+					c.mu.Lock()
+					if c.errorCodes == nil {
+						c.errorCodes = map[string]int{}
+					}
+					c.errorCodes[fmt.Sprintf("%s %d", m.Type.Method, code.Code)]++
+					c.mu.Unlock()
 				}
 			}
 		}
@@ -465,4 +487,15 @@ func certPool(t testing.TB, certFile string) *x509.CertPool {
 		t.Fatalf("no certificate in %s", certFile)
 	}
 	return pool
+}
+
+// errors returns a copy of the error responses counted so far.
+func (c *tapConn) errors() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[string]int, len(c.errorCodes))
+	for k, v := range c.errorCodes {
+		m[k] = v
+	}
+	return m
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -81,7 +82,13 @@ func dialPionFrom(t *testing.T, network string, server netip.AddrPort, local net
 // newPionSession runs a pion client on base and allocates.
 func newPionSession(t *testing.T, network string, server netip.AddrPort, base net.PacketConn, family byte) *pionSession {
 	t.Helper()
-	tap := &tapConn{PacketConn: base, requestFamily: family, user: testUser, pass: testPass}
+	return newPionSessionTap(t, network, server, &tapConn{PacketConn: base, requestFamily: family})
+}
+
+// newPionSessionTap runs a pion client on tap and allocates.
+func newPionSessionTap(t *testing.T, network string, server netip.AddrPort, tap *tapConn) *pionSession {
+	t.Helper()
+	tap.user, tap.pass = testUser, testPass
 	pionServer := server.String()
 	if server.Addr().Is6() {
 		// See tapConn.realServer: pion only resolves "udp4" addresses.
@@ -523,4 +530,83 @@ func lens(bs [][]byte) []int {
 		l[i] = len(b)
 	}
 	return l
+}
+
+// TestPionRetransmissions runs the pion scenario with every request sent
+// twice, as happens when a response is lost and the client retransmits
+// (RFC 8489 section 6.2.1). A retransmitted Allocate must be answered
+// idempotently (RFC 8656 section 7.2), not with 437, and must not create a
+// second allocation; duplicated CreatePermission, ChannelBind and Refresh
+// must succeed again. Only a duplicated Refresh(0), after the first copy
+// deleted the allocation, may get 437.
+func TestPionRetransmissions(t *testing.T) {
+	tgt := startTarget(t, nil)
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo4, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPionSessionTap(t, "udp", tgt.lt4, &tapConn{PacketConn: conn, duplicate: true})
+	if tgt.hybridrelay != nil {
+		n := 0
+		for _, a := range tgt.hybridrelay.srv.Allocations() {
+			if a.Client == conn.LocalAddr().(*net.UDPAddr).AddrPort() {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d allocations for one 5-tuple after a retransmitted Allocate, want 1", n)
+		}
+	}
+	peer := listenPeer(t, lo4)
+	runPionScenario(t, p, peer, nil, tgt.hybridrelay, "udp", nil)
+	time.Sleep(200 * time.Millisecond) // the duplicated Refresh(0)'s answer
+	t.Logf("%d requests sent twice; error responses %v", p.tap.outRequests.Load(), p.tap.errors())
+	for k, n := range p.tap.errors() {
+		switch k {
+		case "Allocate 401": // the first, unauthenticated try (twice)
+		case "Refresh 401": // refreshAllocation's unauthenticated try
+		case "Refresh 437": // the second Refresh(0), after the first deleted it
+		default:
+			t.Errorf("%d error responses %q to retransmitted requests; all: %v", n, k, p.tap.errors())
+		}
+	}
+}
+
+// TestPionTCPRelayRefused asks for a TCP relay (RFC 6062, pion's
+// AllocateTCP), which hybridrelay does not offer: the answer must be 442
+// Unsupported Transport Protocol (RFC 8656 section 7.2), and the
+// connection must still serve a UDP allocation afterwards.
+func TestPionTCPRelayRefused(t *testing.T) {
+	if referenceMode() {
+		t.Skip("coturn supports RFC 6062 TCP relays")
+	}
+	tgt := startTarget(t, nil)
+	c, err := net.DialTimeout("tcp", tgt.lt4.String(), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap := &tapConn{PacketConn: turn.NewSTUNConn(c), user: testUser, pass: testPass}
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelError
+	client, err := turn.NewClient(&turn.ClientConfig{
+		STUNServerAddr: tgt.lt4.String(), TURNServerAddr: tgt.lt4.String(), Conn: tap,
+		Username: testUser, Password: testPass, Realm: testRealm, LoggerFactory: lf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); _ = tap.Close() })
+	_, err = client.AllocateTCP()
+	var te *stun.TurnError
+	if !errors.As(err, &te) || te.ErrorCodeAttr.Code != stun.CodeUnsupportedTransProto {
+		t.Fatalf("AllocateTCP: %v, want 442 Unsupported Transport Protocol", err)
+	}
+	relay, err := client.Allocate()
+	if err != nil {
+		t.Fatalf("UDP Allocate on the same connection after the 442: %v", err)
+	}
+	_ = relay.Close()
 }
