@@ -80,11 +80,9 @@ func KernelFromLoader(x *loader.XDP, source string, ifaces []string) (*Kernel, e
 	if err != nil {
 		return nil, err
 	}
-	n := 0
-	if err := x.IterateChannels(func(loader.ChannelEntry) bool { n++; return true }); err != nil {
-		return nil, err
-	}
-	return &Kernel{Source: source, PinDir: x.PinDir(), Counters: c.Map(), Channels: n, MaxChannels: x.MaxChannels(), Ifaces: ifaces}, nil
+	// Len is the loader's index, rebuilt from the maps at Load and kept by
+	// every install and delete: no walk over the table per scrape.
+	return &Kernel{Source: source, PinDir: x.PinDir(), Counters: c.Map(), Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}, nil
 }
 
 // ChannelsFromLoader lists the kernel channel table.
