@@ -392,8 +392,8 @@ func (d *daemon) reload() {
 	users := next.Users
 	if !next.HasCredentials() {
 		if d.demo == nil {
-			// Credentials were removed altogether: keep serving with no
-			// valid user would lock everybody out; refuse instead.
+			// Credentials were removed altogether: serving with none
+			// would lock every client out, so keep the running ones.
 			d.log.Error("reload: the new configuration has no user and no auth-secret; keeping the running credentials")
 			users, next.Users, next.AuthSecrets = prev.Users, prev.Users, prev.AuthSecrets
 		} else {
@@ -425,9 +425,6 @@ func (d *daemon) reload() {
 		if len(restart) > 0 {
 			d.log.Warn("reload: these settings changed but only apply after a restart", "keys", restart)
 		}
-	}
-	if next.LogLevel != prev.LogLevel || next.LogFormat != prev.LogFormat {
-		d.log.Warn("reload: log settings apply after a restart")
 	}
 	// Keep the old settings for what was not applied, so the next reload
 	// compares against what really runs.
