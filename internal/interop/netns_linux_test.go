@@ -377,6 +377,37 @@ func TestNetnsHairpinAndPolicy(t *testing.T) {
 			a.tap.inChannelData.Load(), b.tap.inChannelData.Load())
 	}
 
+	// The same policy for peers in IPv6 and IPv4-mapped IPv6 form, on an
+	// IPv6 relay: a mapped address must not slip past the IPv4 deny list.
+	var base6 net.PacketConn
+	if err := r.topo.Client.Do(func() error {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.topo.ClientV6, 0)))
+		base6 = c
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c6 := newPionSession(t, "udp", r.addr6, base6, 0x02)
+	// Control: the same encoding of an allowed peer succeeds.
+	if res := authedRequest(t, c6, stun.MethodCreatePermission, rawXORPeer{r.topo.PeerV6, 9}); res.Type.Class != stun.ClassSuccessResponse {
+		var code stun.ErrorCodeAttribute
+		_ = code.GetFrom(res)
+		t.Fatalf("CreatePermission for the peer %s: %s %v", r.topo.PeerV6, res.Type, code)
+	}
+	for _, bad := range []string{
+		"::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.1.2.3", "::ffff:192.168.0.1",
+		"::ffff:" + r.topo.RelayClientV4.String(), // the listener, mapped
+		"::1", "fe80::1", "fc00::1", "ff02::1", "::",
+		r.topo.RelayClientV6.String(), // the IPv6 listener address
+	} {
+		res := authedRequest(t, c6, stun.MethodCreatePermission, rawXORPeer{netip.MustParseAddr(bad), 9})
+		var code stun.ErrorCodeAttribute
+		_ = code.GetFrom(res)
+		if res.Type.Class != stun.ClassErrorResponse || (code.Code != stun.CodeForbidden && code.Code != stun.CodePeerAddrFamilyMismatch) {
+			t.Errorf("CreatePermission for %s on an IPv6 relay: %s %v, want 403 Forbidden (or 443)", bad, res.Type, code)
+		}
+	}
+
 	// Refused peers: the server's own listener address, and loopback.
 	for _, bad := range []netip.AddrPort{r.addr4, netip.MustParseAddrPort("127.0.0.1:9")} {
 		err := a.client.CreatePermission(net.UDPAddrFromAddrPort(bad))

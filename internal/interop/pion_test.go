@@ -610,3 +610,57 @@ func TestPionTCPRelayRefused(t *testing.T) {
 	}
 	_ = relay.Close()
 }
+
+// authedRequest performs one request of method on p's 5-tuple the way a
+// client does: unauthenticated first, then again with the nonce and realm
+// of the 401 and the long-term key (RFC 8489 section 9.2). It returns the
+// final response.
+func authedRequest(t *testing.T, p *pionSession, method stun.Method, attrs ...stun.Setter) *stun.Message {
+	t.Helper()
+	typ := stun.NewType(method, stun.ClassRequest)
+	to := p.client.TURNServerAddr()
+	first := append([]stun.Setter{stun.TransactionID, typ}, attrs...)
+	res, err := p.client.PerformTransaction(stun.MustBuild(append(first, stun.Fingerprint)...), to, false)
+	if err != nil {
+		t.Fatalf("%s: %v", method, err)
+	}
+	var nonce stun.Nonce
+	var realm stun.Realm
+	if nonce.GetFrom(res.Msg) != nil || realm.GetFrom(res.Msg) != nil {
+		t.Fatalf("unauthenticated %s answered %s without NONCE/REALM", method, res.Msg.Type)
+	}
+	second := append([]stun.Setter{stun.TransactionID, typ}, attrs...)
+	second = append(second, stun.NewUsername(testUser), realm, nonce,
+		stun.NewLongTermIntegrity(testUser, realm.String(), testPass), stun.Fingerprint)
+	res, err = p.client.PerformTransaction(stun.MustBuild(second...), to, false)
+	if err != nil {
+		t.Fatalf("%s: %v", method, err)
+	}
+	return res.Msg
+}
+
+// rawXORPeer is an XOR-PEER-ADDRESS (RFC 8656 section 18.3) with an IPv6
+// family whatever the address, so IPv4-mapped forms go on the wire as they
+// are (pion's encoder would turn them into IPv4).
+type rawXORPeer struct {
+	ip   netip.Addr
+	port uint16
+}
+
+func (a rawXORPeer) AddTo(m *stun.Message) error {
+	v := make([]byte, 20)
+	v[1] = 0x02
+	binary.BigEndian.PutUint16(v[2:], a.port^uint16(magicCookie>>16))
+	var key [16]byte
+	binary.BigEndian.PutUint32(key[:], magicCookie)
+	copy(key[4:], m.TransactionID[:])
+	ip := a.ip.As16()
+	for i := range ip {
+		v[4+i] = ip[i] ^ key[i]
+	}
+	m.Add(stun.AttrXORPeerAddress, v)
+	return nil
+}
+
+// magicCookie is STUN's fixed cookie (RFC 8489 section 5).
+const magicCookie = 0x2112A442
