@@ -18,8 +18,8 @@ func (s *Server) handleAllocate(r *reqCtx) {
 	// (section 7.2, last paragraph: same transaction ID → same success).
 	if a := s.lookup(r.tuple); a != nil {
 		if a.allocTxID == msg.TransactionID && a.allocResp != nil {
-			r.sink.send(r.tx, a.allocResp)
 			s.stats.requests[mAllocate][resultIndex(0)].Add(1)
+			r.sink.send(r.tx, a.allocResp)
 			return
 		}
 		r.fail(stun.CodeAllocMismatch)
@@ -210,11 +210,11 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		r.fail(stun.CodeAllocMismatch)
 		return
 	}
-	r.sink.send(r.tx, resp)
 	s.stats.requests[mAllocate][resultIndex(0)].Add(1)
 	quotaHeld = false
 	s.stats.allocationsCreated.Add(1)
 	s.state.markDirty()
+	r.sink.send(r.tx, resp)
 	s.log.Debug("allocation created", "client", r.tuple.client, "transport", r.tuple.proto,
 		"user", r.username, "relays", relays, "lifetime", life)
 }

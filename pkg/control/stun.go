@@ -244,9 +244,10 @@ func (r *reqCtx) reply(class stun.MessageClass, code stun.ErrorCode, extra ...st
 	if m == nil {
 		return nil
 	}
+	// Counted before the send: whoever reads the stats after seeing the
+	// response finds it counted.
+	r.s.stats.requests[methodIndex(r.msg.Type.Method)][resultIndex(int(code))].Add(1)
 	r.sink.send(r.tx, m)
-	res := int(code)
-	r.s.stats.requests[methodIndex(r.msg.Type.Method)][resultIndex(res)].Add(1)
 	return m
 }
 
