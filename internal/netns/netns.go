@@ -114,30 +114,26 @@ func (ns *NS) Do(fn func() error) error {
 	return fnErr
 }
 
-// Ifindex returns the index of interface name inside the namespace.
+// Ifindex returns the index of interface name inside the namespace. It asks
+// the kernel from inside the namespace (SIOCGIFINDEX): /sys/class/net in
+// this process belongs to the root namespace and would name another device.
 func (ns *NS) Ifindex(name string) (int, error) {
 	var idx int
 	err := ns.Do(func() error {
-		out, err := os.ReadFile("/sys/class/net/" + name + "/ifindex")
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			// /sys is the root namespace's; ask the kernel directly.
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			ifr, err := unix.NewIfreq(name)
-			if err != nil {
-				return err
-			}
-			if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
-				return fmt.Errorf("interface %s: %w", name, err)
-			}
-			idx = int(ifr.Uint32())
-			return nil
+			return fmt.Errorf("interface %s: %w", name, err)
 		}
-		idx, err = strconv.Atoi(strings.TrimSpace(string(out)))
-		return err
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", name, err)
+		}
+		if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+			return fmt.Errorf("interface %s in %s: %w", name, ns.Name, err)
+		}
+		idx = int(ifr.Uint32())
+		return nil
 	})
 	return idx, err
 }

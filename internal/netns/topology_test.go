@@ -3,6 +3,7 @@ package netns
 import (
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,3 +69,28 @@ func TestTopologyCarriesUDP(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestIfindexIsTheNamespaces checks that Ifindex names the device inside the
+// namespace, not a same-named one of the root namespace.
+func TestIfindexIsTheNamespaces(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping")
+	topo, err := NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer topo.Close()
+	idx, err := topo.Peer.Ifindex(topo.PeerIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := topo.Peer.IP("-o", "link", "show", "dev", topo.PeerIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out, strconv.Itoa(idx)+":") {
+		t.Fatalf("Ifindex(%s) = %d, but ip link says %q", topo.PeerIf, idx, out)
+	}
+	if _, err := topo.Peer.Ifindex("nonexistent0"); err == nil {
+		t.Fatal("Ifindex of a missing interface succeeded")
+	}
+}
