@@ -377,6 +377,26 @@ func TestNetnsHairpinAndPolicy(t *testing.T) {
 			a.tap.inChannelData.Load(), b.tap.inChannelData.Load())
 	}
 
+	// The relay address is a permitted peer now (hairpin), but only its
+	// live relay ports are: a local service on the relay host's address
+	// must stay unreachable through the relay.
+	var local *net.UDPConn
+	if err := r.topo.Relay.Do(func() (err error) {
+		local, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.topo.RelayPeerV4, 3479)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	for i := 0; i < 5; i++ {
+		_, _ = a.relay.WriteTo([]byte("to a local service"), local.LocalAddr())
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = local.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, from, err := local.ReadFromUDPAddrPort(buf); err == nil {
+		t.Errorf("a service on the relay host's %s got %d bytes from %s through the relay", local.LocalAddr(), n, from)
+	}
+
 	// The same policy for peers in IPv6 and IPv4-mapped IPv6 form, on an
 	// IPv6 relay: a mapped address must not slip past the IPv4 deny list.
 	var base6 net.PacketConn
