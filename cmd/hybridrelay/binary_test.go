@@ -393,7 +393,12 @@ func TestServeDemoUser(t *testing.T) {
 		"HYBRIDRELAY_ADMIN_SOCKET=off",
 		fmt.Sprintf("HYBRIDRELAY_MIN_PORT=%d", lo), fmt.Sprintf("HYBRIDRELAY_MAX_PORT=%d", hi),
 	}, "--datapath", "auto", "--log-format", "json")
+	// The credentials are printed just after "turn server started" is
+	// logged, so wait for the block's last line rather than read at once.
 	out := d.stdout.String()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out, "url: ") && time.Now().Before(deadline); out = d.stdout.String() {
+		time.Sleep(20 * time.Millisecond)
+	}
 	i := strings.Index(out, "password: ")
 	if i < 0 || !strings.Contains(out, "username: demo") {
 		t.Fatalf("demo credentials not printed:\n%s", out)
