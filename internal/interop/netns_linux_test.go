@@ -341,41 +341,8 @@ func TestNetnsHairpinAndPolicy(t *testing.T) {
 		return newPionSession(t, "udp", r.addr4, base, 0)
 	}
 	a, b := dial(), dial()
-	ra, rb := net.UDPAddrFromAddrPort(a.relayAddr()), net.UDPAddrFromAddrPort(b.relayAddr())
-	if err := a.client.CreatePermission(rb); err != nil {
-		t.Fatalf("permission for the other client's relayed address %s (hairpin): %v", rb, err)
-	}
-	if err := b.client.CreatePermission(ra); err != nil {
-		t.Fatalf("permission for the other client's relayed address %s (hairpin): %v", ra, err)
-	}
-	// a -> b and b -> a, until both use channels.
+	hairpinExchange(t, a, b, 5)
 	buf := make([]byte, 2048)
-	send := func(from, to *pionSession, toAddr, fromAddr *net.UDPAddr, data []byte) {
-		t.Helper()
-		if _, err := from.relay.WriteTo(data, toAddr); err != nil {
-			t.Fatalf("hairpin write: %v", err)
-		}
-		_ = to.relay.SetReadDeadline(time.Now().Add(2 * time.Second))
-		n, src, err := to.relay.ReadFrom(buf)
-		if err != nil {
-			t.Fatalf("hairpin %s -> %s (%d bytes): %v", fromAddr, toAddr, len(data), err)
-		}
-		if src.String() != fromAddr.String() || string(buf[:n]) != string(data) {
-			t.Fatalf("hairpin: got %d bytes from %s, want %d bytes from %s", n, src, len(data), fromAddr)
-		}
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for seq := 0; a.tap.outChannelData.Load() < 5 || b.tap.outChannelData.Load() < 5; seq++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("hairpin never moved to channels: a sent %d ChannelData, b %d", a.tap.outChannelData.Load(), b.tap.outChannelData.Load())
-		}
-		send(a, b, rb, ra, payload(seq, 150))
-		send(b, a, ra, rb, payload(seq, 151))
-	}
-	if a.tap.inChannelData.Load() == 0 || b.tap.inChannelData.Load() == 0 {
-		t.Errorf("hairpin data never arrived over a channel (a got %d, b got %d ChannelData)",
-			a.tap.inChannelData.Load(), b.tap.inChannelData.Load())
-	}
 
 	// The relay address is a permitted peer now (hairpin), but only its
 	// live relay ports are: a local service on the relay host's address
@@ -436,4 +403,49 @@ func TestNetnsHairpinAndPolicy(t *testing.T) {
 			t.Errorf("CreatePermission(%s) with the default policy: %v, want 403 Forbidden", bad, err)
 		}
 	}
+}
+
+// hairpinExchange makes a and b, two allocations of the same server, talk
+// relay-to-relay (DESIGN.md "Security defaults": hairpin must work): each
+// permits the other's relayed address, then datagrams go both ways,
+// byte-exact, first as Send/Data indications and then over channels,
+// until each side has sent at least `more` ChannelData.
+func hairpinExchange(t *testing.T, a, b *pionSession, more int) {
+	t.Helper()
+	ra, rb := net.UDPAddrFromAddrPort(a.relayAddr()), net.UDPAddrFromAddrPort(b.relayAddr())
+	if err := a.client.CreatePermission(rb); err != nil {
+		t.Fatalf("permission for the other client's relayed address %s (hairpin): %v", rb, err)
+	}
+	if err := b.client.CreatePermission(ra); err != nil {
+		t.Fatalf("permission for the other client's relayed address %s (hairpin): %v", ra, err)
+	}
+	// a -> b and b -> a, until both use channels, then `more` rounds.
+	buf := make([]byte, 2048)
+	send := func(from, to *pionSession, toAddr, fromAddr *net.UDPAddr, data []byte) {
+		t.Helper()
+		if _, err := from.relay.WriteTo(data, toAddr); err != nil {
+			t.Fatalf("hairpin write: %v", err)
+		}
+		_ = to.relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, src, err := to.relay.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("hairpin %s -> %s (%d bytes): %v", fromAddr, toAddr, len(data), err)
+		}
+		if src.String() != fromAddr.String() || string(buf[:n]) != string(data) {
+			t.Fatalf("hairpin: got %d bytes from %s, want %d bytes from %s", n, src, len(data), fromAddr)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for seq := 0; a.tap.outChannelData.Load() < int64(more) || b.tap.outChannelData.Load() < int64(more); seq++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("hairpin never moved to channels: a sent %d ChannelData, b %d", a.tap.outChannelData.Load(), b.tap.outChannelData.Load())
+		}
+		send(a, b, rb, ra, payload(seq, 1+seq*37%1200))
+		send(b, a, ra, rb, payload(seq, 1+seq*53%1200))
+	}
+	if a.tap.inChannelData.Load() == 0 || b.tap.inChannelData.Load() == 0 {
+		t.Errorf("hairpin data never arrived over a channel (a got %d, b got %d ChannelData)",
+			a.tap.inChannelData.Load(), b.tap.inChannelData.Load())
+	}
+
 }

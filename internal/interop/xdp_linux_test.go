@@ -163,6 +163,28 @@ func TestNetnsXDP(t *testing.T) {
 		})
 	}
 
+	t.Run("pion-hairpin", func(t *testing.T) {
+		// Relay-to-relay on one server broke a production XDP relay
+		// (DESIGN.md): XDP_TX cannot deliver to the host itself, so the
+		// kernel must forward channel to channel or leave it to userspace.
+		dial := func() *pionSession {
+			var base net.PacketConn
+			if err := topo.Client.Do(func() error {
+				c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(topo.ClientV4, 0)))
+				base = c
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			return newPionSession(t, "udp", server, base, 0)
+		}
+		before := snap().Kernel.Counters
+		hairpinExchange(t, dial(), dial(), 40)
+		after := snap().Kernel.Counters
+		t.Logf("kernel counters during the hairpin exchange: to peer +%d, to client +%d",
+			after["fwd_to_peer_packets"]-before["fwd_to_peer_packets"], after["fwd_to_client_packets"]-before["fwd_to_client_packets"])
+	})
+
 	t.Run("uclient", func(t *testing.T) {
 		peerAddr := netip.AddrPortFrom(topo.PeerV4, 3480)
 		_, out := startProcess(t, "ip", "netns", "exec", topo.Peer.Name, "turnutils_peer", "-L", topo.PeerV4.String(), "-p", "3480")
