@@ -49,3 +49,22 @@ func TestParseUclient(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseUclient feeds arbitrary output to the parser: it must never
+// panic, and a report it accepts must have its totals.
+func FuzzParseUclient(f *testing.F) {
+	for _, name := range []string{"uclient-ok-send-rtcp.txt", "uclient-ok-tcp-channel.txt", "uclient-lost-nopeer.txt", "uclient-fail-auth.txt"} {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("start_mclient: tot_send_msgs=99999999999999999999999, tot_recv_msgs=1\nTotal lost packets -1 (nan%), total send dropped 0 (0%)"))
+	f.Fuzz(func(t *testing.T, out []byte) {
+		r, err := ParseUclient(out)
+		if err == nil && r.SentMsgs < 0 {
+			t.Fatalf("accepted a negative total: %+v", r)
+		}
+	})
+}
