@@ -798,3 +798,53 @@ func TestRecoverPacketCounts(t *testing.T) {
 		t.Fatalf("panics = %d", n)
 	}
 }
+
+// TestPeerPolicy checks the policy table directly, including what the
+// loopback-only tests cannot reach: public addresses of the host behind a
+// wildcard listener.
+func TestPeerPolicy(t *testing.T) {
+	cfg := testConfig()
+	cfg.AllowPeers = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
+	cfg.DenyPeers = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	relay := []netip.Addr{netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("2001:db8::1")}
+	host := []netip.Addr{netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.77"), netip.MustParseAddr("2001:db8::77")}
+	wild := []ListenerSpec{{Network: "udp", Addr: netip.MustParseAddrPort("0.0.0.0:3478")}}
+	named := []ListenerSpec{{Network: "udp", Addr: netip.MustParseAddrPort("203.0.113.5:3478")}}
+	for _, tt := range []struct {
+		ip        string
+		listeners []ListenerSpec
+		want      verdict
+	}{
+		{"192.0.2.10", named, peerAllowed},
+		{"10.1.1.1", named, peerDenied},
+		{"10.9.1.1", named, peerAllowed}, // allow list wins
+		{"172.16.0.1", named, peerDenied},
+		{"172.32.0.1", named, peerAllowed},
+		{"192.168.1.1", named, peerDenied},
+		{"127.0.0.1", named, peerDenied},
+		{"0.0.0.0", named, peerDenied},
+		{"169.254.169.254", named, peerDenied},
+		{"224.0.0.251", named, peerDenied},
+		{"255.255.255.255", named, peerDenied},
+		{"198.51.100.9", named, peerDenied}, // deny list
+		{"::", named, peerDenied},
+		{"::1", named, peerDenied},
+		{"fe80::1", named, peerDenied},
+		{"fd00::1", named, peerDenied},
+		{"ff02::1", named, peerDenied},
+		{"::ffff:10.0.0.1", named, peerDenied},
+		{"::ffff:192.0.2.10", named, peerAllowed},
+		{"2001:db8:5::1", named, peerAllowed},
+		{"203.0.113.5", named, peerDenied},   // our listener
+		{"203.0.113.77", named, peerAllowed}, // another host address: not ours to judge with a named listener
+		{"203.0.113.77", wild, peerDenied},   // ... but a wildcard listener answers there
+		{"2001:db8::77", wild, peerDenied},
+		{"203.0.113.1", wild, peerOwnRelay}, // hairpin
+		{"2001:db8::1", named, peerOwnRelay},
+	} {
+		p := newPeerPolicy(&cfg, relay, tt.listeners, host)
+		if got := p.check(netip.MustParseAddr(tt.ip)); got != tt.want {
+			t.Errorf("%s (listener %v): verdict %d, want %d", tt.ip, tt.listeners[0].Addr, got, tt.want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"net"
 	"net/netip"
 )
 
@@ -34,14 +35,18 @@ type peerPolicy struct {
 	// two allocations on this server, DESIGN.md "Security defaults"); only
 	// their live relay ports are, see Server.peerSendable.
 	relayIPs map[netip.Addr]bool
-	// listenerIPs are the server's own specified listener addresses.
+	// listenerIPs are the server's own addresses: the specified listener
+	// addresses and, when a listener is bound to a wildcard address, every
+	// address of the host (a wildcard listener answers on all of them).
 	listenerIPs map[netip.Addr]bool
 	// listenerPorts are the ports the server answers STUN on; no relayed
 	// datagram may be sent to them on one of our addresses.
 	listenerPorts map[uint16]bool
 }
 
-func newPeerPolicy(cfg *Config, relayIPs []netip.Addr, listeners []ListenerSpec) *peerPolicy {
+// newPeerPolicy builds the policy; hostIPs are the host's addresses, used
+// when a listener is bound to a wildcard address.
+func newPeerPolicy(cfg *Config, relayIPs []netip.Addr, listeners []ListenerSpec, hostIPs []netip.Addr) *peerPolicy {
 	p := &peerPolicy{
 		allow:         append([]netip.Prefix(nil), cfg.AllowPeers...),
 		deny:          append(append([]netip.Prefix(nil), defaultDenyPeers...), cfg.DenyPeers...),
@@ -52,13 +57,39 @@ func newPeerPolicy(cfg *Config, relayIPs []netip.Addr, listeners []ListenerSpec)
 	for _, ip := range relayIPs {
 		p.relayIPs[ip.Unmap()] = true
 	}
+	wildcard := false
 	for _, l := range listeners {
 		p.listenerPorts[l.Addr.Port()] = true
 		if a := l.Addr.Addr().Unmap(); !a.IsUnspecified() {
 			p.listenerIPs[a] = true
+		} else {
+			wildcard = true
+		}
+	}
+	if wildcard {
+		for _, a := range hostIPs {
+			p.listenerIPs[a.Unmap()] = true
 		}
 	}
 	return p
+}
+
+// hostAddrs returns the addresses of the host's interfaces (best effort:
+// an error leaves the list empty and only the built-in ranges apply).
+func hostAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if pn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(pn.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
 }
 
 // verdict is the outcome of the IP-level check used by CreatePermission

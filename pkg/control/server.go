@@ -269,7 +269,8 @@ func (s *Server) Start() error {
 	// then swap in the final one before any allocation can exist (an
 	// allocation needs a completed Allocate, which needs the policy only
 	// for later permissions).
-	s.policy.Store(newPeerPolicy(&s.cfg, s.relayIPs, s.cfg.Listeners))
+	host := hostAddrs()
+	s.policy.Store(newPeerPolicy(&s.cfg, s.relayIPs, s.cfg.Listeners, host))
 	var addrs []ListenerSpec
 	for _, l := range s.cfg.Listeners {
 		bound, err := s.openListener(l)
@@ -279,7 +280,7 @@ func (s *Server) Start() error {
 		}
 		addrs = append(addrs, ListenerSpec{Network: l.Network, Addr: bound})
 	}
-	pol := newPeerPolicy(&s.cfg, s.relayIPs, addrs)
+	pol := newPeerPolicy(&s.cfg, s.relayIPs, addrs, host)
 	s.lnMu.Lock()
 	s.addrs = addrs
 	s.policy.Store(pol)
