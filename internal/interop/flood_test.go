@@ -3,6 +3,7 @@ package interop
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -486,6 +487,45 @@ func floodScenario(t *testing.T, dp string) {
 				_, _ = c.Write(b)
 			default: // a ChannelData header announcing 0xFFFF bytes, then a trickle
 				_, _ = c.Write([]byte{0x40, 0x00, 0xFF, 0xFF, 1, 2, 3})
+			}
+		}()
+	}
+
+	// TLS: garbage instead of a handshake, a plain STUN request on the
+	// TLS port, a handshake cut off halfway, and garbage after a
+	// completed handshake.
+	for i := 0; i < 16; i++ {
+		floodWG.Add(1)
+		go func() {
+			defer floodWG.Done()
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(attackerIP, 0)), Timeout: 3 * time.Second}
+			c, err := d.Dial("tcp", tgt.lt4TLS.String())
+			if err != nil {
+				t.Errorf("flood TLS dial: %v", err)
+				return
+			}
+			tcpMu.Lock()
+			tcpConns = append(tcpConns, c)
+			tcpMu.Unlock()
+			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+			switch i % 4 {
+			case 0:
+				b := make([]byte, 2048)
+				_, _ = rand.Read(b)
+				_, _ = c.Write(b)
+			case 1:
+				_, _ = c.Write(unauthAllocate().Raw)
+			case 2: // a TLS record header announcing a ClientHello, then nothing
+				_, _ = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03})
+			default:
+				tc := tls.Client(c, &tls.Config{RootCAs: tgt.tlsRoots, MinVersion: tls.VersionTLS12, ServerName: "127.0.0.1"})
+				if err := tc.Handshake(); err != nil {
+					t.Errorf("flood TLS handshake: %v", err)
+					return
+				}
+				b := make([]byte, 4096)
+				_, _ = rand.Read(b)
+				_, _ = tc.Write(b)
 			}
 		}()
 	}
