@@ -168,7 +168,7 @@ func stunBinding(addr netip.AddrPort, timeout time.Duration) (netip.AddrPort, er
 // startProcess starts bin in its own process group; t.Cleanup kills the
 // group (by the child's pid, nothing else) and waits for it. Output goes to
 // the returned buffer.
-func startProcess(t *testing.T, bin string, args ...string) (*exec.Cmd, *syncBuffer) {
+func startProcess(t *testing.T, bin string, args ...string) *syncBuffer {
 	t.Helper()
 	out := &syncBuffer{}
 	cmd := exec.Command(bin, args...)
@@ -188,7 +188,7 @@ func startProcess(t *testing.T, bin string, args ...string) (*exec.Cmd, *syncBuf
 			t.Errorf("%s (pid %d) did not exit after SIGKILL", bin, cmd.Process.Pid)
 		}
 	})
-	return cmd, out
+	return out
 }
 
 // runBounded runs bin to completion, killing its process group when ctx
@@ -241,7 +241,7 @@ func startTurnutilsPeer(t *testing.T, ip netip.Addr) netip.AddrPort {
 	t.Helper()
 	for attempt := 0; attempt < 3; attempt++ {
 		addr := netip.AddrPortFrom(ip, freeUDPPort(t, ip))
-		_, out := startProcess(t, "turnutils_peer", "-L", ip.String(), "-p", strconv.Itoa(int(addr.Port())))
+		out := startProcess(t, "turnutils_peer", "-L", ip.String(), "-p", strconv.Itoa(int(addr.Port())))
 		if err := waitEcho(addr, 3*time.Second); err == nil {
 			return addr
 		} else if attempt == 2 {
@@ -292,7 +292,7 @@ func startCoturn(t *testing.T) *relayTarget {
 				"--realm=" + testRealm, "--min-port=40000", "--max-port=60000",
 				"--pidfile=" + filepath.Join(dir, name+".pid"), "--db=" + filepath.Join(dir, name+".db"),
 				"--log-file=" + filepath.Join(dir, name+".log"), "--no-stdout-log"}
-			_, out := startProcess(t, "turnserver", append(args, auth...)...)
+			out := startProcess(t, "turnserver", append(args, auth...)...)
 			if _, err := stunBinding(netip.AddrPortFrom(lo4, port), 3*time.Second); err == nil {
 				return port, tlsPort
 			} else if attempt == 2 {

@@ -19,7 +19,6 @@ type hrServer struct {
 	addr4, addr6 netip.AddrPort
 	tls4         netip.AddrPort
 	certFile     string
-	logs         *testLogSink
 }
 
 // startHybridrelay starts the server with the package's credentials and a
@@ -85,7 +84,7 @@ func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {
 			}
 		})
 		return &hrServer{srv: srv, addr4: netip.AddrPortFrom(lo4, port), addr6: netip.AddrPortFrom(lo6, port),
-			tls4: netip.AddrPortFrom(lo4, tlsPort), certFile: cert, logs: sink}
+			tls4: netip.AddrPortFrom(lo4, tlsPort), certFile: cert}
 	}
 	t.Fatalf("start server: %v", lastErr)
 	return nil

@@ -135,7 +135,7 @@ func startNetnsRelay(t *testing.T) *netnsRelay {
 func startNetnsPeer(t *testing.T, r *netnsRelay, ip netip.Addr) netip.AddrPort {
 	t.Helper()
 	addr := netip.AddrPortFrom(ip, 3480)
-	_, out := startProcess(t, "ip", "netns", "exec", r.topo.Peer.Name, "turnutils_peer", "-L", ip.String(), "-p", "3480")
+	out := startProcess(t, "ip", "netns", "exec", r.topo.Peer.Name, "turnutils_peer", "-L", ip.String(), "-p", "3480")
 	// Probe from the client namespace: the relay namespace forwards, so
 	// the peer is reachable directly (the topology's "direct" path).
 	err := r.topo.Client.Do(func() error { return waitEcho(addr, 3*time.Second) })

@@ -187,7 +187,7 @@ func TestNetnsXDP(t *testing.T) {
 
 	t.Run("uclient", func(t *testing.T) {
 		peerAddr := netip.AddrPortFrom(topo.PeerV4, 3480)
-		_, out := startProcess(t, "ip", "netns", "exec", topo.Peer.Name, "turnutils_peer", "-L", topo.PeerV4.String(), "-p", "3480")
+		out := startProcess(t, "ip", "netns", "exec", topo.Peer.Name, "turnutils_peer", "-L", topo.PeerV4.String(), "-p", "3480")
 		if err := topo.Client.Do(func() error { return waitEcho(peerAddr, 3*time.Second) }); err != nil {
 			t.Fatalf("turnutils_peer: %v\n%s", err, out.Bytes())
 		}
