@@ -325,6 +325,9 @@ type tapConn struct {
 	// duplicate sends every request twice, as a client does when its
 	// first copy's response is lost (RFC 8489 section 6.2.1).
 	duplicate bool
+	// blackhole, once set, drops everything the client sends: a client
+	// that vanished without deallocating.
+	blackhole atomic.Bool
 
 	mu         sync.Mutex
 	errorCodes map[string]int // "Method code" of error responses received
@@ -335,6 +338,9 @@ type tapConn struct {
 }
 
 func (c *tapConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if c.blackhole.Load() {
+		return len(p), nil
+	}
 	if c.realServer != nil {
 		addr = c.realServer
 	}

@@ -11,9 +11,9 @@ import (
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
-// hrServer is an in-process hybridrelay control plane on loopback with the
-// plain datapath: UDP and TCP listeners on 127.0.0.1 and ::1 (one port for
-// all four), relay addresses 127.0.0.1 and ::1.
+// hrServer is an in-process hybridrelay control plane on loopback: UDP and
+// TCP listeners on 127.0.0.1 and ::1 (one port for all four), a TLS
+// listener on 127.0.0.1, relay addresses 127.0.0.1 and ::1.
 type hrServer struct {
 	srv          *control.Server
 	addr4, addr6 netip.AddrPort
