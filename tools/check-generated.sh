@@ -4,6 +4,14 @@
 # the committed C source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The committed objects were built by Debian bookworm's clang 14; another
+# major version emits different (equally valid) bytes, so only 14 compares.
+want_clang=14
+have_clang=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\)\..*/\1/p' | head -1)
+if [ "$have_clang" != "$want_clang" ]; then
+	echo "check-generated: clang ${have_clang:-missing} is not $want_clang, which built the committed objects; skipped"
+	exit 0
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git ls-files -z | xargs -0 cp --parents -t "$tmp"
