@@ -3,9 +3,14 @@ package interop
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pion/logging"
+	"github.com/pion/stun/v3"
+	"github.com/pion/turn/v4"
 
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 )
@@ -179,5 +184,113 @@ func TestExpiry(t *testing.T) {
 				t.Errorf("relay address %s of the expired allocation still accepts datagrams: its socket was not closed", relay)
 			}
 		})
+	}
+}
+
+// TestQuotaRelease checks that a user's allocation quota (issue 2:
+// "allocations per user", 486 Allocation Quota Reached, RFC 8656 section
+// 7.2) is given back on every way an allocation ends: Refresh(0), the
+// client's TCP connection closing (RFC 8656 section 3.1: the connection is
+// the 5-tuple), and expiry after the client vanished.
+func TestQuotaRelease(t *testing.T) {
+	if referenceMode() {
+		t.Skip("needs hybridrelay's quota settings")
+	}
+	t.Parallel()
+	tgt := startTarget(t, func(c *control.Config) {
+		c.MaxAllocationsPerUser = 1
+		c.DefaultLifetime = 2 * time.Second
+	})
+	s := tgt.hybridrelay
+	// allocate tries once and reports the TURN error code (0: success).
+	allocate := func(network string) (*pionSession, int) {
+		t.Helper()
+		var base net.PacketConn
+		switch network {
+		case "udp":
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo4, 0)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			base = c
+		default:
+			c, err := net.DialTimeout("tcp", tgt.lt4.String(), 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base = turn.NewSTUNConn(c)
+		}
+		tap := &tapConn{PacketConn: base, user: testUser, pass: testPass}
+		lf := logging.NewDefaultLoggerFactory()
+		lf.DefaultLogLevel = logging.LogLevelError
+		client, err := turn.NewClient(&turn.ClientConfig{
+			STUNServerAddr: tgt.lt4.String(), TURNServerAddr: tgt.lt4.String(), Conn: tap,
+			Username: testUser, Password: testPass, Realm: testRealm, LoggerFactory: lf,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := client.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close(); _ = tap.Close() })
+		relay, err := client.Allocate()
+		var te *stun.TurnError
+		switch {
+		case err == nil:
+			return &pionSession{client: client, relay: relay, tap: tap, server: tgt.lt4}, 0
+		case errors.As(err, &te):
+			return nil, int(te.ErrorCodeAttr.Code)
+		}
+		t.Fatalf("allocate over %s: %v", network, err)
+		return nil, 0
+	}
+	waitGone := func(relay netip.AddrPort, why string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for lookupAllocation(s, relay) != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("allocation %s still listed 5 s after %s", relay, why)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	mustRefuse := func(why string) {
+		t.Helper()
+		if _, code := allocate("udp"); code != int(stun.CodeAllocQuotaReached) {
+			t.Fatalf("%s: a second allocation for the user got code %d, want 486", why, code)
+		}
+	}
+
+	// 1. Refresh(0).
+	a, code := allocate("udp")
+	if code != 0 {
+		t.Fatalf("first allocation: code %d", code)
+	}
+	mustRefuse("while the first is live")
+	relay := a.relayAddr()
+	_ = a.relay.Close() // Refresh(lifetime=0)
+	waitGone(relay, "Refresh(0)")
+
+	// 2. The TCP connection closes without a Refresh.
+	b, code := allocate("tcp")
+	if code != 0 {
+		t.Fatalf("allocation after Refresh(0) freed the quota: code %d", code)
+	}
+	mustRefuse("while the TCP allocation is live")
+	relay = b.relayAddr()
+	_ = b.tap.PacketConn.Close() // the connection drops; pion never says goodbye
+	waitGone(relay, "its TCP connection closed")
+
+	// 3. Expiry after the client vanished.
+	c, code := allocate("udp")
+	if code != 0 {
+		t.Fatalf("allocation after the TCP connection closed: code %d (the quota was not given back)", code)
+	}
+	c.tap.blackhole.Store(true)
+	relay = c.relayAddr()
+	waitGone(relay, "its lifetime ran out")
+	if _, code := allocate("udp"); code != 0 {
+		t.Fatalf("allocation after the previous one expired: code %d (the quota was not given back)", code)
 	}
 }
