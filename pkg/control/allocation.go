@@ -82,6 +82,9 @@ type channel struct {
 	// cooling: the binding expired at expires and is kept, without
 	// forwarding, until expires+channelCooldown.
 	cooling bool
+	// ownPeer: the peer's IP is one of this server's addresses (set once
+	// at bind; the policy is fixed after Start).
+	ownPeer bool
 
 	offloaded bool
 	off       ChannelOffload

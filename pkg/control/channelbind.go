@@ -68,7 +68,7 @@ func (s *Server) handleChannelBind(r *reqCtx) {
 	// XOR-PEER-ADDRESS attribute as described in Section 9."
 	ch := a.chans[num]
 	if ch == nil {
-		ch = &channel{num: num, peer: peer}
+		ch = &channel{num: num, peer: peer, ownPeer: s.isOwnAddr(peer.Addr())}
 		a.chans[num] = ch
 		a.chanByPeer[peer] = ch
 	}

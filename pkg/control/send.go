@@ -56,7 +56,7 @@ func (s *Server) handleSend(r *reqCtx) {
 	s.stats.requests[mSend][resultIndex(0)].Add(1)
 	// "the server MUST ... set the DF bit ... if DONT-FRAGMENT"; the
 	// datagram's payload is the DATA value, sent from the relayed address.
-	a.toPeer(r.tx, rs, peer, data, r.now)
+	a.toPeer(r.tx, rs, peer, data, r.now, s.isOwnAddr(peer.Addr()))
 }
 
 // channelDataFromClient relays a ChannelData message from the client (RFC
@@ -78,15 +78,16 @@ func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 		s.stats.dropNoAllocation.Add(1)
 		return
 	}
-	now := time.Now()
+	now := s.coarseNow()
 	a.mu.RLock()
 	ch := a.chans[num]
 	var peer netip.AddrPort
 	var rs *relaySock
+	var own bool
 	ok := ch != nil && !ch.cooling && now.Before(ch.expires) && !a.dead
 	if ok {
 		ch.lastActivity.Store(now.UnixNano())
-		peer = ch.peer
+		peer, own = ch.peer, ch.ownPeer
 		rs = a.relays[famIndex(familyOf(peer.Addr()))]
 		ok = rs != nil && a.permittedLocked(peer.Addr(), now)
 	}
@@ -95,7 +96,7 @@ func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 		s.stats.dropNoChannel.Add(1)
 		return
 	}
-	a.toPeer(tx, rs, peer, p[4:4+l], now)
+	a.toPeer(tx, rs, peer, p[4:4+l], now, own)
 }
 
 // peerSendable is the send-time half of the peer policy: nothing relayed
@@ -117,10 +118,19 @@ func (s *Server) peerSendable(peer netip.AddrPort) bool {
 	return pol.allowedExplicitly(ip)
 }
 
-// toPeer sends payload from relay socket rs to peer.
-func (a *allocation) toPeer(tx dataplane.Tx, rs *relaySock, peer netip.AddrPort, payload []byte, now time.Time) {
+// isOwnAddr reports whether ip is one of this server's relay or listener
+// addresses, for which peerSendable must look at the port.
+func (s *Server) isOwnAddr(ip netip.Addr) bool {
+	pol := s.policy.Load()
+	return pol.relayIPs[ip] || pol.listenerIPs[ip]
+}
+
+// toPeer sends payload from relay socket rs to peer. own says the peer's IP
+// is one of ours (isOwnAddr, precomputed per channel: the policy does not
+// change after Start), in which case the port is checked too.
+func (a *allocation) toPeer(tx dataplane.Tx, rs *relaySock, peer netip.AddrPort, payload []byte, now time.Time, own bool) {
 	s := a.s
-	if !s.peerSendable(peer) {
+	if own && !s.peerSendable(peer) {
 		s.stats.dropPolicy.Add(1)
 		return
 	}
@@ -148,7 +158,7 @@ func (a *allocation) toPeer(tx dataplane.Tx, rs *relaySock, peer netip.AddrPort,
 // as a Data indication.
 func (a *allocation) fromPeer(tx dataplane.Tx, rs *relaySock, from netip.AddrPort, p []byte) {
 	s := a.s
-	now := time.Now()
+	now := s.coarseNow()
 	a.mu.RLock()
 	ok := !a.dead && a.permittedLocked(from.Addr(), now)
 	var num uint16

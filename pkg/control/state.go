@@ -247,7 +247,8 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		if _, dup := a.chanByPeer[c.Peer]; dup {
 			continue
 		}
-		ch := &channel{num: c.Number, peer: c.Peer, expires: c.Expires, cooling: !now.Before(c.Expires)}
+		ch := &channel{num: c.Number, peer: c.Peer, expires: c.Expires, cooling: !now.Before(c.Expires),
+			ownPeer: s.isOwnAddr(c.Peer.Addr())}
 		a.chans[c.Number] = ch
 		a.chanByPeer[c.Peer] = ch
 	}
