@@ -55,7 +55,8 @@
 // and each allocation has its own RWMutex guarding its lifetimes,
 // permissions and channels. Counters are typed atomics. A janitor goroutine
 // enforces lifetimes every 250 ms (the kernel checks expiry per packet on
-// its own). Relay sockets are closed off the handler goroutine, because a
+// its own), and the packet path reads a clock updated every 5 ms instead of
+// calling time.Now per packet. Relay sockets are closed off the handler goroutine, because a
 // datapath's Conn.Close waits for its receive loop.
 //
 // # Kernel offload (DESIGN.md invariants 1-3)
