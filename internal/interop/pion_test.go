@@ -85,10 +85,22 @@ func newPionSession(t *testing.T, network string, server netip.AddrPort, base ne
 	return newPionSessionTap(t, network, server, &tapConn{PacketConn: base, requestFamily: family})
 }
 
-// newPionSessionTap runs a pion client on tap and allocates.
+// newPionSessionTap runs a pion client on tap and allocates; t.Cleanup
+// closes everything.
 func newPionSessionTap(t *testing.T, network string, server netip.AddrPort, tap *tapConn) *pionSession {
 	t.Helper()
 	tap.user, tap.pass = testUser, testPass
+	p, err := openPion(server, tap)
+	if err != nil {
+		t.Fatalf("pion over %s to %s: %v", network, server, err)
+	}
+	t.Cleanup(p.close)
+	return p
+}
+
+// openPion starts a pion client on tap and allocates a UDP relay. On error
+// everything opened is closed again.
+func openPion(server netip.AddrPort, tap *tapConn) (*pionSession, error) {
 	pionServer := server.String()
 	if server.Addr().Is6() {
 		// See tapConn.realServer: pion only resolves "udp4" addresses.
@@ -110,21 +122,29 @@ func newPionSessionTap(t *testing.T, network string, server netip.AddrPort, tap 
 		LoggerFactory:  lf,
 	})
 	if err != nil {
-		t.Fatalf("new pion client: %v", err)
+		_ = tap.Close()
+		return nil, fmt.Errorf("new pion client: %w", err)
 	}
 	if err := client.Listen(); err != nil {
-		t.Fatalf("pion listen: %v", err)
-	}
-	t.Cleanup(func() {
 		client.Close()
 		_ = tap.Close()
-	})
+		return nil, fmt.Errorf("pion listen: %w", err)
+	}
 	relay, err := client.Allocate()
 	if err != nil {
-		t.Fatalf("pion allocate over %s to %s: %v", network, server, err)
+		client.Close()
+		_ = tap.Close()
+		return nil, fmt.Errorf("pion allocate: %w", err)
 	}
-	t.Cleanup(func() { _ = relay.Close() })
-	return &pionSession{client: client, relay: relay, tap: tap, server: server}
+	return &pionSession{client: client, relay: relay, tap: tap, server: server}, nil
+}
+
+// close deallocates (Refresh(0), unless the tap is a blackhole) and stops
+// the client. Safe to call twice.
+func (p *pionSession) close() {
+	_ = p.relay.Close()
+	p.client.Close()
+	_ = p.tap.Close()
 }
 
 // listenPeer opens the peer's UDP socket.
