@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 )
 
 // Topology is three namespaces in a line, the shape every end-to-end test
@@ -108,8 +109,11 @@ func NewTopology() (t *Topology, err error) {
 }
 
 func link(a *NS, aIf string, b *NS, bIf string) error {
-	tmpA := fmt.Sprintf("%s%d", "hrv", seq.Add(1))
-	tmpB := fmt.Sprintf("%s%d", "hrv", seq.Add(1))
+	// Temporary names live in the root namespace, where test binaries of
+	// other packages make theirs at the same time: the pid keeps them apart
+	// (and the whole name within IFNAMSIZ, 15 bytes).
+	tmpA := fmt.Sprintf("hv%d_%d", os.Getpid()%100000, seq.Add(1))
+	tmpB := fmt.Sprintf("hv%d_%d", os.Getpid()%100000, seq.Add(1))
 	if _, err := Run("link", "add", tmpA, "type", "veth", "peer", "name", tmpB); err != nil {
 		return fmt.Errorf("create veth: %w", err)
 	}
