@@ -326,8 +326,9 @@ type tapConn struct {
 	// first copy's response is lost (RFC 8489 section 6.2.1).
 	duplicate bool
 	// blackhole, once set, drops everything the client sends: a client
-	// that vanished without deallocating.
-	blackhole atomic.Bool
+	// that vanished without deallocating. dropRequests drops only its
+	// requests (its refreshes are lost, its data still flows).
+	blackhole, dropRequests atomic.Bool
 
 	mu         sync.Mutex
 	errorCodes map[string]int // "Method code" of error responses received
@@ -356,6 +357,9 @@ func (c *tapConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 				c.outSend.Add(1)
 			case m.Type.Class == stun.ClassRequest:
 				c.outRequests.Add(1)
+				if c.dropRequests.Load() {
+					return len(p), nil
+				}
 			}
 			raw := p
 			if c.requestFamily != 0 && m.Type == stun.NewType(stun.MethodAllocate, stun.ClassRequest) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -293,4 +294,103 @@ func TestQuotaRelease(t *testing.T) {
 	if _, code := allocate("udp"); code != 0 {
 		t.Fatalf("allocation after the previous one expired: code %d (the quota was not given back)", code)
 	}
+}
+
+// expiryGrace is how late after an allocation's expiry a relayed datagram
+// may still arrive: clock reads and scheduling, not a cleanup interval.
+const expiryGrace = 50 * time.Millisecond
+
+// TestExpiryPrecision keeps data flowing both ways through an allocation
+// whose refreshes are lost, and checks that relaying stops when the
+// allocation's lifetime ends (RFC 8656 section 7: the allocation expires
+// when its lifetime runs out), in both directions. The kernel fast path
+// checks the expiry on every packet (DESIGN.md, invariant 1) and passes
+// expired traffic up; userspace must then not forward what the kernel
+// would not, or a cleanup interval becomes a window of relaying past the
+// lifetime.
+func TestExpiryPrecision(t *testing.T) {
+	if referenceMode() {
+		t.Skip("needs hybridrelay's short lifetimes")
+	}
+	t.Parallel()
+	for _, dp := range datapaths() {
+		t.Run(dp, func(t *testing.T) {
+			t.Parallel()
+			tgt := startTarget(t, func(c *control.Config) {
+				c.Datapath = dp
+				c.DefaultLifetime = 2 * time.Second
+			})
+			p := dialPion(t, "udp", tgt.lt4, 0)
+			peer := listenPeer(t, lo4)
+			if err := p.client.CreatePermission(peer.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			for seq := 0; p.tap.outChannelData.Load() == 0; seq++ {
+				if err := clientToPeer(p, peer, payload(seq, 40)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p.tap.dropRequests.Store(true) // refreshes get lost from now on
+			time.Sleep(100 * time.Millisecond)
+			exp := findAllocation(t, tgt.hybridrelay, p.relayAddr()).Expires
+
+			lastToClient, lastToPeer := expiryTraffic(p, peer, exp.Add(time.Second))
+			t.Logf("allocation expiry %s; last datagram to the client %s after it, to the peer %s after it",
+				exp.Format("15:04:05.000"), lastToClient.Sub(exp), lastToPeer.Sub(exp))
+			for _, d := range []struct {
+				name string
+				last time.Time
+			}{{"peer -> client", lastToClient}, {"client -> peer", lastToPeer}} {
+				if d.last.Before(exp.Add(-500 * time.Millisecond)) {
+					t.Errorf("%s: traffic stopped %s before the expiry; the test measured nothing", d.name, exp.Sub(d.last))
+				}
+				if late := d.last.Sub(exp); late > expiryGrace {
+					t.Errorf("%s: relayed %s after the allocation expired (grace %s)", d.name, late.Round(time.Millisecond), expiryGrace)
+				}
+			}
+		})
+	}
+}
+
+// expiryTraffic sends a datagram each way every 2 ms until `until` and
+// returns when the last one arrived in each direction.
+func expiryTraffic(p *pionSession, peer *net.UDPConn, until time.Time) (lastToClient, lastToPeer time.Time) {
+	var wg sync.WaitGroup
+	wg.Add(4)
+	go func() { // peer sends
+		defer wg.Done()
+		for time.Now().Before(until) {
+			_, _ = peer.WriteToUDPAddrPort([]byte("from the peer"), p.relayAddr())
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	go func() { // client sends
+		defer wg.Done()
+		for time.Now().Before(until) {
+			_, _ = p.relay.WriteTo([]byte("from the client"), peer.LocalAddr())
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	go func() { // client receives
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for time.Now().Before(until) {
+			_ = p.relay.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if _, _, err := p.relay.ReadFrom(buf); err == nil {
+				lastToClient = time.Now()
+			}
+		}
+	}()
+	go func() { // peer receives
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for time.Now().Before(until) {
+			_ = peer.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if _, err := peer.Read(buf); err == nil {
+				lastToPeer = time.Now()
+			}
+		}
+	}()
+	wg.Wait()
+	return lastToClient, lastToPeer
 }
