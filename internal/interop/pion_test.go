@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,11 +66,14 @@ func dialPionFrom(t *testing.T, network string, server netip.AddrPort, local net
 			t.Fatalf("client socket: %v", err)
 		}
 		base = c
-	case "tcp":
+	case "tcp", "tcp-fragmented":
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)), Timeout: 3 * time.Second}
 		c, err := d.Dial("tcp", server.String())
 		if err != nil {
 			t.Fatalf("dial %s: %v", server, err)
+		}
+		if network == "tcp-fragmented" {
+			c = &fragmentingConn{Conn: c}
 		}
 		// RFC 8656 section 12.5: STUN and ChannelData framed on the stream.
 		base = turn.NewSTUNConn(c)
@@ -262,6 +266,7 @@ func pionMatrix(t *testing.T, dp string) {
 		{name: "tcp4", network: "tcp", server: tgt.lt4, relay: lo4, peerIP: lo4, strayIP: netip.MustParseAddr("127.0.0.3")},
 		{name: "tls4", network: "tls", server: tgt.lt4TLS, relay: lo4, peerIP: lo4, strayIP: netip.MustParseAddr("127.0.0.4")},
 		{name: "tcp6-ipv6-relay", network: "tcp", server: tgt.lt6, family: 0x02, relay: lo6, peerIP: lo6},
+		{name: "tcp4-fragmented", network: "tcp-fragmented", server: tgt.lt4, relay: lo4, peerIP: lo4},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -684,3 +689,36 @@ func (a rawXORPeer) AddTo(m *stun.Message) error {
 
 // magicCookie is STUN's fixed cookie (RFC 8489 section 5).
 const magicCookie = 0x2112A442
+
+// fragmentingConn writes every message in small pieces, each its own TCP
+// segment (Go sets TCP_NODELAY), with pauses between some of them: the
+// server must reassemble STUN and ChannelData frames from a byte stream
+// (RFC 8656 section 12.5), whatever the segment boundaries.
+type fragmentingConn struct {
+	net.Conn
+	mu sync.Mutex
+	n  int
+}
+
+func (c *fragmentingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	written := 0
+	for len(p) > 0 {
+		c.n++
+		k := 1 + c.n%7
+		if k > len(p) {
+			k = len(p)
+		}
+		m, err := c.Conn.Write(p[:k])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+		if c.n%5 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return written, nil
+}
