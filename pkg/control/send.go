@@ -45,7 +45,7 @@ func (s *Server) handleSend(r *reqCtx) {
 	// "If a permission does not exist for the peer IP address, the
 	// indication is discarded."
 	a.mu.RLock()
-	ok := a.permittedLocked(peer.Addr(), r.now) && !a.dead
+	ok := a.permittedLocked(peer.Addr(), r.now) && a.liveLocked(r.now)
 	rs := a.relays[famIndex(familyOf(peer.Addr()))]
 	a.mu.RUnlock()
 	if !ok || rs == nil {
@@ -84,7 +84,7 @@ func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 	var peer netip.AddrPort
 	var rs *relaySock
 	var own bool
-	ok := ch != nil && !ch.cooling && now.Before(ch.expires) && !a.dead
+	ok := ch != nil && !ch.cooling && now.Before(ch.expires) && a.liveLocked(now)
 	if ok {
 		ch.lastActivity.Store(now.UnixNano())
 		peer, own = ch.peer, ch.ownPeer
@@ -152,6 +152,16 @@ func (a *allocation) toPeer(tx dataplane.Tx, rs *relaySock, peer netip.AddrPort,
 	}
 }
 
+// liveLocked reports whether the allocation may relay at now: not deleted,
+// and not past its lifetime even if the janitor (every janitorInterval)
+// has not reaped it yet (RFC 8656 section 7: an allocation whose lifetime
+// has run out is deleted and relays nothing). The kernel path
+// checks the same expiry on every packet; userspace must not reopen the
+// window it closes. a.mu must be held.
+func (a *allocation) liveLocked(now time.Time) bool {
+	return !a.dead && now.Before(a.expires)
+}
+
 // fromPeer relays a datagram a peer sent to relay socket rs (RFC 8656
 // section 11.3 / 12.6): dropped without a permission for the peer IP; as
 // ChannelData when a channel is bound to the peer's transport address, else
@@ -160,7 +170,7 @@ func (a *allocation) fromPeer(tx dataplane.Tx, rs *relaySock, from netip.AddrPor
 	s := a.s
 	now := s.coarseNow()
 	a.mu.RLock()
-	ok := !a.dead && a.permittedLocked(from.Addr(), now)
+	ok := a.liveLocked(now) && a.permittedLocked(from.Addr(), now)
 	var num uint16
 	if ch := a.chanByPeer[from]; ok && ch != nil && !ch.cooling && now.Before(ch.expires) {
 		num = ch.num

@@ -122,8 +122,8 @@ type Server struct {
 
 	// clock is a coarse wall clock (unix ns) for the per-packet path,
 	// updated every clockInterval: reading the time was a quarter of the
-	// per-packet cost, and lifetimes are enforced at janitorInterval
-	// anyway.
+	// per-packet cost. Expiry checks on that path compare against it,
+	// so relaying stops at most clockInterval after a lifetime ends.
 	clock atomic.Int64
 
 	wg      sync.WaitGroup // listener accept loops, stream connections, janitor
