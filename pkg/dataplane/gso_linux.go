@@ -130,6 +130,7 @@ type gsoConn struct {
 	dp        *gsoDP
 	socks     []*gsoSock
 	local     netip.AddrPort
+	relay     bool
 	wg        sync.WaitGroup // one per socket goroutine
 	closeOnce sync.Once
 	closeErr  error
@@ -142,6 +143,10 @@ type gsoSock struct {
 	rc     syscall.RawConn
 	family int // AF_INET or AF_INET6
 	loop   int // index for LoopStats
+	relay  bool
+	// df: a relay socket under SetDontFragment(true) (IP_PMTUDISC_DO): a
+	// datagram refused with EMSGSIZE is dropped, never resent.
+	df     atomic.Bool
 	gsoOff atomic.Bool
 	ctr    sockCounters
 }
@@ -150,7 +155,7 @@ func (dp *gsoDP) open(addr netip.AddrPort, h Handler, n int, reuse bool) (Conn, 
 	if h == nil {
 		return nil, errors.New("open udp socket: nil handler")
 	}
-	c := &gsoConn{dp: dp}
+	c := &gsoConn{dp: dp, relay: !reuse}
 	lc := net.ListenConfig{Control: func(_, _ string, raw syscall.RawConn) error {
 		var serr error
 		if err := raw.Control(func(fd uintptr) { serr = dp.setup(int(fd), reuse) }); err != nil {
@@ -176,7 +181,7 @@ func (dp *gsoDP) open(addr netip.AddrPort, h Handler, n int, reuse bool) (Conn, 
 			c.local = uc.LocalAddr().(*net.UDPAddr).AddrPort()
 			bind = netip.AddrPortFrom(addr.Addr(), c.local.Port())
 		}
-		s := &gsoSock{conn: c, id: dp.nextID.Add(1), uc: uc, loop: i}
+		s := &gsoSock{conn: c, id: dp.nextID.Add(1), uc: uc, loop: i, relay: !reuse}
 		if !reuse {
 			s.loop = relayLoop
 		}
@@ -201,6 +206,13 @@ func (dp *gsoDP) open(addr netip.AddrPort, h Handler, n int, reuse bool) (Conn, 
 		}); err != nil || serr != nil {
 			closeAll()
 			return nil, fmt.Errorf("open udp socket %s: %w", bind, errors.Join(err, serr))
+		}
+		if s.relay {
+			// No DONT-FRAGMENT until the allocation says otherwise.
+			if err := setDontFragment(rc, c.local, false); err != nil {
+				closeAll()
+				return nil, fmt.Errorf("open udp socket %s: %w", bind, err)
+			}
 		}
 	}
 	dp.mu.Lock()
@@ -243,14 +255,22 @@ func (dp *gsoDP) setup(fd int, reuse bool) error {
 		dp.log.Debug("gso datapath: SO_SNDBUF", "err", err)
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
-	// IPv4 DF: with the default IP_PMTUDISC_WANT the kernel sets DF on a
-	// datagram that fits the path MTU, but decides for a UDP_SEGMENT send
-	// on the whole super-packet (__ip_make_skb: skb->len <= mtu), so GSO
-	// segments would leave without DF while plain's have it. IP_PMTUDISC_DO
-	// sets DF on everything; a datagram above the path MTU then fails with
-	// EMSGSIZE and is resent under WANT (sendFragmentable), fragmented as
-	// plain would. Harmless on IPv6-only sockets, which ignore it.
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+	if reuse {
+		// Listener IPv4 DF, the same as plain's listeners (kernel
+		// default IP_PMTUDISC_WANT: DF when the datagram fits the path
+		// MTU). The kernel path copies the peer's DF toward the client
+		// (RFC 8656 section 14, preferred behaviour); a UDP socket does
+		// not see the incoming DF without IP_RECVTOS-style cmsgs, so the
+		// userspace path follows section 14's alternate behaviour there.
+		// WANT itself cannot be used: it decides for a UDP_SEGMENT send
+		// on the whole super-packet (__ip_make_skb: skb->len <= mtu), so
+		// GSO segments would leave without DF. IP_PMTUDISC_DO sets DF on
+		// everything; a datagram above the path MTU then fails with
+		// EMSGSIZE and is resent under WANT (sendFragmentable),
+		// fragmented as plain would. Harmless on IPv6-only sockets.
+		// Relay sockets take their policy from SetDontFragment (open).
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+	}
 	if dp.feat.UDPGRO {
 		if err := unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_GRO, 1); err != nil {
 			return fmt.Errorf("UDP_GRO: %w", err)
@@ -265,12 +285,36 @@ func (c *gsoConn) LocalAddr() netip.AddrPort { return c.local }
 func (c *gsoConn) WriteTo(payload []byte, dst netip.AddrPort) error {
 	s := c.socks[0]
 	if _, err := s.uc.WriteToUDPAddrPort(payload, dst); err != nil {
-		s.ctr.txErrors.Add(1)
+		if s.df.Load() && errors.Is(err, syscall.EMSGSIZE) {
+			s.ctr.drops.Add(1) // above the path MTU with DONT-FRAGMENT
+		} else {
+			s.ctr.txErrors.Add(1)
+		}
 		return fmt.Errorf("send to %s: %w", dst, err)
 	}
 	s.ctr.singles.Add(1)
 	s.ctr.txPackets.Add(1)
 	s.ctr.txBytes.Add(uint64(len(payload)))
+	return nil
+}
+
+// SetDontFragment implements Conn (see datapath.go): IP_PMTUDISC_DO or
+// IP_PMTUDISC_DONT on a relay socket, a no-op on listeners. Either policy
+// gives every segment of a UDP_SEGMENT send the same DF bit. Under DONT a
+// run whose segments exceed the path MTU fails as a whole with EMSGSIZE
+// (udp_send_skb checks gso_size against the MTU) and is resent one datagram
+// per message, which the kernel fragments; under DO those datagrams are
+// refused again and dropped (Stats.Drops).
+func (c *gsoConn) SetDontFragment(on bool) error {
+	if !c.relay {
+		return nil
+	}
+	for _, s := range c.socks {
+		if err := setDontFragment(s.rc, c.local, on); err != nil {
+			return fmt.Errorf("relay socket %s: %w", c.local, err)
+		}
+		s.df.Store(on)
+	}
 	return nil
 }
 
@@ -816,8 +860,15 @@ func (st *batchState) sendMsgs(s *gsoSock, msgs []unix.Mmsghdr, iovs []unix.Iove
 			t.drops += uint64(len(msgs))
 			return
 		}
-		if e == unix.EMSGSIZE && len(msgs) > 0 && (s.family == unix.AF_INET || isMapped(&msgs[0])) {
+		if e == unix.EMSGSIZE && len(msgs) > 0 && !s.relay && (s.family == unix.AF_INET || isMapped(&msgs[0])) {
 			st.sendFragmentable(s, msgs[:1], iovs[:1])
+			msgs, iovs = msgs[1:], iovs[1:]
+			continue
+		}
+		if e == unix.EMSGSIZE && len(msgs) > 0 && s.df.Load() {
+			// A relay socket with DONT-FRAGMENT: above the path MTU,
+			// not sent, by design (RFC 8656 section 14).
+			t.drops++
 			msgs, iovs = msgs[1:], iovs[1:]
 			continue
 		}
@@ -857,8 +908,10 @@ func isMapped(m *unix.Mmsghdr) bool {
 	return netip.AddrFrom16(sa.Addr).Is4In6()
 }
 
-// sendFragmentable sends one IPv4 datagram larger than the path MTU the way
-// plain does: under IP_PMTUDISC_WANT, so the kernel fragments it without DF.
+// sendFragmentable sends one IPv4 datagram larger than the path MTU on a
+// listener socket the way plain does: under IP_PMTUDISC_WANT, so the kernel
+// fragments it without DF. (Relay sockets never toggle: their policy,
+// DO or DONT, is fixed by SetDontFragment.)
 // The socket is back to IP_PMTUDISC_DO when it returns. (Another goroutine
 // sending on the same socket meanwhile may see its datagrams leave without
 // DF; datagrams above the MTU are rare on a TURN relay.)

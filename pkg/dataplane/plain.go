@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // maxDatagram is the largest UDP payload a socket read accepts.
@@ -36,15 +37,22 @@ func NewPlain() Datapath {
 
 func (p *plain) Name() string { return "plain" }
 
+// Listen opens a listener socket. It keeps the kernel's default IPv4 DF
+// policy, IP_PMTUDISC_WANT: DF on every datagram that fits the path MTU,
+// larger ones fragmented without DF. The kernel path copies the peer's DF
+// toward the client (RFC 8656 section 14, preferred behaviour); a UDP
+// socket does not see the incoming DF (it would take IP_RECVTOS-style
+// cmsgs), so the userspace path follows section 14's alternate behaviour
+// there and does not copy it.
 func (p *plain) Listen(addr netip.AddrPort, h Handler) (Conn, error) {
-	return p.open(addr, h)
+	return p.open(addr, h, false)
 }
 
 func (p *plain) OpenRelay(addr netip.AddrPort, h Handler) (Conn, error) {
-	return p.open(addr, h)
+	return p.open(addr, h, true)
 }
 
-func (p *plain) open(addr netip.AddrPort, h Handler) (Conn, error) {
+func (p *plain) open(addr netip.AddrPort, h Handler, relay bool) (Conn, error) {
 	if h == nil {
 		return nil, errors.New("open udp socket: nil handler")
 	}
@@ -52,7 +60,19 @@ func (p *plain) open(addr netip.AddrPort, h Handler) (Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open udp socket %s: %w", addr, err)
 	}
-	c := &plainConn{dp: p, uc: uc, local: uc.LocalAddr().(*net.UDPAddr).AddrPort(), done: make(chan struct{})}
+	c := &plainConn{dp: p, uc: uc, local: uc.LocalAddr().(*net.UDPAddr).AddrPort(), relay: relay, done: make(chan struct{})}
+	if relay {
+		rc, err := uc.SyscallConn()
+		if err == nil {
+			c.rc = rc
+			// No DONT-FRAGMENT until the allocation says otherwise.
+			err = setDontFragment(rc, c.local, false)
+		}
+		if err != nil {
+			uc.Close()
+			return nil, fmt.Errorf("open udp socket %s: %w", addr, err)
+		}
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -118,7 +138,10 @@ func (p *plain) Close() error {
 type plainConn struct {
 	dp        *plain
 	uc        *net.UDPConn
+	rc        syscall.RawConn // relay sockets only
 	local     netip.AddrPort
+	relay     bool
+	df        atomic.Bool // SetDontFragment(true) applied
 	closeOnce sync.Once
 	done      chan struct{} // closed when readLoop has returned
 }
@@ -128,11 +151,29 @@ func (c *plainConn) LocalAddr() netip.AddrPort { return c.local }
 func (c *plainConn) WriteTo(payload []byte, dst netip.AddrPort) error {
 	ctr := &c.dp.counters
 	if _, err := c.uc.WriteToUDPAddrPort(payload, dst); err != nil {
-		ctr.txErrors.Add(1)
+		if c.df.Load() && errors.Is(err, syscall.EMSGSIZE) {
+			// Above the path MTU with DONT-FRAGMENT: not sent, by
+			// design (RFC 8656 section 14).
+			ctr.drops.Add(1)
+		} else {
+			ctr.txErrors.Add(1)
+		}
 		return fmt.Errorf("send to %s: %w", dst, err)
 	}
 	ctr.txPackets.Add(1)
 	ctr.txBytes.Add(uint64(len(payload)))
+	return nil
+}
+
+// SetDontFragment implements Conn (see datapath.go); a no-op on listeners.
+func (c *plainConn) SetDontFragment(on bool) error {
+	if !c.relay {
+		return nil
+	}
+	if err := setDontFragment(c.rc, c.local, on); err != nil {
+		return fmt.Errorf("relay socket %s: %w", c.local, err)
+	}
+	c.df.Store(on)
 	return nil
 }
 
