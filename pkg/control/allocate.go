@@ -2,6 +2,7 @@ package control
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -36,9 +37,11 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		r.fail(stun.CodeUnsupportedTransProto)
 		return
 	}
-	// Step 4: DONT-FRAGMENT is supported (the kernel path sets DF; the
-	// userspace path relies on the relay socket's default path MTU
-	// discovery, which sets DF on Linux).
+	// Step 4: DONT-FRAGMENT is supported: the kernel path sets DF on what
+	// it relays to the peer iff it was asked, and the relay sockets of the
+	// userspace path are set the same way (applyDontFragment) once they
+	// are known. Where the datapath cannot set DF (off Linux), the
+	// attribute is answered as an unknown comprehension-required one (420).
 	dontFrag := msg.Contains(stun.AttrDontFragment)
 
 	even, reserve, err := getEvenPort(msg)
@@ -169,6 +172,19 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		}
 	}
 
+	// Every relay socket of the allocation (both families of a dual one,
+	// a socket held by a reservation) gets the policy before the client
+	// learns the address, so nothing is relayed under another one.
+	if err := applyDontFragment(relays, dontFrag); err != nil {
+		s.closeRelays(relays)
+		if dontFrag && errors.Is(err, errors.ErrUnsupported) {
+			r.fail(stun.CodeUnknownAttribute, stun.UnknownAttributes{stun.AttrDontFragment})
+			return
+		}
+		s.log.Warn("relay socket dont-fragment", "err", err)
+		r.fail(stun.CodeServerError)
+		return
+	}
 	a.relays = relays
 	a.expires = r.now.Add(life)
 
@@ -228,6 +244,22 @@ func reasonOf(c stun.ErrorCode) string {
 		return string(ec.Reason)
 	}
 	return ""
+}
+
+// applyDontFragment sets the IPv4 DF policy of the relay sockets from the
+// allocation's DONT-FRAGMENT (RFC 8656 section 14: DF on every datagram
+// relayed to a peer iff asked, the same bit the kernel path writes;
+// dataplane.Conn.SetDontFragment). IPv6 sockets accept it as a no-op.
+func applyDontFragment(rs [2]*relaySock, on bool) error {
+	for _, r := range rs {
+		if r == nil {
+			continue
+		}
+		if err := r.conn.SetDontFragment(on); err != nil {
+			return fmt.Errorf("relay %s: %w", r.addr, err)
+		}
+	}
+	return nil
 }
 
 func (s *Server) closeRelays(rs [2]*relaySock) {

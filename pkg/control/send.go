@@ -54,8 +54,10 @@ func (s *Server) handleSend(r *reqCtx) {
 		return
 	}
 	s.stats.requests[mSend][resultIndex(0)].Add(1)
-	// "the server MUST ... set the DF bit ... if DONT-FRAGMENT"; the
-	// datagram's payload is the DATA value, sent from the relayed address.
+	// "the server MUST ... set the DF bit ... if DONT-FRAGMENT": the DF
+	// bit is the relay socket's policy, set from the allocation's
+	// DONT-FRAGMENT (applyDontFragment). The datagram's payload is the
+	// DATA value, sent from the relayed address.
 	a.toPeer(r.tx, rs, peer, data, r.now, s.isOwnAddr(peer.Addr()))
 }
 

@@ -226,6 +226,13 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		relays[i] = rs
 	}
 	s.ports.mu.Unlock()
+	// The state file keeps DONT-FRAGMENT: a restored allocation relays
+	// with the DF policy it was created with (RFC 8656 section 14).
+	if err := applyDontFragment(relays, sa.DontFragment); err != nil {
+		s.closeRelays(relays)
+		s.releaseQuota(quotaKey)
+		return fmt.Errorf("reopen relay: %w", err)
+	}
 
 	a := newAllocation(s, t, conn, sa.Username, sa.Created)
 	a.quotaKey = quotaKey
