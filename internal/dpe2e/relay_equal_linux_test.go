@@ -64,7 +64,8 @@ func traffic(dir byte) [][][]byte {
 	bursts = append(bursts, mk(40, 120, 60), mk(20, 1200, 0), mk(70, 100, 0), mk(16, 1400, 1399))
 	var odd [][]byte
 	// 3000 bytes is above the 1500-byte MTU: fragmented by the relay's
-	// kernel, without DF, on both datapaths.
+	// kernel, without DF, on both datapaths (relay sockets start without
+	// DONT-FRAGMENT, listeners fragment what does not fit).
 	for i, sz := range []int{1, 17, 1300, 2, 3000, 999, 1448, 64, 1201} {
 		p := bytes.Repeat([]byte{dir, byte(i)}, sz)[:sz]
 		if i == 0 {
@@ -366,6 +367,11 @@ func TestRelayBytesEqual(t *testing.T) {
 					}
 					if !bytes.Equal(a.L3, b.L3) {
 						t.Fatalf("%s datagram %d: ip header differs:\nplain %x\ngso   %x", dir.name, i, a.L3, b.L3)
+					}
+					// A relay socket without DONT-FRAGMENT never sets DF,
+					// like the kernel path (RFC 8656 section 14).
+					if !v6 && dir.name == "client->peer" && a.L3[6]&0x40 != 0 {
+						t.Fatalf("%s datagram %d: DF set without DONT-FRAGMENT", dir.name, i)
 					}
 				}
 				if frags != 3 {

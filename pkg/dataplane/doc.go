@@ -47,6 +47,18 @@
 // (IPv4) or 1452 (IPv6) so that each fits a 1500-byte MTU; larger
 // datagrams leave through sendmmsg, as they would with plain.
 //
+// # IPv4 DF
+//
+// A relay socket's DF policy follows its allocation's DONT-FRAGMENT
+// ([Conn.SetDontFragment], RFC 8656 section 14), so a datagram to the peer
+// carries the DF bit the XDP path would write: IP_PMTUDISC_DO (DF on every
+// datagram, one above the path MTU dropped and counted in Stats.Drops) or
+// IP_PMTUDISC_DONT (never DF, the kernel fragments), the latter from
+// OpenRelay on. Both give all segments of a UDP_SEGMENT send the same bit.
+// Listeners keep the kernel default's result (DF when the datagram fits the
+// path MTU, fragments without DF otherwise; gso gets it with IP_PMTUDISC_DO
+// and an oversize resend under IP_PMTUDISC_WANT). IPv6 has no DF.
+//
 // Socket buffers are [GSOOptions.SocketBuffer] (SO_RCVBUFFORCE, falling back
 // to SO_RCVBUF, same for send); SO_RXQ_OVFL is on and the kernel's drop
 // count is exported as Stats.RxKernelDrops. Per-loop counters are available
