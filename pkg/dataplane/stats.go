@@ -31,7 +31,7 @@ type Stats struct {
 	TxSingleSends uint64 `json:"tx_single_sends"` // one datagram, one syscall
 	TxErrors      uint64 `json:"tx_errors"`
 	GSOFallbacks  uint64 `json:"gso_fallbacks"` // sockets that turned GSO off for good
-	Drops         uint64 `json:"drops"`         // datagrams dropped in userspace (queue full, errors)
+	Drops         uint64 `json:"drops"`         // datagrams dropped in userspace (queue full, closed socket, above the path MTU under DONT-FRAGMENT)
 }
 
 // BatchBucket returns the index in BatchHistogramBuckets of a batch of n
