@@ -319,30 +319,14 @@ func (a *allocation) expire(now time.Time) {
 }
 
 // delete removes the allocation: offload entries first (so the kernel
-// stops forwarding), then the lookup entries, then the relay sockets.
+// stops forwarding), then the lookup entries, then the relay sockets, and
+// gives its quota back.
 func (a *allocation) delete(reason string) {
-	s := a.s
-	a.mu.Lock()
-	if a.dead {
-		a.mu.Unlock()
+	if !a.release(false) {
 		return
 	}
-	a.dead = true
-	for _, ch := range a.chans {
-		if ch.offloaded {
-			a.removeOffloadLocked(ch)
-		}
-	}
-	relays := a.relays
-	a.mu.Unlock()
-
-	s.allocs.CompareAndDelete(a.tuple, a)
+	s := a.s
 	s.releaseQuota(a.quotaKey)
-	for _, r := range relays {
-		if r != nil {
-			s.releaseRelay(r)
-		}
-	}
 	s.stats.allocationsDeleted.Add(1)
 	s.state.markDirty()
 	s.log.Debug("allocation deleted", "client", a.tuple.client, "transport", a.tuple.proto, "reason", reason)
@@ -351,11 +335,18 @@ func (a *allocation) delete(reason string) {
 // shutdown releases the allocation at server shutdown; with keepOffload the
 // kernel entries stay (restart without dropping media).
 func (a *allocation) shutdown(keepOffload bool) {
+	a.release(keepOffload)
+}
+
+// release marks the allocation dead, removes its kernel entries unless
+// keepOffload, takes it out of the lookup and closes its relay sockets. It
+// reports false when the allocation was already dead.
+func (a *allocation) release(keepOffload bool) bool {
 	s := a.s
 	a.mu.Lock()
 	if a.dead {
 		a.mu.Unlock()
-		return
+		return false
 	}
 	a.dead = true
 	for _, ch := range a.chans {
@@ -371,6 +362,7 @@ func (a *allocation) shutdown(keepOffload bool) {
 			s.releaseRelay(r)
 		}
 	}
+	return true
 }
 
 // pollKernel marks offloaded channels whose kernel counters moved since the
