@@ -7,7 +7,7 @@ PKGS      := ./...
 # Brief fuzzing for CI; `make fuzz FUZZTIME=5m` for real runs.
 FUZZTIME  ?= 10s
 
-.PHONY: all build test unit lint vet fmt-check generate check-generated run fuzz fuzz-brief bench clean
+.PHONY: all build test unit lint vet fmt-check generate check-generated run fuzz fuzz-brief bench bench-e2e clean
 
 all: build
 
@@ -52,6 +52,11 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 $(PKGS)
+
+# The network-namespace benchmark (root, ~45 min): xdp, gso, plain and the
+# direct path, alternating and repeated; see tools/bench-e2e.sh for knobs.
+bench-e2e: build
+	tools/bench-e2e.sh $(BIN)
 
 clean:
 	rm -rf bin
