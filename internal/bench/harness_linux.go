@@ -17,9 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
@@ -94,7 +91,7 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 	// XDP_TX or a redirect into a veth delivers nothing unless the other
 	// end runs an XDP program (DESIGN.md, veth facts): attach XDP_PASS to
 	// the outer ends for every variant, so all run on the same veth mode.
-	links, err := h.attachPass()
+	links, err := h.topo.AttachXDPPass()
 	if err != nil {
 		rep.Notes = append(rep.Notes, "XDP_PASS on the client and peer veths failed, the xdp variant cannot deliver: "+err.Error())
 	} else {
@@ -198,47 +195,6 @@ func buildRelay(ctx context.Context, moduleDir, dir string) (string, error) {
 		return "", fmt.Errorf("harness: go build ./cmd/hybridrelay: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return bin, nil
-}
-
-// attachPass attaches a two-instruction XDP_PASS program to the client's
-// and the peer's veth ends.
-func (h *harness) attachPass() ([]link.Link, error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.XDP,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, 2), // XDP_PASS
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load xdp_pass: %w", err)
-	}
-	defer prog.Close() // the links hold their own reference
-	var links []link.Link
-	for _, end := range []struct {
-		ns *netns.NS
-		If string
-	}{{h.topo.Client, h.topo.ClientIf}, {h.topo.Peer, h.topo.PeerIf}} {
-		var l link.Link
-		if err := end.ns.Do(func() error {
-			// Resolve the index through netlink from inside the namespace
-			// (/sys/class/net would be the host's).
-			ifc, err := net.InterfaceByName(end.If)
-			if err != nil {
-				return err
-			}
-			l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index})
-			return err
-		}); err != nil {
-			for _, l := range links {
-				l.Close()
-			}
-			return nil, fmt.Errorf("attach xdp_pass to %s in %s: %w", end.If, end.ns.Name, err)
-		}
-		links = append(links, l)
-	}
-	return links, nil
 }
 
 type family struct {

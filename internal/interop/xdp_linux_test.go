@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/hybridrelay/hybridrelay/internal/admin"
@@ -240,39 +237,18 @@ func buildRelayBinary(t *testing.T) string {
 }
 
 // attachXDPPass attaches an XDP_PASS program to the client's and the
-// peer's veth ends: XDP_TX or a redirect into a veth delivers nothing
-// unless the other end runs an XDP program (DESIGN.md, veth facts).
+// peer's veth ends for the test's lifetime (netns.Topology.AttachXDPPass).
 func attachXDPPass(t *testing.T, topo *netns.Topology) {
 	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.XDP,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, 2), // XDP_PASS
-			asm.Return(),
-		},
-	})
+	links, err := topo.AttachXDPPass()
 	if err != nil {
-		t.Fatalf("load xdp_pass: %v", err)
+		t.Fatal(err)
 	}
-	defer prog.Close() // the links hold their own reference
-	for _, end := range []struct {
-		ns *netns.NS
-		If string
-	}{{topo.Client, topo.ClientIf}, {topo.Peer, topo.PeerIf}} {
-		var l link.Link
-		if err := end.ns.Do(func() error {
-			ifc, err := net.InterfaceByName(end.If)
-			if err != nil {
-				return err
-			}
-			l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index})
-			return err
-		}); err != nil {
-			t.Fatalf("attach xdp_pass to %s in %s: %v", end.If, end.ns.Name, err)
+	t.Cleanup(func() {
+		for _, l := range links {
+			_ = l.Close()
 		}
-		t.Cleanup(func() { _ = l.Close() })
-	}
+	})
 }
 
 // strayFlood sends random datagrams from stray (an address in ns without a

@@ -1,0 +1,52 @@
+package netns
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	ebpflink "github.com/cilium/ebpf/link"
+)
+
+// AttachXDPPass attaches a two-instruction XDP_PASS program to the client's
+// and the peer's veth ends: XDP_TX or a redirect into a veth delivers
+// nothing unless the receiving end runs an XDP program (DESIGN.md, veth
+// facts). Closing the returned links detaches it; on error nothing stays
+// attached.
+func (t *Topology) AttachXDPPass() ([]ebpflink.Link, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:    ebpf.XDP,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 2), // XDP_PASS
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load xdp_pass: %w", err)
+	}
+	defer prog.Close() // the links hold their own reference
+	var links []ebpflink.Link
+	for _, end := range []struct {
+		ns *NS
+		If string
+	}{{t.Client, t.ClientIf}, {t.Peer, t.PeerIf}} {
+		idx, err := end.ns.Ifindex(end.If)
+		var l ebpflink.Link
+		if err == nil {
+			// The ifindex is the namespace's: attach from inside it.
+			err = end.ns.Do(func() (err error) {
+				l, err = ebpflink.AttachXDP(ebpflink.XDPOptions{Program: prog, Interface: idx})
+				return err
+			})
+		}
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			return nil, fmt.Errorf("attach xdp_pass to %s in %s: %w", end.If, end.ns.Name, err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
+}
