@@ -140,12 +140,14 @@ func (a *allocation) permittedLocked(ip netip.Addr, now time.Time) bool {
 // wantOffload reports whether ch may be forwarded by the kernel: an offload
 // exists, the client is on UDP, the peer's IP is not one of our relay IPs
 // (hairpin stays in userspace: XDP_TX cannot deliver to this host, and
-// neither can the kernel path deliver to any local address), and the
-// channel, its permission and the allocation are live.
+// neither can the kernel path deliver to any local address), the
+// allocation has no bandwidth limit (the kernel path does not meter, and it
+// must never forward what userspace would drop), and the channel, its
+// permission and the allocation are live.
 // Caller holds a.mu.
 func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOffload, bool) {
 	s := a.s
-	if s.off == nil || a.tuple.proto != tUDP || a.dead || ch.cooling {
+	if s.off == nil || a.tuple.proto != tUDP || a.bw != nil || a.dead || ch.cooling {
 		return ChannelOffload{}, false
 	}
 	if s.policy.Load().relayIPs[ch.peer.Addr()] {

@@ -286,6 +286,20 @@ func TestOffloadNotUsed(t *testing.T) {
 			t.Errorf("relay-to-relay channel offloaded: %+v", off.ops())
 		}
 	})
+	t.Run("bandwidth-limited allocation", func(t *testing.T) {
+		// The kernel path does not meter; with a limit every datagram
+		// must pass through the userspace token bucket.
+		off := newRecordingOffload()
+		s := startServer(t, withOffload(off), func(cfg *Config, _ *Options) { cfg.BandwidthLimit = 1 << 20 })
+		c := dialRaw(t, "udp", s.addr("udp"))
+		c.allocate()
+		if r := c.do(methodChannelBind, channelAttr(0x4005), peerAttr(netip.MustParseAddrPort("127.0.0.2:7105"))); code(r) != 0 {
+			t.Fatal(code(r))
+		}
+		if len(off.ops()) != 0 {
+			t.Errorf("bandwidth-limited channel offloaded: %+v", off.ops())
+		}
+	})
 }
 
 func TestOffloadFullStaysInUserspace(t *testing.T) {

@@ -290,6 +290,9 @@ func (s *Server) Start() error {
 	}
 	s.started = true
 	s.lnMu.Unlock()
+	if s.off != nil && s.cfg.BandwidthLimit > 0 {
+		s.log.Warn("bandwidth-limit is set: channels stay on the userspace path, which meters them; the kernel path does not", "bandwidth_limit", s.cfg.BandwidthLimit)
+	}
 
 	// The policy needs the final listener ports, but UDP listeners serve
 	// as soon as they are opened: bind first with a provisional policy,
