@@ -394,7 +394,10 @@ func TestServeDemoUser(t *testing.T) {
 		fmt.Sprintf("HYBRIDRELAY_MIN_PORT=%d", lo), fmt.Sprintf("HYBRIDRELAY_MAX_PORT=%d", hi),
 	}, "--datapath", "auto", "--log-format", "json")
 	// The credentials are printed just after "turn server started" is
-	// logged, so wait for the block's last line rather than read at once.
+	// logged, so wait for the block's last line rather than read at once;
+	// stdout and stderr are copied by separate goroutines, so wait for the
+	// warning on stderr too.
+	d.waitLog(t, "testing only", 10*time.Second)
 	out := d.stdout.String()
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out, "url: ") && time.Now().Before(deadline); out = d.stdout.String() {
 		time.Sleep(20 * time.Millisecond)
