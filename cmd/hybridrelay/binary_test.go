@@ -165,6 +165,22 @@ func (d *daemonProc) waitLog(t *testing.T, s string, timeout time.Duration, n ..
 	t.Fatalf("daemon did not log %q within %s", s, timeout)
 }
 
+// waitDemo waits until the demo user's warning is on stderr and its
+// credential block, which is printed after it, is complete on stdout
+// (os/exec copies the two streams through separate goroutines, so one
+// being there says nothing about the other), and returns stdout.
+func (d *daemonProc) waitDemo(t *testing.T, timeout time.Duration) string {
+	t.Helper()
+	d.waitLog(t, "no users or auth secrets configured", timeout)
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if out := d.stdout.String(); strings.Contains(out, "url: ") {
+			return out
+		}
+	}
+	t.Fatalf("demo credentials not printed within %s:\n%s", timeout, d.stdout.String())
+	return ""
+}
+
 // stop sends sig and waits for the exit code.
 func (d *daemonProc) stop(t *testing.T, sig os.Signal, within time.Duration) int {
 	t.Helper()
@@ -393,15 +409,7 @@ func TestServeDemoUser(t *testing.T) {
 		"HYBRIDRELAY_ADMIN_SOCKET=off",
 		fmt.Sprintf("HYBRIDRELAY_MIN_PORT=%d", lo), fmt.Sprintf("HYBRIDRELAY_MAX_PORT=%d", hi),
 	}, "--datapath", "auto", "--log-format", "json")
-	// The credentials are printed just after "turn server started" is
-	// logged, so wait for the block's last line rather than read at once;
-	// stdout and stderr are copied by separate goroutines, so wait for the
-	// warning on stderr too.
-	d.waitLog(t, "testing only", 10*time.Second)
-	out := d.stdout.String()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out, "url: ") && time.Now().Before(deadline); out = d.stdout.String() {
-		time.Sleep(20 * time.Millisecond)
-	}
+	out := d.waitDemo(t, 10*time.Second)
 	i := strings.Index(out, "password: ")
 	if i < 0 || !strings.Contains(out, "username: demo") {
 		t.Fatalf("demo credentials not printed:\n%s", out)

@@ -84,6 +84,7 @@ func TestServeAutoPicksXDP(t *testing.T) {
 		}
 	})
 	d.waitLog(t, "turn server started", 30*time.Second)
+	out := d.waitDemo(t, 10*time.Second)
 	log := d.stderr.String()
 	if !strings.Contains(log, `msg="datapath selected" datapath=xdp reason="auto: XDP attaches (`) {
 		t.Fatalf("auto did not pick xdp:\n%s", log)
@@ -207,6 +208,7 @@ func TestServeNoArguments(t *testing.T) {
 		}
 	})
 	d.waitLog(t, "turn server started", 30*time.Second)
+	out := d.waitDemo(t, 10*time.Second)
 	log := d.stderr.String()
 	for _, want := range []string{
 		`listeners="[{Network:udp Addr:0.0.0.0:3478} {Network:tcp Addr:0.0.0.0:3478}]"`,
@@ -218,7 +220,6 @@ func TestServeNoArguments(t *testing.T) {
 			t.Errorf("log lacks %q", want)
 		}
 	}
-	out := d.stdout.String()
 	i := strings.Index(out, "password: ")
 	if i < 0 {
 		t.Fatalf("no demo password printed:\n%s", out)
