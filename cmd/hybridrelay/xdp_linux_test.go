@@ -84,7 +84,6 @@ func TestServeAutoPicksXDP(t *testing.T) {
 		}
 	})
 	d.waitLog(t, "turn server started", 30*time.Second)
-	out := d.waitDemo(t, 10*time.Second)
 	log := d.stderr.String()
 	if !strings.Contains(log, `msg="datapath selected" datapath=xdp reason="auto: XDP attaches (`) {
 		t.Fatalf("auto did not pick xdp:\n%s", log)
