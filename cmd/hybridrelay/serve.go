@@ -178,11 +178,18 @@ func serveAction(c *cli.Context) error {
 	}
 	log.Info("configuration loaded", "file", src.fileName())
 
+	// Take the signals over before anything starts: SIGHUP's default
+	// action is to terminate, and one sent as soon as the server logs that
+	// it started must reload, not kill it. Signals that arrive during start
+	// wait in the channel.
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sig)
 	d := newDaemon(log, src, settings, c.App.Writer)
 	if err := d.start(); err != nil {
 		return err
 	}
-	return d.wait(c.Context)
+	return d.wait(c.Context, sig)
 }
 
 // daemon is one running `serve`: the control server, its datapath and
@@ -311,10 +318,7 @@ func randomPassword() (string, error) {
 }
 
 // wait serves until SIGTERM/SIGINT (or ctx ends), reloading on SIGHUP.
-func (d *daemon) wait(ctx context.Context) error {
-	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sig)
+func (d *daemon) wait(ctx context.Context, sig <-chan os.Signal) error {
 	for {
 		select {
 		case <-ctx.Done():
