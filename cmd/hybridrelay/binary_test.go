@@ -119,27 +119,34 @@ type daemonProc struct {
 
 func startDaemon(t *testing.T, env []string, args ...string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
-	d.cmd.Env = append(cleanEnv(), env...)
-	d.cmd.Stdout, d.cmd.Stderr = d.stdout, d.stderr
-	d.cmd.WaitDelay = 5 * time.Second
-	if err := d.cmd.Start(); err != nil {
+	return runDaemon(t, exec.Command(binary, append([]string{"serve"}, args...)...), env, 20*time.Second)
+}
+
+// runDaemon starts cmd (serve, run directly or through `ip netns exec`)
+// with env added to a clean environment, waits up to ready until it
+// serves, and kills it at cleanup, showing its output if the test failed.
+func runDaemon(t *testing.T, cmd *exec.Cmd, env []string, ready time.Duration) *daemonProc {
+	t.Helper()
+	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Env = append(cleanEnv(), env...)
+	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	go func() { d.err = cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		select {
 		case <-d.done:
 		default:
-			d.cmd.Process.Kill()
+			cmd.Process.Kill()
 			<-d.done
 		}
 		if t.Failed() {
 			t.Logf("daemon stderr:\n%s\nstdout:\n%s", d.stderr.String(), d.stdout.String())
 		}
 	})
-	d.waitLog(t, "turn server started", 20*time.Second)
+	d.waitLog(t, "turn server started", ready)
 	return d
 }
 

@@ -61,29 +61,10 @@ func TestServeAutoPicksXDP(t *testing.T) {
 		"--relay-ip", topo.RelayPeerV4.String(),
 		"--min-port", fmt.Sprint(lo), "--max-port", fmt.Sprint(hi),
 		"--user", "u:p", "--admin-socket", sock, "--bpffs", pinDir, "--metrics-listen", topo.RelayClientV4.String()+":9641")
-	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
-	cmd.WaitDelay = 5 * time.Second
 	// `ip netns exec` runs the daemon in its own mount namespace, so its
 	// pins live there and vanish with it; the check below looks inside it
 	// through the daemon's own log and the interface state.
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			cmd.Process.Kill()
-			<-d.done
-		}
-		if t.Failed() {
-			t.Logf("daemon stderr:\n%s", d.stderr.String())
-		}
-	})
-	d.waitLog(t, "turn server started", 30*time.Second)
+	d := runDaemon(t, cmd, nil, 30*time.Second)
 	log := d.stderr.String()
 	if !strings.Contains(log, `msg="datapath selected" datapath=xdp reason="auto: XDP attaches (`) {
 		t.Fatalf("auto did not pick xdp:\n%s", log)
@@ -186,27 +167,8 @@ func TestServeNoArguments(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { topo.Close() })
-	cmd := topo.Relay.Exec(binary, "serve")
-	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Env = append(cleanEnv(), "HYBRIDRELAY_ADMIN_SOCKET="+filepath.Join(t.TempDir(), "admin.sock"))
-	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			cmd.Process.Kill()
-			<-d.done
-		}
-		if t.Failed() {
-			t.Logf("stderr:\n%s\nstdout:\n%s", d.stderr.String(), d.stdout.String())
-		}
-	})
-	d.waitLog(t, "turn server started", 30*time.Second)
+	d := runDaemon(t, topo.Relay.Exec(binary, "serve"),
+		[]string{"HYBRIDRELAY_ADMIN_SOCKET=" + filepath.Join(t.TempDir(), "admin.sock")}, 30*time.Second)
 	out := d.waitDemo(t, 10*time.Second)
 	log := d.stderr.String()
 	for _, want := range []string{
@@ -343,28 +305,7 @@ func scrapeInNS(t *testing.T, ns *netns.NS, url string) string {
 // startInNS starts serve inside ns with args and waits until it serves.
 func startInNS(t *testing.T, ns *netns.NS, args ...string) *daemonProc {
 	t.Helper()
-	cmd := ns.Exec(binary, append([]string{"serve"}, args...)...)
-	d := &daemonProc{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Env = cleanEnv()
-	cmd.Stdout, cmd.Stderr = d.stdout, d.stderr
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			cmd.Process.Kill()
-			<-d.done
-		}
-		if t.Failed() {
-			t.Logf("daemon stderr:\n%s", d.stderr.String())
-		}
-	})
-	d.waitLog(t, "turn server started", 30*time.Second)
-	return d
+	return runDaemon(t, ns.Exec(binary, append([]string{"serve"}, args...)...), nil, 30*time.Second)
 }
 
 // TestServeRestartKeepsKernelPath: with a state file, SIGTERM is a restart:
