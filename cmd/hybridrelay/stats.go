@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -266,9 +267,9 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 	if srv := s.Server; srv != nil {
 		fmt.Fprintf(w, "\nrequests (method: result count)\n")
 		printed := false
-		for _, m := range sortedKeys(srv.Requests) {
+		for _, m := range slices.Sorted(maps.Keys(srv.Requests)) {
 			var parts []string
-			for _, r := range sortedKeys(srv.Requests[m]) {
+			for _, r := range slices.Sorted(maps.Keys(srv.Requests[m])) {
 				if v := srv.Requests[m][r]; v > 0 {
 					parts = append(parts, fmt.Sprintf("%s %d", r, v))
 				}
@@ -326,7 +327,7 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 
 func printCounterLine(w io.Writer, title string, m map[string]uint64) {
 	var parts []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if m[k] > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
 		}
@@ -368,13 +369,4 @@ func humanRate(v float64, unit string) string {
 		return fmt.Sprintf("%.1fk%s", v/1e3, unit)
 	}
 	return fmt.Sprintf("%.0f%s", v, unit)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

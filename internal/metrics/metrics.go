@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,11 +93,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dAllocEvents, srv.AllocationsCreated, "created")
 		counter(dAllocEvents, srv.AllocationsExpired, "expired")
 		counter(dAllocEvents, srv.AllocationsDeleted, "deleted")
-		for _, k := range sortedKeys(srv.AuthFailures) {
+		for _, k := range slices.Sorted(maps.Keys(srv.AuthFailures)) {
 			counter(dAuthFailures, srv.AuthFailures[k], k)
 		}
-		for _, m := range sortedKeys(srv.Requests) {
-			for _, r := range sortedKeys(srv.Requests[m]) {
+		for _, m := range slices.Sorted(maps.Keys(srv.Requests)) {
+			for _, r := range slices.Sorted(maps.Keys(srv.Requests[m])) {
 				counter(dRequests, srv.Requests[m][r], m, r)
 			}
 		}
@@ -105,7 +106,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dBytes, srv.UserspaceToPeer.Bytes, userspace, "to_peer")
 		counter(dBytes, srv.UserspaceToClient.Bytes, userspace, "to_client")
 		counter(dDataIndications, srv.DataIndications)
-		for _, k := range sortedKeys(srv.Drops) {
+		for _, k := range slices.Sorted(maps.Keys(srv.Drops)) {
 			counter(dDrops, srv.Drops[k], k)
 		}
 		for _, e := range []struct {
@@ -123,7 +124,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dPackets, k.Counters["fwd_to_client_packets"], "xdp", "to_client")
 		counter(dBytes, k.Counters["fwd_to_peer_bytes"], "xdp", "to_peer")
 		counter(dBytes, k.Counters["fwd_to_client_bytes"], "xdp", "to_client")
-		for _, name := range sortedKeys(k.Counters) {
+		for _, name := range slices.Sorted(maps.Keys(k.Counters)) {
 			if reason, ok := strings.CutPrefix(name, "pass_"); ok {
 				counter(dKernelPass, k.Counters[name], reason)
 			}
@@ -157,15 +158,6 @@ func batchHistogram(d *dataplane.Stats, datapath string) prometheus.Metric {
 		buckets[float64(bound)] = cum
 	}
 	return prometheus.MustNewConstHistogram(dBatchSize, cum, float64(d.RxPackets), buckets, datapath)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // Server is the HTTP endpoint.
