@@ -74,15 +74,7 @@ func TestServeAutoPicksXDP(t *testing.T) {
 		t.Fatalf("no XDP program on %s: %s %v", topo.RelayClientIf, linkOut, err)
 	}
 
-	var c *net.UDPConn
-	if err := topo.Client.Do(func() error {
-		var err error
-		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: topo.RelayClientV4.AsSlice(), Port: 3478})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialFromClient(t, topo)
 	res := stunRoundTrip(t, c, stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint))
 	var xor stun.XORMappedAddress
 	if err := xor.GetFrom(res); err != nil || !xor.IP.Equal(topo.ClientV4.AsSlice()) {
@@ -190,15 +182,7 @@ func TestServeNoArguments(t *testing.T) {
 		!strings.Contains(out, "url: turn:"+topo.RelayPeerV4.String()+":3478?transport=udp") {
 		t.Errorf("printed URLs do not name a relay address:\n%s", out)
 	}
-	var c *net.UDPConn
-	if err := topo.Client.Do(func() error {
-		var err error
-		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: topo.RelayClientV4.AsSlice(), Port: 3478})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialFromClient(t, topo)
 	if res := allocate(t, c, "demo", pass); res.Type != stun.NewType(stun.MethodAllocate, stun.ClassSuccessResponse) {
 		t.Fatalf("Allocate with the printed demo user: %v", res)
 	}
@@ -302,6 +286,21 @@ func scrapeInNS(t *testing.T, ns *netns.NS, url string) string {
 	return string(b)
 }
 
+// dialFromClient opens a UDP socket in the client namespace connected to
+// the relay's listener (198.18.0.2:3478), closed when the test ends.
+func dialFromClient(t *testing.T, topo *netns.Topology) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := topo.Client.Do(func() (err error) {
+		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: topo.RelayClientV4.AsSlice(), Port: 3478})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // startInNS starts serve inside ns with args and waits until it serves.
 func startInNS(t *testing.T, ns *netns.NS, args ...string) *daemonProc {
 	t.Helper()
@@ -338,15 +337,7 @@ func TestServeRestartKeepsKernelPath(t *testing.T) {
 		"--bpffs", pins, "--state-file", filepath.Join(dir, "state.json"), "--admin-socket", sock}
 
 	d := startInNS(t, topo.Relay, args...)
-	var c *net.UDPConn
-	if err := topo.Client.Do(func() error {
-		var err error
-		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: topo.RelayClientV4.AsSlice(), Port: 3478})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialFromClient(t, topo)
 	bindChannel(t, c, "u", "p", topo.PeerV4.String()+":9000", 0x4123)
 	if got := sendChannelData(t, topo, c, 0x4123, 9000, 10); got != 10 {
 		t.Fatalf("before restart: peer got %d of 10", got)
