@@ -46,8 +46,10 @@
 /* c2p_val.flags */
 #define HR_F_DONT_FRAGMENT 0x1
 
-/* Defaults for map sizes; the loader overrides max_entries before load. */
+/* Defaults for map sizes; the loader overrides max_entries before load
+ * (the egress table gets two slots per channel: one per direction). */
 #define HR_DEFAULT_MAX_CHANNELS 1024
+#define HR_DEFAULT_MAX_EGRESS   2048
 #define HR_MAX_IFACES           64
 
 /* Indexes of the per-CPU counters array. Every XDP_PASS has exactly one
@@ -61,9 +63,15 @@ enum hr_counter {
 	HR_CNT_PASS_NO_ENTRY,        /* ChannelData-shaped, no channel/peer entry */
 	HR_CNT_PASS_EXPIRED,         /* entry found, expiry passed */
 	HR_CNT_PASS_TOO_BIG,         /* result exceeds egress MTU */
-	HR_CNT_PASS_NO_NEIGH,        /* fib: no neighbour for the next hop */
-	HR_CNT_PASS_NOT_FORWARDED,   /* fib: local (hairpin), unreachable, forwarding off */
-	HR_CNT_PASS_NO_EGRESS,       /* egress device not in tx_ports / VLAN mismatch */
+	/* Egress reasons: the control plane resolves every destination
+	 * (route, neighbour, link) into the egress table and stores the
+	 * reason a destination cannot be forwarded to in its entry. */
+	HR_CNT_PASS_NO_NEIGH,        /* next hop's link-layer address unresolved (ARP/ND) */
+	HR_CNT_PASS_NO_ROUTE,        /* no route: unreachable, blackhole, prohibit */
+	HR_CNT_PASS_LOCAL,           /* destination is this host (relay-to-relay hairpin) */
+	HR_CNT_PASS_LINK_DOWN,       /* egress link down */
+	HR_CNT_PASS_NO_NEXTHOP,      /* egress not resolved (yet), or no such slot */
+	HR_CNT_PASS_NO_EGRESS,       /* egress device not transmittable: not in tx_ports, VLAN mismatch, not Ethernet */
 	HR_CNT_PASS_NOT_CHANNELDATA, /* UDP, not ChannelData, no peer entry */
 	HR_CNT_PASS_MALFORMED,       /* truncated, inconsistent lengths, bad IPv4 header checksum */
 	HR_CNT_PASS_HEADROOM,        /* bpf_xdp_adjust_head(-4) refused */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
 /* Every map of the program. The control plane is the only writer of the
- * entry maps (DESIGN.md invariant 2); the program writes counters only. */
+ * entry maps (docs/design.md "Kernel-path invariants"); the program writes counters only. */
 #ifndef HR_MAPS_H
 #define HR_MAPS_H
 
@@ -29,17 +29,17 @@ struct {
 	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
 } p2c_channels SEC(".maps");
 
-/* Per-channel usage counters indexed by the entries' slot; sized like the
- * entry maps. */
+/* Per-channel usage counters indexed by the entries' slot, per CPU; sized
+ * like the entry maps. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct chan_stats);
 	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
 } chan_usage SEC(".maps");
 
 /* Global counters, indexed by enum hr_counter; per-CPU so the hot path
- * never contends (DESIGN.md invariant 7). Userspace sums the CPUs. */
+ * never contends (docs/design.md "Kernel-path invariants"). Userspace sums the CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
@@ -56,14 +56,16 @@ struct {
 	__uint(max_entries, HR_MAX_IFACES);
 } tx_ports SEC(".maps");
 
-/* VLAN devices (by ifindex) the fib may return as egress, with their parent
- * and tag. Tagged frames are only sent back out their own parent with the
- * mapped tag (XDP_TX); anything else is passed. */
+/* The egress table: one slot per destination in use, shared by every
+ * channel entry that sends there (the entries carry the slot index). An
+ * array so the lookup is inlined; the control plane rewrites a slot in
+ * place when a route, neighbour or link changes, so a failover never
+ * touches the channel entries. Sized 2 x max channels by the loader. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, struct vlan_egress);
-	__uint(max_entries, HR_MAX_IFACES);
-} vlan_devs SEC(".maps");
+	__type(value, struct egress_entry);
+	__uint(max_entries, HR_DEFAULT_MAX_EGRESS);
+} egress SEC(".maps");
 
 #endif

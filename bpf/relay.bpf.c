@@ -5,13 +5,15 @@
  *   client -> listener  ChannelData(ch, data)  ==>  relay -> peer     data
  *   peer   -> relay     data                   ==>  listener -> client ChannelData(ch, data)
  *
- * Invariants (DESIGN.md "Invariants for the kernel path"):
+ * Invariants (docs/design.md "Kernel-path invariants"):
  *  - only entries the control plane installed after a successful
  *    ChannelBind are forwarded, and only before their expiry (checked on
  *    every packet against bpf_ktime_get_ns, CLOCK_MONOTONIC);
  *  - everything else is XDP_PASS, unmodified: the program never returns
- *    XDP_DROP or XDP_ABORTED, and it decides egress (bpf_fib_lookup, MTU,
- *    devmap) before it touches the packet;
+ *    XDP_DROP or XDP_ABORTED, and it decides egress (the egress slot the
+ *    control plane resolved, MTU, devmap) before it touches the packet;
+ *  - egress never depends on the host forwarding IP: bpf_fib_lookup is
+ *    not used (it refuses every lookup when forwarding is off);
  *  - checksums are updated incrementally (RFC 1624); a zero IPv4 UDP
  *    checksum stays zero;
  *  - counters are per-CPU, per-channel usage is in chan_stats.
@@ -56,97 +58,77 @@ static __attribute__((noinline)) int hr_pass(enum hr_counter reason)
 
 static __always_inline void hr_chan_count(__u32 slot, const int to_peer, __u64 bytes)
 {
+	/* Per-CPU slot: both directions of a channel may run on different
+	 * CPUs without sharing a cache line, and no atomics are needed. */
 	struct chan_stats *s = bpf_map_lookup_elem(&chan_usage, &slot);
 	if (!s)
 		return;
-	/* Both directions of a channel may run on different CPUs. */
 	if (to_peer) {
-		__sync_fetch_and_add(&s->to_peer_packets, 1);
-		__sync_fetch_and_add(&s->to_peer_bytes, bytes);
+		s->to_peer_packets++;
+		s->to_peer_bytes += bytes;
 	} else {
-		__sync_fetch_and_add(&s->to_client_packets, 1);
-		__sync_fetch_and_add(&s->to_client_bytes, bytes);
+		s->to_client_packets++;
+		s->to_client_bytes += bytes;
 	}
 }
 
-/* Route the rewritten packet. Returns XDP_TX or XDP_REDIRECT, or XDP_PASS
- * with *reason set. Nothing is modified here. For tagged frames *tci is
- * the tag to send with. */
-static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p,
-				     struct bpf_fib_lookup *fib, __u16 *tci, __u32 *reason)
+/* Decide how the rewritten packet leaves, from the egress slot the control
+ * plane resolved for its destination (docs/design.md "Egress"). Returns
+ * XDP_TX or XDP_REDIRECT with *eg set, or XDP_PASS with *reason set.
+ * Nothing is modified here. l3_total is the rewritten IP packet's length;
+ * for tagged frames *tci is the tag to send with. */
+static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p, __u32 slot,
+				     __u32 l3_total, const struct egress_entry **eg, __u16 *tci,
+				     __u32 *reason)
 {
-	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-	switch (rc) {
-	case BPF_FIB_LKUP_RET_SUCCESS:
-		break;
-	case BPF_FIB_LKUP_RET_NO_NEIGH:
-		*reason = HR_CNT_PASS_NO_NEIGH;
-		return XDP_PASS;
-	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		*reason = HR_CNT_PASS_TOO_BIG;
-		return XDP_PASS;
-	default:
-		/* Local destination (hairpin to one of our own relay
-		 * addresses: the stack delivers it), unreachable, blackhole,
-		 * forwarding disabled on the ingress device, ... */
-		*reason = HR_CNT_PASS_NOT_FORWARDED;
+	const struct egress_entry *e = bpf_map_lookup_elem(&egress, &slot);
+	if (!e) {
+		*reason = HR_CNT_PASS_NO_NEXTHOP;
 		return XDP_PASS;
 	}
-	__u32 out = fib->ifindex;
+	if (e->pass) {
+		/* Unresolved neighbour, no route, local, link down, ...:
+		 * the stack gets the packet unmodified. */
+		*reason = e->pass;
+		return XDP_PASS;
+	}
+	if (l3_total > e->mtu) {
+		*reason = HR_CNT_PASS_TOO_BIG;
+		return XDP_PASS;
+	}
+	*eg = e;
 	__u32 in = ctx->ingress_ifindex;
+	/* The frame keeps its L2 length: a tagged frame leaves tagged (with
+	 * the egress VLAN's tag, out of its own parent), an untagged one
+	 * untagged. Anything else is left to the stack. */
 	if (p->has_vlan) {
-		/* A tagged frame can only go back out its own parent with
-		 * the tag of the egress VLAN device. */
-		struct vlan_egress *vl = bpf_map_lookup_elem(&vlan_devs, &out);
-		if (!vl || vl->parent_ifindex != in) {
+		if (!e->vlan_id || e->ifindex != in) {
 			*reason = HR_CNT_PASS_NO_EGRESS;
 			return XDP_PASS;
 		}
-		*tci = (p->vlan_tci & 0xF000) | (vl->vid & 0x0FFF);
+		*tci = (p->vlan_tci & 0xF000) | (e->vlan_id & 0x0FFF);
 		return XDP_TX;
 	}
-	/* Untagged: the ingress device itself, or a device in the devmap.
-	 * A VLAN device is neither (the loader keeps them out of tx_ports),
-	 * so untagged-in/tagged-out is passed without a vlan_devs lookup. */
-	if (out == in)
+	if (e->vlan_id) {
+		*reason = HR_CNT_PASS_NO_EGRESS;
+		return XDP_PASS;
+	}
+	if (e->ifindex == in)
 		return XDP_TX;
-	if (!bpf_map_lookup_elem(&tx_ports, &out)) {
+	/* A redirect to a device not in the devmap would drop the packet
+	 * after it was rewritten: check first. */
+	if (!bpf_map_lookup_elem(&tx_ports, &e->ifindex)) {
 		*reason = HR_CNT_PASS_NO_EGRESS;
 		return XDP_PASS;
 	}
 	return XDP_REDIRECT;
 }
 
-static __always_inline void hr_fib_init(struct bpf_fib_lookup *fib, struct xdp_md *ctx,
-					const struct hr_pkt *p, const int v6,
-					const __u8 *src, const __u8 *dst,
-					__be16 sport, __be16 dport, __u16 l3_total)
-{
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->l4_protocol = HR_IPPROTO_UDP;
-	fib->sport = sport;
-	fib->dport = dport;
-	fib->tot_len = l3_total; /* the MTU check uses the rewritten size */
-	fib->ifindex = ctx->ingress_ifindex;
-	if (v6) {
-		fib->family = HR_AF_INET6;
-		/* traffic class + flow label of the incoming packet */
-		fib->flowinfo = *(const __be32 *)&p->ip6 & bpf_htonl(0x0FFFFFFF);
-		__builtin_memcpy(fib->ipv6_src, src, 16);
-		__builtin_memcpy(fib->ipv6_dst, dst, 16);
-	} else {
-		fib->family = HR_AF_INET;
-		fib->tos = p->ip4.tos;
-		__builtin_memcpy(&fib->ipv4_src, src, 4);
-		__builtin_memcpy(&fib->ipv4_dst, dst, 4);
-	}
-}
-
 /* Write the new L2-L4 headers at the start of the (already resized)
  * packet. hdrs = l2 + l3 + UDP. Returns 0, or -1 if the packet is
  * shorter than the headers (cannot happen after a successful resize). */
 static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_pkt *p,
-					    const struct bpf_fib_lookup *fib, __u16 tci,
+					    const struct egress_entry *eg, __u16 tci,
 					    const void *ip, const struct udphdr *udp,
 					    const __u32 l2, const int v6)
 {
@@ -157,8 +139,8 @@ static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_
 	if (data + l2 + l3 + HR_UDP_HLEN > end)
 		return -1;
 	struct ethhdr *eth = data;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eg->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eg->smac, ETH_ALEN);
 	eth->h_proto = p->eth.h_proto;
 	if (l2 > HR_ETH_HLEN) {
 		struct hr_vlan_hdr *vh = data + HR_ETH_HLEN;
@@ -170,13 +152,48 @@ static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_
 	return 0;
 }
 
-/* Resize the packet from its current length to want bytes at the tail. */
+/* Resize the packet from its current length to want bytes at the tail.
+ * The program does not set xdp.frags, so the frame is one buffer and its
+ * length is data_end - data. */
 static __always_inline int hr_trim(struct xdp_md *ctx, __u32 want)
 {
-	__u32 have = bpf_xdp_get_buff_len(ctx);
+	__u32 have = ctx->data_end - ctx->data;
 	if (have > want)
 		return bpf_xdp_adjust_tail(ctx, -(int)(have - want));
 	return 0;
+}
+
+/* Commit a rewrite decided by hr_egress: move the packet start by
+ * head_delta (+4 drops the ChannelData header, -4 makes room for one; the
+ * headers are rewritten from the stack copies at the new start, never
+ * moved in place), cut the packet to want bytes (padding, Ethernet
+ * trailer) and write the new headers. Returns 0, or the pass reason if
+ * the packet could not be changed: a failed head move leaves it as it
+ * was; the later steps cannot fail for a packet that parsed. */
+static __always_inline __u32 hr_commit(struct xdp_md *ctx, const struct hr_pkt *p,
+				       const struct egress_entry *eg, __u16 tci, const void *ip,
+				       const struct udphdr *udp, const __u32 l2, const int v6,
+				       const int head_delta, __u32 want)
+{
+	if (bpf_xdp_adjust_head(ctx, head_delta))
+		return head_delta < 0 ? HR_CNT_PASS_HEADROOM : HR_CNT_PASS_MALFORMED;
+	if (hr_trim(ctx, want))
+		return HR_CNT_PASS_MALFORMED;
+	if (hr_write_headers(ctx, p, eg, tci, ip, udp, l2, v6))
+		return HR_CNT_PASS_MALFORMED;
+	return 0;
+}
+
+/* Count a forwarded packet and send it the way hr_egress chose. */
+static __always_inline int hr_send(int action, const struct egress_entry *eg, const int to_peer,
+				   __u32 slot, __u32 bytes)
+{
+	hr_count(to_peer ? HR_CNT_FWD_TO_PEER_PACKETS : HR_CNT_FWD_TO_CLIENT_PACKETS, 1);
+	hr_count(to_peer ? HR_CNT_FWD_TO_PEER_BYTES : HR_CNT_FWD_TO_CLIENT_BYTES, bytes);
+	hr_chan_count(slot, to_peer, bytes);
+	if (action == XDP_REDIRECT)
+		return bpf_redirect_map(&tx_ports, eg->ifindex, XDP_PASS);
+	return action;
 }
 
 /* client -> peer: strip the ChannelData header and padding, rewrite to
@@ -270,32 +287,17 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 			u.check = 0xFFFF;
 	}
 
-	struct bpf_fib_lookup fib;
-	hr_fib_init(&fib, ctx, p, v6, v->relay_addr, v->peer_addr, v->relay_port, v->peer_port,
-		    l3 + new_ulen);
+	const struct egress_entry *eg = 0;
 	__u16 tci = 0;
 	__u32 reason = HR_CNT_PASS_OTHER;
-	int action = hr_egress(ctx, p, &fib, &tci, &reason);
-	if (action == XDP_PASS)
+	int action = hr_egress(ctx, p, v->egress, l3 + new_ulen, &eg, &tci, &reason);
+	if (action == XDP_PASS || !eg)
 		return hr_pass(reason);
-
-	/* Commit: drop the 4 header bytes by moving the start forward (the
-	 * headers are rewritten from the stack copies) and cut the padding
-	 * and any Ethernet trailer. Neither can fail for a packet that
-	 * parsed; if one did, the stack gets (and drops) the remains. */
-	if (bpf_xdp_adjust_head(ctx, HR_CHANNELDATA_HLEN))
-		return hr_pass(HR_CNT_PASS_MALFORMED);
-	if (hr_trim(ctx, hdrs + cd_len))
-		return hr_pass(HR_CNT_PASS_MALFORMED);
-	if (hr_write_headers(ctx, p, &fib, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6))
-		return hr_pass(HR_CNT_PASS_MALFORMED);
-
-	hr_count(HR_CNT_FWD_TO_PEER_PACKETS, 1);
-	hr_count(HR_CNT_FWD_TO_PEER_BYTES, cd_len);
-	hr_chan_count(v->slot, 1, cd_len);
-	if (action == XDP_REDIRECT)
-		return bpf_redirect_map(&tx_ports, fib.ifindex, XDP_PASS);
-	return action;
+	reason = hr_commit(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6,
+			   HR_CHANNELDATA_HLEN, hdrs + cd_len);
+	if (reason)
+		return hr_pass(reason);
+	return hr_send(action, eg, 1, v->slot, cd_len);
 }
 
 /* peer -> client: prepend ChannelData(channel, length) and rewrite to
@@ -361,24 +363,16 @@ static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt 
 			u.check = 0xFFFF;
 	}
 
-	struct bpf_fib_lookup fib;
-	hr_fib_init(&fib, ctx, p, v6, v->listener_addr, v->client_addr, v->listener_port,
-		    v->client_port, l3 + new_ulen);
+	const struct egress_entry *eg = 0;
 	__u16 tci = 0;
 	__u32 reason = HR_CNT_PASS_OTHER;
-	int action = hr_egress(ctx, p, &fib, &tci, &reason);
-	if (action == XDP_PASS)
+	int action = hr_egress(ctx, p, v->egress, l3 + new_ulen, &eg, &tci, &reason);
+	if (action == XDP_PASS || !eg)
 		return hr_pass(reason);
-
-	/* Commit: grow 4 bytes at the front (never between the UDP header
-	 * and the payload in place: the headers are rewritten from the stack
-	 * copies at the new start). A failure leaves the packet as it was. */
-	if (bpf_xdp_adjust_head(ctx, -HR_CHANNELDATA_HLEN))
-		return hr_pass(HR_CNT_PASS_HEADROOM);
-	if (hr_trim(ctx, hdrs + HR_CHANNELDATA_HLEN + plen))
-		return hr_pass(HR_CNT_PASS_MALFORMED);
-	if (hr_write_headers(ctx, p, &fib, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6))
-		return hr_pass(HR_CNT_PASS_MALFORMED);
+	reason = hr_commit(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6,
+			   -HR_CHANNELDATA_HLEN, hdrs + HR_CHANNELDATA_HLEN + plen);
+	if (reason)
+		return hr_pass(reason);
 	{
 		void *data = (void *)(long)ctx->data;
 		void *end = (void *)(long)ctx->data_end;
@@ -388,13 +382,7 @@ static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt 
 		cd[0] = w_chan;
 		cd[1] = w_len;
 	}
-
-	hr_count(HR_CNT_FWD_TO_CLIENT_PACKETS, 1);
-	hr_count(HR_CNT_FWD_TO_CLIENT_BYTES, plen);
-	hr_chan_count(v->slot, 0, plen);
-	if (action == XDP_REDIRECT)
-		return bpf_redirect_map(&tx_ports, fib.ifindex, XDP_PASS);
-	return action;
+	return hr_send(action, eg, 0, v->slot, plen);
 }
 
 static __always_inline void hr_addr(__u8 *dst, const struct hr_pkt *p, const int v6, const int src)

@@ -29,9 +29,9 @@ struct c2p_val {
 	__u8 relay_addr[16];  /* new source (the allocation's relayed address) */
 	__be16 peer_port;
 	__be16 relay_port;
-	__u32 slot;  /* index into the chan_usage map */
-	__u32 flags; /* HR_F_DONT_FRAGMENT */
-	__u32 pad;
+	__u32 slot;   /* index into the chan_usage map */
+	__u32 flags;  /* HR_F_DONT_FRAGMENT */
+	__u32 egress; /* index into the egress map: the way to the peer */
 };
 
 /* peer -> client: a datagram arriving at a relayed address. */
@@ -52,14 +52,15 @@ struct p2c_val {
 	__be16 listener_port;
 	__be16 channel; /* written into the ChannelData header, network order */
 	__u16 pad;
-	__u32 slot; /* same slot as the c2p direction of the channel */
-	__u32 pad2;
+	__u32 slot;   /* same slot as the c2p direction of the channel */
+	__u32 egress; /* index into the egress map: the way to the client */
 };
 
-/* Per-channel usage, shared by both directions of one channel. Updated
- * with atomic adds; the control plane only reads it (and zeroes it when it
- * hands the slot to a new channel). It lives outside the hash values so
- * that rewriting an entry (expiry refresh) never loses increments. */
+/* Per-channel usage, shared by both directions of one channel, one copy
+ * per CPU (no atomics on the packet path; userspace sums the CPUs). The
+ * control plane only reads it (and zeroes it when it hands the slot to a
+ * new channel). It lives outside the hash values so that rewriting an
+ * entry (expiry refresh) never loses increments. */
 struct chan_stats {
 	__u64 to_peer_packets;
 	__u64 to_peer_bytes;
@@ -67,12 +68,19 @@ struct chan_stats {
 	__u64 to_client_bytes;
 };
 
-/* A VLAN device the fib may name as egress: frames for it leave through
- * parent_ifindex with the tag vid. */
-struct vlan_egress {
-	__u32 parent_ifindex;
-	__u16 vid;
-	__u16 pad;
+/* How to reach one destination (a client or a peer address), as the
+ * control plane resolved it from the host's routes, neighbours and links
+ * (docs/design.md "Egress"). The program never asks the kernel's FIB:
+ * bpf_fib_lookup refuses every lookup on a host with IP forwarding off.
+ * pass != 0 means "do not forward" and names the hr_counter to count. */
+struct egress_entry {
+	__u8 dmac[6];    /* next hop's link-layer address */
+	__u8 smac[6];    /* egress device's address */
+	__u32 ifindex;   /* device to transmit on (a VLAN's parent) */
+	__u16 vlan_id;   /* 802.1Q VID to tag with, 0 untagged */
+	__u16 mtu;       /* largest IP packet the egress takes */
+	__u32 pass;      /* 0: usable; else the enum hr_counter reason */
+	__u32 pad;
 };
 
 #endif

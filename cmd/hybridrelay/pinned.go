@@ -33,7 +33,7 @@ func openPinned(dir string) (*loader.XDP, error) {
 	}
 	size := int(m.MaxEntries())
 	m.Close()
-	x, err := loader.Load(loader.Options{MaxChannels: size, PinDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	x, err := loader.Load(loader.Options{MaxChannels: size, PinDir: dir, ReadOnly: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return nil, fmt.Errorf("open pinned maps in %s: %w", dir, err)
 	}

@@ -101,7 +101,7 @@ func Attach(topo *netns.Topology, opts Options) (p *Path, err error) {
 // load loads (re-adopting pins), attaches in the relay namespace and sets
 // the devmap.
 func (p *Path) load() error {
-	x, err := loader.Load(loader.Options{MaxChannels: p.opts.MaxChannels, PinDir: p.pinDir})
+	x, err := loader.Load(loader.Options{MaxChannels: p.opts.MaxChannels, PinDir: p.pinDir, NetNS: "/run/netns/" + p.topo.Relay.Name})
 	if err != nil {
 		return fmt.Errorf("xdp path: %w", err)
 	}

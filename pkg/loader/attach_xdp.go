@@ -76,6 +76,7 @@ func (x *XDP) Attach(ifindexes []int, mode Mode) error {
 		}
 		x.links[idx] = l
 	}
+	x.updateTransmit(x.redirect)
 	return nil
 }
 
@@ -125,6 +126,7 @@ func (x *XDP) Detach(ifindex int) error {
 		l = pl
 	}
 	delete(x.links, ifindex)
+	x.updateTransmit(x.redirect)
 	if x.pinDir != "" {
 		_ = l.Unpin()
 	}

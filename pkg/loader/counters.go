@@ -24,7 +24,10 @@ const (
 	PassExpired        = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
 	PassTooBig         = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
 	PassNoNeigh        = Counter(relayHrCounterHR_CNT_PASS_NO_NEIGH)
-	PassNotForwarded   = Counter(relayHrCounterHR_CNT_PASS_NOT_FORWARDED)
+	PassNoRoute        = Counter(relayHrCounterHR_CNT_PASS_NO_ROUTE)
+	PassLocal          = Counter(relayHrCounterHR_CNT_PASS_LOCAL)
+	PassLinkDown       = Counter(relayHrCounterHR_CNT_PASS_LINK_DOWN)
+	PassNoNextHop      = Counter(relayHrCounterHR_CNT_PASS_NO_NEXTHOP)
 	PassNoEgress       = Counter(relayHrCounterHR_CNT_PASS_NO_EGRESS)
 	PassNotChannelData = Counter(relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA)
 	PassMalformed      = Counter(relayHrCounterHR_CNT_PASS_MALFORMED)
@@ -44,7 +47,10 @@ var counterNames = [NumCounters]string{
 	PassExpired:        "pass_expired",
 	PassTooBig:         "pass_too_big",
 	PassNoNeigh:        "pass_no_neigh",
-	PassNotForwarded:   "pass_not_forwarded",
+	PassNoRoute:        "pass_no_route",
+	PassLocal:          "pass_local",
+	PassLinkDown:       "pass_link_down",
+	PassNoNextHop:      "pass_no_nexthop",
 	PassNoEgress:       "pass_no_egress",
 	PassNotChannelData: "pass_not_channeldata",
 	PassMalformed:      "pass_malformed",
@@ -121,7 +127,8 @@ func (x *XDP) countMapFull() {
 
 // SetRedirectIfaces makes ifindexes the set of interfaces the program may
 // redirect to (devmap). Egress on the ingress interface (XDP_TX) needs no
-// entry; a fib result outside the set is passed to the stack.
+// entry; a destination reached through any other device is passed to the
+// stack (pass_no_egress).
 func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -130,11 +137,10 @@ func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 		if i <= 0 {
 			return fmt.Errorf("set redirect interfaces: bad ifindex %d", i)
 		}
-		var vl relayVlanEgress
-		if x.objs.VlanDevs.Lookup(uint32(i), &vl) == nil {
-			// The program sends untagged frames to devmap entries;
-			// a VLAN device there would be a redirect the driver
-			// cannot do.
+		if x.res != nil && x.res.isVLAN(i) {
+			// The program transmits tagged frames on the VLAN's
+			// parent only (the egress entry names the parent and the
+			// tag); the device itself is never a target.
 			return fmt.Errorf("set redirect interfaces: ifindex %d is a VLAN device", i)
 		}
 		want[uint32(i)] = true
@@ -160,29 +166,28 @@ func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 			return fmt.Errorf("set redirect interfaces: add ifindex %d (does it support XDP redirect?): %w", i, err)
 		}
 	}
+	x.redirect = append(x.redirect[:0], ifindexes...)
+	x.updateTransmit(x.redirect)
 	return nil
 }
 
-// SetVLANDevice tells the program that the fib's egress device ifindex is
-// VLAN vid on parent: tagged frames arriving on parent are sent back out of
-// it with that tag. vid 0 removes the device.
+// SetVLANDevice says that device ifindex is VLAN vid on parent, for
+// stand-ins the kernel cannot describe (real 802.1Q devices are read from
+// their link info): tagged frames for destinations behind it are sent back
+// out of parent with that tag. vid 0 removes the override.
 func (x *XDP) SetVLANDevice(ifindex, parent int, vid uint16) error {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if vid == 0 {
-		if err := x.objs.VlanDevs.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove vlan device %d: %w", ifindex, err)
-		}
-		return nil
-	}
-	if ifindex <= 0 || parent <= 0 || vid > 4094 {
+	if vid != 0 && (ifindex <= 0 || parent <= 0 || vid > 4094) {
 		return fmt.Errorf("set vlan device %d on %d vid %d: bad argument", ifindex, parent, vid)
 	}
+	if x.egress == nil {
+		return fmt.Errorf("set vlan device %d: %w", ifindex, errReadOnly)
+	}
 	var port uint32
-	if x.objs.TxPorts.Lookup(uint32(ifindex), &port) == nil {
+	if vid != 0 && x.objs.TxPorts.Lookup(uint32(ifindex), &port) == nil {
 		return fmt.Errorf("set vlan device %d: it is a redirect interface", ifindex)
 	}
-	if err := x.objs.VlanDevs.Put(uint32(ifindex), relayVlanEgress{ParentIfindex: uint32(parent), Vid: vid}); err != nil {
+	x.res.setVLAN(ifindex, parent, vid)
+	if err := x.egress.refreshRoutes(); err != nil {
 		return fmt.Errorf("set vlan device %d: %w", ifindex, err)
 	}
 	return nil

@@ -24,12 +24,13 @@ type xdpMd struct {
 // progEnv is one namespace shaped like a relay host, for BPF_PROG_RUN:
 //
 //	rc0       198.18.0.2/24 2001:2::2/64        client side; neighbours .1 and .3 (v4 and v6)
-//	rv0       198.18.2.2/24 2001:2:0:2::2/64    "VLAN 100 on rc0" (vlan_devs); neighbours .1 and .5
+//	rv0       198.18.2.2/24 2001:2:0:2::2/64    "VLAN 100 on rc0" (SetVLANDevice); neighbours .1 and .5
 //	rp0       198.18.1.2/24 2001:2:0:1::2/64    peer side (MTU 1400); neighbours .1 and .3
 //	rx0       198.18.3.2/24                     not in the devmap; neighbour .1
 //
-// Neighbours are permanent entries with fixed MACs, so bpf_fib_lookup
-// resolves them without any traffic; 198.18.1.99 has none.
+// Neighbours are permanent entries with fixed MACs, so the egress resolver
+// finds them without any traffic; 198.18.1.99 has none. IP forwarding
+// stays off, as on a host that is not a router.
 type progEnv struct {
 	ns                  *netns.NS
 	x                   *XDP
@@ -94,8 +95,8 @@ func newProgEnvPin(t testing.TB, maxChannels int, pin bool) *progEnv {
 		{"link", "add", "rp0", "address", macStr(macRP0), "mtu", "1400", "type", "veth", "peer", "name", "rp1", "mtu", "1400"},
 		{"link", "add", "rx0", "address", macStr(macRX0), "type", "veth", "peer", "name", "rx1"},
 		// Stand-in for the VLAN device rc0.100 (kernels without 8021q exist,
-		// this one among them): the program only needs the vlan_devs entry
-		// saying "rv0 is VLAN 100 on rc0" and a fib answer naming rv0.
+		// this one among them): SetVLANDevice says "rv0 is VLAN 100 on rc0"
+		// and routes to its subnet name rv0.
 		{"link", "add", "rv0", "address", macStr(macRC0), "type", "veth", "peer", "name", "rv1"},
 	}
 	for _, d := range []string{"rc0", "rc1", "rp0", "rp1", "rx0", "rx1", "rv0", "rv1"} {
@@ -128,13 +129,9 @@ func newProgEnvPin(t testing.TB, maxChannels int, pin bool) *progEnv {
 			t.Fatal(err)
 		}
 	}
-	// bpf_fib_lookup answers FWD_DISABLED unless the ingress device
-	// forwards.
-	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"} {
-		if _, err := ns.Sh("sysctl", "-q", "-w", kv); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// The namespace keeps the sysctls a host comes with: IP forwarding
+	// is off, and the program must forward all the same (its egress
+	// comes from the control plane's resolver, not bpf_fib_lookup).
 	e := &progEnv{ns: ns}
 	for _, p := range []struct {
 		name string
@@ -144,7 +141,7 @@ func newProgEnvPin(t testing.TB, maxChannels int, pin bool) *progEnv {
 			t.Fatal(err)
 		}
 	}
-	opts := Options{MaxChannels: maxChannels, DisablePin: !pin}
+	opts := Options{MaxChannels: maxChannels, DisablePin: !pin, NetNS: "/run/netns/" + ns.Name}
 	if pin {
 		opts.PinDir = testPinDir(t)
 	}

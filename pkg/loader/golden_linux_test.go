@@ -190,7 +190,7 @@ func goldenCases() []goldenCase {
 		{"expired c2p", c2pIn(chExpired, d100, nil, nil), onRC0, xdpPass, nil, PassExpired},
 		{"expired p2c", p2cIn(chExpired, d100, nil), onRP0, xdpPass, nil, PassExpired},
 		{"no neighbour", c2pIn(chNoNeigh, d100, nil, nil), onRC0, xdpPass, nil, PassNoNeigh},
-		{"hairpin to own relay address", c2pIn(chHairpin, d100, nil, nil), onRC0, xdpPass, nil, PassNotForwarded},
+		{"hairpin to own relay address", c2pIn(chHairpin, d100, nil, nil), onRC0, xdpPass, nil, PassLocal},
 		{"egress not in devmap", c2pIn(chNoEgress, d100, nil, nil), onRC0, xdpPass, nil, PassNoEgress},
 		{"vlan in, untagged out", c2pIn(chVlanMix, d100, nil, vlan(100)), onRC0, xdpPass, nil, PassNoEgress},
 		{"untagged in, vlan out", p2cIn(chVlan4, d100, nil), onRP0, xdpPass, nil, PassNoEgress},

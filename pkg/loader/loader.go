@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,6 +50,15 @@ type Options struct {
 	// Logger receives warnings (generic-mode fallback); nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// NetNS is the path of the network namespace whose routes,
+	// neighbours and links egress is resolved from (the namespace the
+	// program is attached in, e.g. /run/netns/NAME); "" means the
+	// namespace of the thread calling Load.
+	NetNS string
+	// ReadOnly opens (pinned) maps for reading only, as the CLI does
+	// beside a running daemon, the maps' one writer: no egress
+	// resolution, no writes; PutChannel and friends fail.
+	ReadOnly bool
 }
 
 // Channel is one bound channel as the kernel forwards it, in both
@@ -103,12 +113,27 @@ type XDP struct {
 	pinDir string // "" when pinning is disabled
 	log    *slog.Logger
 
+	// egress owns the egress map's slots; res fills them and follows
+	// the host's changes until stopRes is closed.
+	egress  *egressTable
+	res     hostResolver
+	stopRes chan struct{}
+	resDone chan struct{}
+
 	mu      sync.Mutex
 	index   map[relayC2pKey]*entry
 	free    []uint32 // free slots of chan_usage
 	adopted map[relayC2pKey]bool
 	links   map[int]xdpLink // by ifindex, the relay program's links
-	closed  bool
+	// redirect is the devmap's set (SetRedirectIfaces).
+	redirect []int
+	closed   bool
+
+	// txMu guards transmit: the devices the program can send on (the
+	// attached ones, for XDP_TX, and the devmap's). The resolver reads
+	// it while XDP.mu may be held, so it has a lock of its own.
+	txMu     sync.Mutex
+	transmit map[int]bool
 }
 
 // Load loads the program with maps sized from opts, pinned under
@@ -131,13 +156,18 @@ func Load(opts Options) (*XDP, error) {
 	for _, name := range []string{relayMapC2pChannels, relayMapP2cChannels, relayMapChanUsage} {
 		spec.Maps[name].MaxEntries = uint32(opts.MaxChannels)
 	}
+	// Two destinations per channel (peer, client), plus the reserved
+	// slot 0.
+	egressSize := 2*opts.MaxChannels + 1
+	spec.Maps[relayMapEgress].MaxEntries = uint32(egressSize)
 	x := &XDP{
-		opts:    opts,
-		max:     opts.MaxChannels,
-		log:     log,
-		index:   map[relayC2pKey]*entry{},
-		adopted: map[relayC2pKey]bool{},
-		links:   map[int]xdpLink{},
+		opts:     opts,
+		max:      opts.MaxChannels,
+		log:      log,
+		index:    map[relayC2pKey]*entry{},
+		adopted:  map[relayC2pKey]bool{},
+		links:    map[int]xdpLink{},
+		transmit: map[int]bool{},
 	}
 	var copts ebpf.CollectionOptions
 	if !opts.DisablePin {
@@ -161,14 +191,130 @@ func Load(opts Options) (*XDP, error) {
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load xdp: verifier: %+v", verr)
 		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load xdp: maps pinned in %s have another layout or size (an older version or another --xdp-max-channels); stop the old daemon and run `hybridrelay maps unpin`: %w", x.pinDir, err)
+		}
 		return nil, fmt.Errorf("load xdp: %w", err)
 	}
+	if opts.ReadOnly {
+		if err := x.rebuildIndex(); err != nil {
+			x.objs.Close()
+			return nil, err
+		}
+		return x, nil
+	}
+	res, err := newHostResolver(opts.NetNS, log, x.canTransmit)
+	if err != nil {
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: %w", err)
+	}
+	x.res = res
+	x.egress = newEgressTable(egressSize, res, func(slot uint32, v relayEgressEntry) error {
+		return x.objs.Egress.Put(slot, v)
+	})
+	// Slot 0 is never handed out: a zero index passes.
+	if err := x.objs.Egress.Put(uint32(0), relayEgressEntry{Pass: uint32(PassNoNextHop)}); err != nil {
+		x.closeResolver()
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: reserve egress slot 0: %w", err)
+	}
 	if err := x.rebuildIndex(); err != nil {
+		x.closeResolver()
 		x.objs.Close()
 		return nil, err
 	}
+	// A re-adopted devmap keeps redirecting: its devices stay
+	// transmittable until SetRedirectIfaces says otherwise.
+	var k, v uint32
+	it := x.objs.TxPorts.Iterate()
+	for it.Next(&k, &v) {
+		x.redirect = append(x.redirect, int(k))
+	}
+	x.txMu.Lock()
+	for _, idx := range x.redirect {
+		x.transmit[idx] = true
+	}
+	x.txMu.Unlock()
+	if err := x.egress.refreshRoutes(); err != nil {
+		x.log.Warn("xdp: resolve egress of re-adopted channels", "err", err)
+	}
+	x.stopRes, x.resDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(x.resDone)
+		x.res.watch(x.egress, x.stopRes)
+	}()
 	return x, nil
 }
+
+// closeResolver stops following the host's tables and closes netlink.
+func (x *XDP) closeResolver() {
+	if x.stopRes != nil {
+		close(x.stopRes)
+		<-x.resDone
+		x.stopRes = nil
+	}
+	if x.res != nil {
+		x.res.close()
+		x.res = nil
+	}
+}
+
+// canTransmit reports whether the program can send on ifindex: it is
+// attached there (XDP_TX) or the device is in the redirect devmap.
+func (x *XDP) canTransmit(ifindex int) bool {
+	x.txMu.Lock()
+	defer x.txMu.Unlock()
+	return x.transmit[ifindex]
+}
+
+// updateTransmit recomputes the transmittable devices from the links and
+// the devmap set, and re-resolves egress if it changed. x.mu is held.
+func (x *XDP) updateTransmit(redirect []int) {
+	want := map[int]bool{}
+	for idx := range x.links {
+		want[idx] = true
+	}
+	for _, idx := range redirect {
+		want[idx] = true
+	}
+	x.txMu.Lock()
+	same := len(want) == len(x.transmit)
+	for idx := range want {
+		same = same && x.transmit[idx]
+	}
+	x.transmit = want
+	x.txMu.Unlock()
+	if !same && x.egress != nil {
+		if err := x.egress.refreshRoutes(); err != nil {
+			x.log.Warn("xdp: resolve egress", "err", err)
+		}
+	}
+}
+
+// Egress lists the egress table: every destination in use, how the
+// program reaches it, or why it does not. Opened ReadOnly, it lists the
+// map's slots as stored (without destinations and names: those live in
+// the writing process).
+func (x *XDP) Egress() []EgressEntry {
+	if x.egress != nil {
+		return x.egress.entries()
+	}
+	var out []EgressEntry
+	var k uint32
+	var v relayEgressEntry
+	it := x.objs.Egress.Iterate()
+	for it.Next(&k, &v) {
+		if k == 0 || v == (relayEgressEntry{}) || Counter(v.Pass) == PassNoNextHop {
+			continue
+		}
+		out = append(out, EgressEntry{Slot: k, Ifindex: int(v.Ifindex), DstMAC: net.HardwareAddr(v.Dmac[:]),
+			SrcMAC: net.HardwareAddr(v.Smac[:]), VLAN: v.VlanId, MTU: int(v.Mtu), Reason: Counter(v.Pass)})
+	}
+	return out
+}
+
+// errReadOnly is returned by writes to maps opened ReadOnly.
+var errReadOnly = errors.New("xdp maps opened read-only")
 
 // rebuildIndex reads the (possibly re-adopted) maps back into the index and
 // the free slot list. Entries found here count as "adopted" until the
@@ -189,6 +335,14 @@ func (x *XDP) rebuildIndex() error {
 		_, _, pk, pv, err := c.keys(v.Slot, v.ExpiresNs)
 		if err != nil {
 			continue
+		}
+		var stored relayP2cVal
+		if x.objs.P2cChannels.Lookup(pk, &stored) == nil {
+			pv.Egress = stored.Egress
+		}
+		if x.egress != nil {
+			x.egress.adopt(v.Egress, c.Peer.Addr(), c.Relay.Addr())
+			x.egress.adopt(pv.Egress, c.Client.Addr(), c.Listener.Addr())
 		}
 		x.index[k] = &entry{cv: v, pk: pk, pv: pv}
 		x.adopted[k] = true
@@ -225,6 +379,9 @@ func (x *XDP) PutChannel(c Channel) error {
 	if x.closed {
 		return fmt.Errorf("put channel: %w", os.ErrClosed)
 	}
+	if x.egress == nil {
+		return fmt.Errorf("put channel: %w", errReadOnly)
+	}
 	probe, _, _, _, err := c.keys(0, 0)
 	if err != nil {
 		return fmt.Errorf("put channel: %w", err)
@@ -244,10 +401,26 @@ func (x *XDP) PutChannel(c Channel) error {
 	if err != nil {
 		return fmt.Errorf("put channel: %w", err)
 	}
+	// The way to each destination, resolved before the entries exist.
+	if cv.Egress, err = x.egress.acquire(c.Peer.Addr(), c.Relay.Addr()); err != nil {
+		x.countMapFull()
+		return fmt.Errorf("put channel %#x: egress to the peer: %w", c.Number, err)
+	}
+	if pv.Egress, err = x.egress.acquire(c.Client.Addr(), c.Listener.Addr()); err != nil {
+		x.egress.release(cv.Egress)
+		x.countMapFull()
+		return fmt.Errorf("put channel %#x: egress to the client: %w", c.Number, err)
+	}
+	fail := func(err error) error {
+		x.egress.release(cv.Egress)
+		x.egress.release(pv.Egress)
+		return err
+	}
 	if old == nil {
-		// A new owner of the slot starts from zero.
-		if err := x.objs.ChanUsage.Put(slot, relayChanStats{}); err != nil {
-			return fmt.Errorf("put channel %#x: reset usage: %w", c.Number, err)
+		// A new owner of the slot starts from zero, on every CPU.
+		zero := make([]relayChanStats, x.possibleCPUs())
+		if err := x.objs.ChanUsage.Put(slot, zero); err != nil {
+			return fail(fmt.Errorf("put channel %#x: reset usage: %w", c.Number, err))
 		}
 	}
 	// Peer direction first: a client packet forwarded before the peer
@@ -255,21 +428,29 @@ func (x *XDP) PutChannel(c Channel) error {
 	if err := x.objs.P2cChannels.Put(pk, pv); err != nil {
 		if isFull(err) {
 			x.countMapFull()
-			return fmt.Errorf("put channel %#x: peer entry: %w", c.Number, ErrFull)
+			return fail(fmt.Errorf("put channel %#x: peer entry: %w", c.Number, ErrFull))
 		}
-		return fmt.Errorf("put channel %#x: peer entry: %w", c.Number, err)
+		return fail(fmt.Errorf("put channel %#x: peer entry: %w", c.Number, err))
 	}
 	if err := x.objs.C2pChannels.Put(ck, cv); err != nil {
-		_ = x.objs.P2cChannels.Delete(pk)
+		if old != nil && old.pk == pk {
+			_ = x.objs.P2cChannels.Put(pk, old.pv)
+		} else {
+			_ = x.objs.P2cChannels.Delete(pk)
+		}
 		if isFull(err) {
 			x.countMapFull()
-			return fmt.Errorf("put channel %#x: client entry: %w", c.Number, ErrFull)
+			return fail(fmt.Errorf("put channel %#x: client entry: %w", c.Number, ErrFull))
 		}
-		return fmt.Errorf("put channel %#x: client entry: %w", c.Number, err)
+		return fail(fmt.Errorf("put channel %#x: client entry: %w", c.Number, err))
 	}
-	if old != nil && old.pk != pk {
-		// Same channel, other peer: the old reverse entry must go.
-		_ = x.objs.P2cChannels.Delete(old.pk)
+	if old != nil {
+		if old.pk != pk {
+			// Same channel, other peer: the old reverse entry must go.
+			_ = x.objs.P2cChannels.Delete(old.pk)
+		}
+		x.egress.release(old.cv.Egress)
+		x.egress.release(old.pv.Egress)
 	}
 	if old == nil {
 		x.free = x.free[:len(x.free)-1]
@@ -286,6 +467,9 @@ func (x *XDP) UpdateExpiry(c Channel) error {
 	defer x.mu.Unlock()
 	if x.closed {
 		return fmt.Errorf("update expiry: %w", os.ErrClosed)
+	}
+	if x.egress == nil {
+		return fmt.Errorf("update expiry: %w", errReadOnly)
 	}
 	ck, _, _, _, err := c.keys(0, 0)
 	if err != nil {
@@ -317,6 +501,9 @@ func (x *XDP) DeleteChannel(c Channel) error {
 	if x.closed {
 		return fmt.Errorf("delete channel: %w", os.ErrClosed)
 	}
+	if x.egress == nil {
+		return fmt.Errorf("delete channel: %w", errReadOnly)
+	}
 	ck, err := c.c2pKey()
 	if err != nil {
 		return nil // never installable, so not installed
@@ -342,6 +529,8 @@ func (x *XDP) deleteLocked(ck relayC2pKey) error {
 	delete(x.index, ck)
 	delete(x.adopted, ck)
 	x.free = append(x.free, e.cv.Slot)
+	x.egress.release(e.cv.Egress)
+	x.egress.release(e.pv.Egress)
 	return nil
 }
 
@@ -376,15 +565,29 @@ func (x *XDP) ChannelCounters(c Channel) (ChannelStats, error) {
 	return x.slotStats(e.cv.Slot)
 }
 
+// slotStats sums a usage slot over the CPUs.
 func (x *XDP) slotStats(slot uint32) (ChannelStats, error) {
-	var s relayChanStats
-	if err := x.objs.ChanUsage.Lookup(slot, &s); err != nil {
+	var per []relayChanStats
+	if err := x.objs.ChanUsage.Lookup(slot, &per); err != nil {
 		return ChannelStats{}, fmt.Errorf("read channel usage slot %d: %w", slot, err)
 	}
-	return ChannelStats{
-		ToPeerPackets: s.ToPeerPackets, ToPeerBytes: s.ToPeerBytes,
-		ToClientPackets: s.ToClientPackets, ToClientBytes: s.ToClientBytes,
-	}, nil
+	var st ChannelStats
+	for _, s := range per {
+		st.ToPeerPackets += s.ToPeerPackets
+		st.ToPeerBytes += s.ToPeerBytes
+		st.ToClientPackets += s.ToClientPackets
+		st.ToClientBytes += s.ToClientBytes
+	}
+	return st, nil
+}
+
+// possibleCPUs is the number of values of a per-CPU map entry.
+func (x *XDP) possibleCPUs() int {
+	n, err := ebpf.PossibleCPU()
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
 }
 
 // IterateChannels calls fn for every channel in the kernel's client->peer
@@ -460,6 +663,7 @@ func (x *XDP) Close() error {
 			errs = append(errs, fmt.Errorf("close link on ifindex %d: %w", idx, err))
 		}
 	}
+	x.closeResolver()
 	if err := x.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close xdp objects: %w", err))
 	}
@@ -483,7 +687,7 @@ func (x *XDP) Unpin() error {
 	}
 	if !x.closed {
 		for _, m := range []*ebpf.Map{x.objs.C2pChannels, x.objs.P2cChannels, x.objs.ChanUsage,
-			x.objs.Counters, x.objs.TxPorts, x.objs.VlanDevs} {
+			x.objs.Counters, x.objs.TxPorts, x.objs.Egress} {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))
 			}
@@ -514,7 +718,7 @@ func (x *XDP) Unpin() error {
 // pinnedMapNames are the maps Load pins by name (bpf/maps.h).
 var pinnedMapNames = map[string]bool{
 	relayMapC2pChannels: true, relayMapP2cChannels: true, relayMapChanUsage: true,
-	relayMapCounters: true, relayMapTxPorts: true, relayMapVlanDevs: true,
+	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true,
 }
 
 // linkPin is the pin path of the link on ifindex.

@@ -121,7 +121,7 @@ func TestRestartReadopts(t *testing.T) {
 		t.Fatal("link lost its program after Close")
 	}
 
-	x2, err := Load(Options{MaxChannels: 16, PinDir: dir})
+	x2, err := Load(Options{MaxChannels: 16, PinDir: dir, NetNS: "/run/netns/" + e.ns.Name})
 	if err != nil {
 		t.Fatalf("%+v", err)
 	}

@@ -33,7 +33,7 @@ type relayC2pVal struct {
 	RelayPort uint16
 	Slot      uint32
 	Flags     uint32
-	Pad       uint32
+	Egress    uint32
 }
 
 type relayChanStats struct {
@@ -42,6 +42,17 @@ type relayChanStats struct {
 	ToPeerBytes     uint64
 	ToClientPackets uint64
 	ToClientBytes   uint64
+}
+
+type relayEgressEntry struct {
+	_       structs.HostLayout
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Ifindex uint32
+	VlanId  uint16
+	Mtu     uint16
+	Pass    uint32
+	Pad     uint32
 }
 
 type relayHrCounter uint32
@@ -55,15 +66,18 @@ const (
 	relayHrCounterHR_CNT_PASS_EXPIRED          relayHrCounter = 5
 	relayHrCounterHR_CNT_PASS_TOO_BIG          relayHrCounter = 6
 	relayHrCounterHR_CNT_PASS_NO_NEIGH         relayHrCounter = 7
-	relayHrCounterHR_CNT_PASS_NOT_FORWARDED    relayHrCounter = 8
-	relayHrCounterHR_CNT_PASS_NO_EGRESS        relayHrCounter = 9
-	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA  relayHrCounter = 10
-	relayHrCounterHR_CNT_PASS_MALFORMED        relayHrCounter = 11
-	relayHrCounterHR_CNT_PASS_HEADROOM         relayHrCounter = 12
-	relayHrCounterHR_CNT_PASS_MAP_FULL         relayHrCounter = 13
-	relayHrCounterHR_CNT_PASS_TTL              relayHrCounter = 14
-	relayHrCounterHR_CNT_PASS_OTHER            relayHrCounter = 15
-	relayHrCounterHR_CNT_MAX                   relayHrCounter = 16
+	relayHrCounterHR_CNT_PASS_NO_ROUTE         relayHrCounter = 8
+	relayHrCounterHR_CNT_PASS_LOCAL            relayHrCounter = 9
+	relayHrCounterHR_CNT_PASS_LINK_DOWN        relayHrCounter = 10
+	relayHrCounterHR_CNT_PASS_NO_NEXTHOP       relayHrCounter = 11
+	relayHrCounterHR_CNT_PASS_NO_EGRESS        relayHrCounter = 12
+	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA  relayHrCounter = 13
+	relayHrCounterHR_CNT_PASS_MALFORMED        relayHrCounter = 14
+	relayHrCounterHR_CNT_PASS_HEADROOM         relayHrCounter = 15
+	relayHrCounterHR_CNT_PASS_MAP_FULL         relayHrCounter = 16
+	relayHrCounterHR_CNT_PASS_TTL              relayHrCounter = 17
+	relayHrCounterHR_CNT_PASS_OTHER            relayHrCounter = 18
+	relayHrCounterHR_CNT_MAX                   relayHrCounter = 19
 )
 
 type relayP2cKey struct {
@@ -86,14 +100,7 @@ type relayP2cVal struct {
 	Channel      uint16
 	Pad          uint16
 	Slot         uint32
-	Pad2         uint32
-}
-
-type relayVlanEgress struct {
-	_             structs.HostLayout
-	ParentIfindex uint32
-	Vid           uint16
-	Pad           uint16
+	Egress       uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -103,9 +110,9 @@ const (
 	relayMapC2pChannels  = "c2p_channels"
 	relayMapChanUsage    = "chan_usage"
 	relayMapCounters     = "counters"
+	relayMapEgress       = "egress"
 	relayMapP2cChannels  = "p2c_channels"
 	relayMapTxPorts      = "tx_ports"
-	relayMapVlanDevs     = "vlan_devs"
 	relayProgHybridrelay = "hybridrelay"
 	relayProgPassAll     = "pass_all"
 )
@@ -163,9 +170,9 @@ type relayMapSpecs struct {
 	C2pChannels *ebpf.MapSpec `ebpf:"c2p_channels"`
 	ChanUsage   *ebpf.MapSpec `ebpf:"chan_usage"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Egress      *ebpf.MapSpec `ebpf:"egress"`
 	P2cChannels *ebpf.MapSpec `ebpf:"p2c_channels"`
 	TxPorts     *ebpf.MapSpec `ebpf:"tx_ports"`
-	VlanDevs    *ebpf.MapSpec `ebpf:"vlan_devs"`
 }
 
 // relayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -197,9 +204,9 @@ type relayMaps struct {
 	C2pChannels *ebpf.Map `ebpf:"c2p_channels"`
 	ChanUsage   *ebpf.Map `ebpf:"chan_usage"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	Egress      *ebpf.Map `ebpf:"egress"`
 	P2cChannels *ebpf.Map `ebpf:"p2c_channels"`
 	TxPorts     *ebpf.Map `ebpf:"tx_ports"`
-	VlanDevs    *ebpf.Map `ebpf:"vlan_devs"`
 }
 
 func (m *relayMaps) Close() error {
@@ -207,9 +214,9 @@ func (m *relayMaps) Close() error {
 		m.C2pChannels,
 		m.ChanUsage,
 		m.Counters,
+		m.Egress,
 		m.P2cChannels,
 		m.TxPorts,
-		m.VlanDevs,
 	)
 }
 
