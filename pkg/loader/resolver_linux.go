@@ -130,6 +130,14 @@ func ipOf(a netip.Addr) net.IP { return net.IP(a.AsSlice()) }
 // route resolves the way from src to dst.
 func (r *netlinkResolver) route(dst, src netip.Addr) route {
 	routes, err := r.h.RouteGetWithOptions(ipOf(dst), &netlink.RouteGetOptions{SrcAddr: ipOf(src)})
+	if err != nil && dst.Is4() {
+		// An IPv4 output lookup refuses a source that is not an
+		// address of this host (ip_route_output_key_hash: EINVAL or
+		// ENETUNREACH), as a relay address behind a 1:1 NAT may be;
+		// the route does not depend on it unless policy routing says
+		// so. A real "no route" answers the same without the source.
+		routes, err = r.h.RouteGetWithOptions(ipOf(dst), &netlink.RouteGetOptions{})
+	}
 	if err != nil {
 		// ENETUNREACH (no route), EHOSTUNREACH (unreachable), EINVAL
 		// (blackhole), EACCES (prohibit), EINVAL also when src is not
