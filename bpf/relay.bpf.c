@@ -8,7 +8,9 @@
  * Invariants (docs/design.md "Kernel-path invariants"):
  *  - only entries the control plane installed after a successful
  *    ChannelBind are forwarded, and only before their expiry (checked on
- *    every packet against bpf_ktime_get_ns, CLOCK_MONOTONIC);
+ *    every packet against bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC_COARSE
+ *    needs no clocksource read, and the control plane stores expiries
+ *    early by the coarse clock's lag, so it is never late);
  *  - everything else is XDP_PASS, unmodified: the program never returns
  *    XDP_DROP or XDP_ABORTED, and it decides egress (the egress slot the
  *    control plane resolved, MTU, devmap) before it touches the packet;
@@ -115,12 +117,9 @@ static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p,
 	}
 	if (e->ifindex == in)
 		return XDP_TX;
-	/* A redirect to a device not in the devmap would drop the packet
-	 * after it was rewritten: check first. */
-	if (!bpf_map_lookup_elem(&tx_ports, &e->ifindex)) {
-		*reason = HR_CNT_PASS_NO_EGRESS;
-		return XDP_PASS;
-	}
+	/* The control plane marks a slot usable only while its device is in
+	 * the devmap (and unmarks it before the device leaves), so the
+	 * devmap is not looked up twice per packet. */
 	return XDP_REDIRECT;
 }
 
@@ -184,7 +183,9 @@ static __always_inline __u32 hr_commit(struct xdp_md *ctx, const struct hr_pkt *
 	return 0;
 }
 
-/* Count a forwarded packet and send it the way hr_egress chose. */
+/* Count a forwarded packet and send it the way hr_egress chose. A device
+ * missing from the devmap (never, see hr_egress) would make the redirect
+ * hand the rewritten packet to the stack. */
 static __always_inline int hr_send(int action, const struct egress_entry *eg, const int to_peer,
 				   __u32 slot, __u32 bytes)
 {
@@ -205,7 +206,7 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 	const __u32 l3 = v6 ? HR_IP6_HLEN : HR_IP4_HLEN;
 	const __u32 hdrs = l2 + l3 + HR_UDP_HLEN;
 
-	if (bpf_ktime_get_ns() >= v->expires_ns)
+	if (bpf_ktime_get_coarse_ns() >= v->expires_ns)
 		return hr_pass(HR_CNT_PASS_EXPIRED);
 
 	/* RFC 8656 section 12.4: the length field, not the UDP length, says
@@ -309,7 +310,7 @@ static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt 
 	const __u32 l3 = v6 ? HR_IP6_HLEN : HR_IP4_HLEN;
 	const __u32 hdrs = l2 + l3 + HR_UDP_HLEN;
 
-	if (bpf_ktime_get_ns() >= v->expires_ns)
+	if (bpf_ktime_get_coarse_ns() >= v->expires_ns)
 		return hr_pass(HR_CNT_PASS_EXPIRED);
 	__u32 plen = p->payload_len;
 	__u32 new_ulen = HR_UDP_HLEN + HR_CHANNELDATA_HLEN + plen;

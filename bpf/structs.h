@@ -24,7 +24,7 @@ struct c2p_key {
 };
 
 struct c2p_val {
-	__u64 expires_ns;     /* CLOCK_MONOTONIC (bpf_ktime_get_ns); now >= expires -> PASS */
+	__u64 expires_ns;     /* CLOCK_MONOTONIC_COARSE ns (bpf_ktime_get_coarse_ns); now >= expires -> PASS */
 	__u8 peer_addr[16];   /* new destination */
 	__u8 relay_addr[16];  /* new source (the allocation's relayed address) */
 	__be16 peer_port;

@@ -76,7 +76,6 @@ func (x *XDP) Attach(ifindexes []int, mode Mode) error {
 		}
 		x.links[idx] = l
 	}
-	x.updateTransmit(x.redirect)
 	return nil
 }
 
@@ -126,7 +125,6 @@ func (x *XDP) Detach(ifindex int) error {
 		l = pl
 	}
 	delete(x.links, ifindex)
-	x.updateTransmit(x.redirect)
 	if x.pinDir != "" {
 		_ = l.Unpin()
 	}

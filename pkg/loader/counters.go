@@ -146,15 +146,23 @@ func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 		want[uint32(i)] = true
 	}
 	var stale []uint32
+	var keep []int
 	var k, v uint32
 	it := x.objs.TxPorts.Iterate()
 	for it.Next(&k, &v) {
 		if !want[k] {
 			stale = append(stale, k)
+		} else {
+			keep = append(keep, int(k))
 		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("set redirect interfaces: read devmap: %w", err)
+	}
+	// The program redirects without looking at the devmap first: no
+	// usable egress slot may name a device while it leaves the devmap.
+	if len(stale) > 0 {
+		x.updateTransmit(keep)
 	}
 	for _, k := range stale {
 		if err := x.objs.TxPorts.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -114,7 +114,7 @@ func channelFrom(k relayC2pKey, v relayC2pVal) Channel {
 		Relay:        netip.AddrPortFrom(addrFrom(v.RelayAddr, k.Family), host16(v.RelayPort)),
 		Peer:         netip.AddrPortFrom(addrFrom(v.PeerAddr, k.Family), host16(v.PeerPort)),
 		Number:       host16(k.Channel),
-		Expires:      TimeFromMonotonic(v.ExpiresNs),
+		Expires:      TimeFromMonotonic(expiryFromKernel(v.ExpiresNs)),
 		DontFragment: v.Flags&flagDontFragment != 0,
 	}
 }

@@ -74,7 +74,7 @@ func TestKeysRoundTrip(t *testing.T) {
 			Relay: netip.MustParseAddrPort("[2001:2:0:1::2]:65535"), Peer: netip.MustParseAddrPort("[2001:2:0:1::1]:40000"), Number: 0x7FFF},
 	} {
 		c.Expires = exp
-		ck, cv, _, _, err := c.keys(0, MonotonicNanos(exp))
+		ck, cv, _, _, err := c.keys(0, kernelExpiry(exp))
 		if err != nil {
 			t.Fatal(err)
 		}

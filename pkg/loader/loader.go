@@ -88,7 +88,8 @@ type ChannelStats struct {
 // ChannelEntry is one installed channel as read back from the maps.
 type ChannelEntry struct {
 	Channel
-	// ExpiresNs is the stored CLOCK_MONOTONIC expiry.
+	// ExpiresNs is the channel's CLOCK_MONOTONIC expiry (the map holds it
+	// early by the coarse clock's lag, see kernelExpiry).
 	ExpiresNs uint64
 	Slot      uint32
 	Stats     ChannelStats
@@ -129,8 +130,9 @@ type XDP struct {
 	redirect []int
 	closed   bool
 
-	// txMu guards transmit: the devices the program can send on (the
-	// attached ones, for XDP_TX, and the devmap's). The resolver reads
+	// txMu guards transmit: the devices the program can send on, the
+	// devmap's (the program redirects without checking the devmap
+	// first, so nothing else may be marked usable). The resolver reads
 	// it while XDP.mu may be held, so it has a lock of its own.
 	txMu     sync.Mutex
 	transmit map[int]bool
@@ -259,21 +261,20 @@ func (x *XDP) closeResolver() {
 	}
 }
 
-// canTransmit reports whether the program can send on ifindex: it is
-// attached there (XDP_TX) or the device is in the redirect devmap.
+// canTransmit reports whether the program can send on ifindex: the device
+// is in the redirect devmap (serve puts every XDP interface there, so
+// XDP_TX back out of the ingress device is covered too).
 func (x *XDP) canTransmit(ifindex int) bool {
 	x.txMu.Lock()
 	defer x.txMu.Unlock()
 	return x.transmit[ifindex]
 }
 
-// updateTransmit recomputes the transmittable devices from the links and
-// the devmap set, and re-resolves egress if it changed. x.mu is held.
+// updateTransmit makes redirect the transmittable devices and re-resolves
+// egress if that changed; when it returns, no usable egress slot names a
+// device outside redirect. x.mu is held.
 func (x *XDP) updateTransmit(redirect []int) {
 	want := map[int]bool{}
-	for idx := range x.links {
-		want[idx] = true
-	}
 	for _, idx := range redirect {
 		want[idx] = true
 	}
@@ -397,7 +398,7 @@ func (x *XDP) PutChannel(c Channel) error {
 	default:
 		slot = x.free[len(x.free)-1]
 	}
-	ck, cv, pk, pv, err := c.keys(slot, MonotonicNanos(c.Expires))
+	ck, cv, pk, pv, err := c.keys(slot, kernelExpiry(c.Expires))
 	if err != nil {
 		return fmt.Errorf("put channel: %w", err)
 	}
@@ -479,7 +480,7 @@ func (x *XDP) UpdateExpiry(c Channel) error {
 	if e == nil {
 		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, ErrNotFound)
 	}
-	ns := MonotonicNanos(c.Expires)
+	ns := kernelExpiry(c.Expires)
 	cv, pv := e.cv, e.pv
 	cv.ExpiresNs, pv.ExpiresNs = ns, ns
 	if err := x.objs.P2cChannels.Update(e.pk, pv, ebpf.UpdateExist); err != nil {
@@ -598,7 +599,7 @@ func (x *XDP) IterateChannels(fn func(ChannelEntry) bool) error {
 	var v relayC2pVal
 	it := x.objs.C2pChannels.Iterate()
 	for it.Next(&k, &v) {
-		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: v.ExpiresNs, Slot: v.Slot}
+		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: expiryFromKernel(v.ExpiresNs), Slot: v.Slot}
 		if st, err := x.slotStats(v.Slot); err == nil {
 			e.Stats = st
 		}

@@ -3,8 +3,8 @@ package loader
 import "time"
 
 // MonotonicNanos converts t to CLOCK_MONOTONIC nanoseconds, the clock the
-// program compares expiries against (bpf_ktime_get_ns). This is the only
-// place that conversion is made. Times before the clock's origin give 0
+// program's expiries are kept in (kernelExpiry stores them). This is the
+// only place that conversion is made. Times before the clock's origin give 0
 // (already expired); the zero Time is 0.
 func MonotonicNanos(t time.Time) uint64 {
 	if t.IsZero() {
@@ -16,6 +16,29 @@ func MonotonicNanos(t time.Time) uint64 {
 		return 0
 	}
 	return uint64(ns)
+}
+
+// kernelExpiry is the expiry value stored in a map entry for t. The
+// program compares it with bpf_ktime_get_coarse_ns, which trails
+// CLOCK_MONOTONIC by up to coarseLag; storing the expiry that much earlier
+// makes the kernel stop forwarding at the latest when t has passed on the
+// monotonic clock, never later (userspace carries the channel for the
+// last few milliseconds).
+func kernelExpiry(t time.Time) uint64 {
+	ns := MonotonicNanos(t)
+	if ns <= coarseLag {
+		return 0
+	}
+	return ns - coarseLag
+}
+
+// expiryFromKernel undoes kernelExpiry: the channel's CLOCK_MONOTONIC
+// expiry.
+func expiryFromKernel(stored uint64) uint64 {
+	if stored == 0 {
+		return 0
+	}
+	return stored + coarseLag
 }
 
 // TimeFromMonotonic is the inverse of MonotonicNanos (wall clock time with a

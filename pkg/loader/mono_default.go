@@ -12,3 +12,6 @@ func monoNow() (int64, time.Time) {
 	now := time.Now()
 	return int64(now.Sub(monoStart)), now
 }
+
+// coarseLag: see mono_linux.go.
+const coarseLag = uint64(10 * time.Millisecond)

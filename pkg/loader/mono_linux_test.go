@@ -1,0 +1,39 @@
+package loader
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestCoarseLagBoundsTheProgramClock: the program compares expiries with
+// CLOCK_MONOTONIC_COARSE, which must never trail CLOCK_MONOTONIC by more
+// than coarseLag, or a channel would forward past its expiry.
+func TestCoarseLagBoundsTheProgramClock(t *testing.T) {
+	var worst int64
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		var c, m unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &c); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &m); err != nil {
+			t.Fatal(err)
+		}
+		worst = max(worst, m.Nano()-c.Nano())
+		time.Sleep(time.Duration(worst%977) * time.Microsecond)
+	}
+	if worst < 0 || uint64(worst) > coarseLag {
+		t.Fatalf("coarse clock trails by %v, lag bound is %v", time.Duration(worst), time.Duration(coarseLag))
+	}
+	// An expiry stored for t is reached by the coarse clock no later
+	// than t on the monotonic clock.
+	exp := time.Now().Add(time.Second)
+	if got, want := kernelExpiry(exp)+coarseLag, MonotonicNanos(exp); got > want+uint64(time.Microsecond) || got+uint64(time.Microsecond) < want {
+		t.Fatalf("kernelExpiry %d + lag, want %d", got, want)
+	}
+	if kernelExpiry(time.Now().Add(-time.Hour)) != 0 || kernelExpiry(time.Time{}) != 0 {
+		t.Fatal("past or zero expiry not stored as 0")
+	}
+}
