@@ -3,6 +3,8 @@
 # running `hybridrelay serve`, `loadgen` and `loadgen sink` interactively.
 #
 #   tools/netns.sh up        make hrm-client, hrm-relay, hrm-peer
+#   tools/netns.sh up --forwarding
+#                            the same, with the relay ns as an IP router
 #   tools/netns.sh down      remove them
 #   tools/netns.sh exec client|relay|peer CMD...
 #
@@ -11,7 +13,11 @@
 #        2001:2::1          2001:2::2  | 2001:2:0:1::2         2001:2:0:1::1
 #
 # Addresses only from the benchmarking ranges (RFC 2544, RFC 5180). Checksum
-# offload is off on every veth end (XDP would see partial checksums). Example:
+# offload is off on every veth end (XDP would see partial checksums).
+# The relay ns keeps the sysctls of a server as it comes: IP forwarding off,
+# so client and peer reach each other only through a relay. `up
+# --forwarding` turns it on there (the "routed" baseline, a relay host that
+# is also a router). Example:
 #   tools/netns.sh up
 #   tools/netns.sh exec relay bin/hybridrelay serve --listen 198.18.0.2:3478 \
 #       --relay-ip 198.18.1.2 --auth-secret s --allow-peer 198.18.1.1/32 &
@@ -27,6 +33,12 @@ set -eu
 C=hrm-client R=hrm-relay P=hrm-peer
 
 up() {
+	forwarding=0
+	case "${1:-}" in
+	"") ;;
+	--forwarding) forwarding=1 ;;
+	*) echo "usage: $0 up [--forwarding]" >&2; exit 2 ;;
+	esac
 	for ns in $C $R $P; do
 		ip netns add $ns
 		ip -n $ns link set lo up
@@ -58,14 +70,17 @@ up() {
 	ip -n $C -6 route add default via 2001:2::2
 	ip -n $P route add default via 198.18.1.2
 	ip -n $P -6 route add default via 2001:2:0:1::2
-	ip netns exec $R sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+	# A new netns takes IPv4 forwarding from the root ns on hosts that
+	# route (net.core.devconf_inherit_init_net=0): set it either way.
+	ip netns exec $R sysctl -q -w net.ipv4.conf.all.forwarding=$forwarding net.ipv6.conf.all.forwarding=$forwarding
 	# Resolve the neighbours of both links now (one hop each, as
-	# internal/netns does), so the first packets are not lost to ARP/ND.
+	# internal/netns does), so the first packets are not lost to ARP/ND;
+	# these pings are to the relay's own addresses and need no forwarding.
 	for hop in "$C 198.18.0.2" "$C 2001:2::2" "$P 198.18.1.2" "$P 2001:2:0:1::2"; do
 		set -- $hop
 		ip netns exec "$1" ping -c 1 -W 2 "$2" >/dev/null
 	done
-	echo "netns: $C $R $P up" >&2
+	echo "netns: $C $R $P up (relay forwarding $forwarding)" >&2
 }
 
 down() {
@@ -76,8 +91,9 @@ down() {
 
 case "${1:-}" in
 up)
+	shift
 	trap down EXIT INT TERM
-	up
+	up "$@"
 	trap - EXIT INT TERM
 	;;
 down) down ;;
@@ -91,7 +107,7 @@ exec)
 	exec ip netns exec $ns "$@"
 	;;
 *)
-	echo "usage: $0 up|down|exec client|relay|peer CMD..." >&2
+	echo "usage: $0 up [--forwarding]|down|exec client|relay|peer CMD..." >&2
 	exit 2
 	;;
 esac

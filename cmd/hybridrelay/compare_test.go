@@ -86,16 +86,20 @@ func TestCompareOptions(t *testing.T) {
 }
 
 // TestCompareBrief is the CI run of `hybridrelay compare`: the real binary,
-// one second per variant, one repeat, direct + plain + gso, both
-// directions (one as a table, one as JSON with a chart). Every variant
-// must deliver, and no namespace, relay or bpffs mount may be left behind.
+// one second per variant, one repeat, direct + routed + plain + gso (+ xdp
+// client to peer), both directions (one as a table with a JSON copy, one as
+// JSON with a chart). Every variant must deliver, only routed may run with
+// the relay namespace forwarding, the in-place program costs must account
+// for the delivered packets, and no namespace, relay or bpffs mount may be
+// left behind.
 func TestCompareBrief(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping")
-	common := []string{"compare", "--duration", "1s", "--warmup", "300ms", "--repeats", "1", "--datapaths", "plain,gso", "--flows", "1", "--size", "120", "--family", "ipv4"}
+	common := []string{"compare", "--duration", "1s", "--warmup", "300ms", "--repeats", "1", "--flows", "1", "--size", "120", "--family", "ipv4"}
 
-	// Table, client to peer.
-	stdout, stderr, pid := runCompare(t, append(common, "--direction", "client-to-peer"))
-	for _, want := range []string{"flood-120B-c2p-v4", "delivered kpps", "direct", "plain", "gso"} {
+	// Table, client to peer, with the xdp datapath for its in-place cost.
+	jsonOut := filepath.Join(t.TempDir(), "c2p.json")
+	stdout, stderr, pid := runCompare(t, append(common, "--datapaths", "plain,gso,xdp", "--direction", "client-to-peer", "--json-out", jsonOut))
+	for _, want := range []string{"flood-120B-c2p-v4", "delivered kpps", "x routed", "xdp ns/pkt", "pass ns/pkt", "direct", "routed", "plain", "gso", "xdp bars: delivered ÷ routed"} {
 		if !strings.Contains(stdout, want) {
 			t.Fatalf("table lacks %q:\nstdout:\n%s\nstderr:\n%s", want, stdout, stderr)
 		}
@@ -104,10 +108,38 @@ func TestCompareBrief(t *testing.T) {
 		t.Fatalf("a variant did not run:\n%s\n%s", stdout, stderr)
 	}
 	assertCleanedUp(t, pid)
+	b, err := os.ReadFile(jsonOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c2p bench.Report
+	if err := json.Unmarshal(b, &c2p); err != nil || len(c2p.Cases) != 1 {
+		t.Fatalf("json-out: %v %+v", err, c2p.Cases)
+	}
+	checkBaselinesAndCosts(t, c2p.Cases[0], []string{"direct", "routed", "plain", "gso", "xdp"}, stderr)
+	for _, r := range c2p.Cases[0].Runs {
+		if r.Variant != "xdp" {
+			if r.XDPRuns != 0 {
+				t.Errorf("%s: %d runs of an XDP program in the relay namespace", r.Variant, r.XDPRuns)
+			}
+			continue
+		}
+		// The relay program runs on every packet that reaches the relay's
+		// client-side veth, so at least on every one delivered.
+		if r.XDPRuns == 0 || r.XDPNsPerPkt <= 0 || r.XDPToPassRatio <= 0 || float64(r.XDPRuns) < 0.9*r.DeliveredPPS*r.Seconds {
+			t.Errorf("xdp in-place cost: %d runs, %.0f ns/pkt, %.2f x pass, for %.0f delivered (%s)",
+				r.XDPRuns, r.XDPNsPerPkt, r.XDPToPassRatio, r.DeliveredPPS*r.Seconds, r.ProgStatsError)
+		}
+	}
+	for _, s := range c2p.Cases[0].Summaries {
+		if s.Variant == "xdp" && (s.RoutedDeliveredRatio <= 0 || s.RoutedCPUNsRatio <= 0 || s.XDPNsPerPkt <= 0 || s.PassNsPerPkt <= 0) {
+			t.Errorf("xdp summary lacks the routed ratios or the in-place cost: %+v", s)
+		}
+	}
 
 	// JSON and chart, peer to client.
 	chart := filepath.Join(t.TempDir(), "c.svg")
-	stdout, stderr, pid = runCompare(t, append(common, "--direction", "peer-to-client", "--json", "--chart", chart))
+	stdout, stderr, pid = runCompare(t, append(common, "--datapaths", "plain,gso", "--direction", "peer-to-client", "--json", "--chart", chart))
 	var rep bench.Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("json: %v\n%s\n%s", err, stdout, stderr)
@@ -121,15 +153,16 @@ func TestCompareBrief(t *testing.T) {
 		if !s.Available || s.Runs != 1 || s.Delivered <= 0 || s.Offered <= 0 {
 			t.Errorf("%s: %+v\n%s", s.Variant, s, stderr)
 		}
-		if s.Variant != bench.VariantDirect && s.RelayCPU <= 0 {
+		if s.Variant != bench.VariantDirect && s.Variant != bench.VariantRouted && s.RelayCPU <= 0 {
 			t.Errorf("%s: no relay CPU measured", s.Variant)
 		}
 	}
-	for _, v := range []string{"direct", "plain", "gso"} {
+	for _, v := range []string{"direct", "routed", "plain", "gso"} {
 		if !seen[v] {
 			t.Errorf("no summary for %s", v)
 		}
 	}
+	checkBaselinesAndCosts(t, rep.Cases[0], []string{"direct", "routed", "plain", "gso"}, stderr)
 	svg, err := os.ReadFile(chart)
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +177,42 @@ func TestCompareBrief(t *testing.T) {
 		}
 	}
 	assertCleanedUp(t, pid)
+}
+
+// checkBaselinesAndCosts checks one case of a compare report: one
+// successful run per variant, in order; the relay namespace forwarding
+// (both families) in routed runs and in no other; ratios to routed of 1 for
+// routed itself; and the XDP_PASS program on the receiving veth end counted
+// at least the delivered packets, at a positive cost.
+func checkBaselinesAndCosts(t *testing.T, cr bench.CaseResult, variants []string, stderr string) {
+	t.Helper()
+	var got []string
+	for _, r := range cr.Runs {
+		got = append(got, r.Variant)
+		if r.Error != "" {
+			t.Errorf("%s: %s", r.Variant, r.Error)
+			continue
+		}
+		wantFwd := r.Variant == bench.VariantRouted
+		if r.RelayForwardingV4 != wantFwd || r.RelayForwardingV6 != wantFwd {
+			t.Errorf("%s ran with relay namespace forwarding v4 %v v6 %v", r.Variant, r.RelayForwardingV4, r.RelayForwardingV6)
+		}
+		delivered := r.DeliveredPPS * r.Seconds
+		if r.PassRuns == 0 || r.PassNsPerPkt <= 0 || float64(r.PassRuns) < 0.9*delivered {
+			t.Errorf("%s: XDP_PASS %d runs at %.0f ns for %.0f delivered (%s)\n%s", r.Variant, r.PassRuns, r.PassNsPerPkt, delivered, r.ProgStatsError, stderr)
+		}
+	}
+	if strings.Join(got, " ") != strings.Join(variants, " ") {
+		t.Errorf("runs %v, want %v", got, variants)
+	}
+	for _, s := range cr.Summaries {
+		if s.Variant == bench.VariantRouted && (s.RoutedDeliveredRatio != 1 || s.RoutedCPUNsRatio != 1 || s.RelayForwarding != "on") {
+			t.Errorf("routed summary: %+v", s)
+		}
+		if s.Variant != bench.VariantRouted && s.RelayForwarding != "off" {
+			t.Errorf("%s summary: relay forwarding %q", s.Variant, s.RelayForwarding)
+		}
+	}
 }
 
 // TestCompareInterrupt sends SIGINT in the middle of a run: compare must
@@ -163,10 +232,10 @@ func TestCompareInterrupt(t *testing.T) {
 	// Wait until the relay variant runs (after the first direct run: a
 	// relay process with the bench secret exists), then interrupt.
 	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) && len(benchRelays(t)) == 0 {
+	for time.Now().Before(deadline) && len(benchRelays(t, cmd.Process.Pid)) == 0 {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if len(benchRelays(t)) == 0 {
+	if len(benchRelays(t, cmd.Process.Pid)) == 0 {
 		cmd.Process.Kill()
 		t.Fatalf("no relay started:\n%s", errb.String())
 	}
@@ -227,21 +296,26 @@ func assertCleanedUp(t *testing.T, pid int) {
 			t.Errorf("namespace left behind: %s", line)
 		}
 	}
-	if r := benchRelays(t); len(r) > 0 {
+	if r := benchRelays(t, pid); len(r) > 0 {
 		t.Errorf("relay processes left behind: %v", r)
 	}
 	mounts, err := os.ReadFile("/proc/self/mounts")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(mounts), "hybridrelay-bench-bpffs") {
+	// Other compare runs may share the host: only this one's mounts
+	// (hybridrelay-bench-bpffs-<pid>-*) count.
+	if strings.Contains(string(mounts), "hybridrelay-bench-bpffs-"+strconv.Itoa(pid)+"-") {
 		t.Errorf("bpffs mount left behind")
 	}
 }
 
-// benchRelays lists the pids of running relays started by a harness (their
-// command line carries the harness's REST secret).
-func benchRelays(t *testing.T) []int {
+// benchRelays lists the pids of running relays started by the harness
+// process harness: their command line carries the harness's REST secret
+// and its private bpffs (hybridrelay-bench-bpffs-<harness pid>-*), which
+// still names the harness after a leftover relay is re-parented. Relays of
+// other harnesses on a shared host do not count.
+func benchRelays(t *testing.T, harness int) []int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -257,7 +331,8 @@ func benchRelays(t *testing.T) []int {
 		if err != nil {
 			continue
 		}
-		if bytes.Contains(b, []byte("hybridrelay-bench-secret")) && bytes.Contains(b, []byte("serve")) {
+		if bytes.Contains(b, []byte("hybridrelay-bench-secret")) && bytes.Contains(b, []byte("serve")) &&
+			bytes.Contains(b, []byte("hybridrelay-bench-bpffs-"+strconv.Itoa(harness)+"-")) {
 			pids = append(pids, pid)
 		}
 	}

@@ -45,9 +45,22 @@ func TestServeExplicitXDPMissingFeature(t *testing.T) {
 // topology: auto must choose xdp (root, BPF, bpffs, veths that take XDP),
 // attach to both relay interfaces, answer STUN from the client namespace,
 // and on SIGTERM exit 0 with the program detached and the pins removed.
-func TestServeAutoPicksXDP(t *testing.T) {
+// It runs on each relay-host variant (forEachVariant).
+func TestServeAutoPicksXDP(t *testing.T) { forEachVariant(t, testServeAutoPicksXDP) }
+
+// forEachVariant runs test as subtests on a relay namespace with default
+// sysctls (forwarding off, a server as it comes) and on one that is also
+// an IP router (netns.Variants): the kernel path must forward on both
+// (docs/design.md, "Invariants for the kernel path" 6).
+func forEachVariant(t *testing.T, test func(t *testing.T, to netns.TopologyOptions)) {
+	for _, v := range netns.Variants() {
+		t.Run(v.Name, func(t *testing.T) { test(t, v.Options) })
+	}
+}
+
+func testServeAutoPicksXDP(t *testing.T, to netns.TopologyOptions) {
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo, err := netns.NewTopology()
+	topo, err := netns.NewTopologyWith(to)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,10 +323,15 @@ func startInNS(t *testing.T, ns *netns.NS, args ...string) *daemonProc {
 // TestServeRestartKeepsKernelPath: with a state file, SIGTERM is a restart:
 // the kernel keeps forwarding the bound channel while no daemon runs (the
 // operator tools read it from the pins), and the next serve re-adopts the
-// maps and the allocation. maps unpin finally removes everything.
+// maps and the allocation. maps unpin finally removes everything. It runs
+// on each relay-host variant (forEachVariant).
 func TestServeRestartKeepsKernelPath(t *testing.T) {
+	forEachVariant(t, testServeRestartKeepsKernelPath)
+}
+
+func testServeRestartKeepsKernelPath(t *testing.T, to netns.TopologyOptions) {
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo, err := netns.NewTopology()
+	topo, err := netns.NewTopologyWith(to)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@
 // fallback, recvmmsg reads), TURN load clients (many allocations with
 // channel binds, built on internal/turnclient), the peer sink/reflector,
 // CPU accounting from /proc, and the network-namespace harness that runs
-// the real hybridrelay binary per datapath against the direct path
-// (DESIGN.md "Benchmark method"), with JSON, table and SVG output.
+// the real hybridrelay binary per datapath against the direct and the
+// routed baselines (docs/design.md "Benchmark method"), and the in-place
+// cost of attached BPF programs from kernel run-time statistics
+// (ProgCostMeter, MeasureProgCost), with JSON, table and SVG output.
 package bench

@@ -16,7 +16,8 @@ type Options struct {
 	// ModuleDir is where to build from when RelayBinary is empty (default:
 	// found with `go env GOMOD`).
 	ModuleDir string
-	// Datapaths to compare against direct, in alternation order.
+	// Datapaths to compare against direct and routed (which always run
+	// first in each repeat), in alternation order.
 	Datapaths []string
 	Cases     []Case
 	Duration  time.Duration // measurement window per run
@@ -48,7 +49,7 @@ func (o *Options) defaults() error {
 	for _, d := range o.Datapaths {
 		switch d {
 		case "xdp", "gso", "plain", "auto":
-		case VariantDirect:
+		case VariantDirect, VariantRouted:
 			return fmt.Errorf("harness: %q always runs; list only datapaths", d)
 		default:
 			return fmt.Errorf("harness: unknown datapath %q (xdp, gso, plain, auto)", d)

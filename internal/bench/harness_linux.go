@@ -12,11 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
@@ -33,15 +35,26 @@ const (
 // not support it, the host lacks a feature): reported, not fatal.
 var errUnavailable = errors.New("variant unavailable")
 
+// errForwardingStuck: the relay namespace could not be set back to not
+// forwarding after a routed run; every later relay run would be measured
+// on a router, so the comparison stops.
+var errForwardingStuck = errors.New("relay namespace forwarding not restored")
+
 type harness struct {
 	opts  Options
 	topo  *netns.Topology
 	bin   string
 	bpffs string
+	// passIDs are the XDP_PASS program on the client and peer veth ends
+	// (one program, attached to every end), for its in-place cost.
+	passIDs []ebpf.ProgramID
 }
 
-// Compare runs every case through direct and each datapath, alternating
-// the variants within each repeat, in a private three-namespace topology.
+// Compare runs every case through direct, routed and each datapath,
+// alternating the variants within each repeat, in a private
+// three-namespace topology with a direct client-peer link. The relay
+// namespace keeps a server's default sysctls (forwarding off) for every
+// variant but routed, which turns forwarding on for its runs only.
 // The namespaces, the relay processes and their BPF pins are removed on
 // every exit path; when ctx is cancelled (Ctrl-C) the runs finished so far
 // are returned with ctx's error.
@@ -75,14 +88,17 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 	defer unix.Unmount(bpfDir, unix.MNT_DETACH)
 	h.bpffs = filepath.Join(bpfDir, "hybridrelay")
 
-	if h.topo, err = netns.NewTopology(); err != nil {
+	// Default sysctls: the relay datapaths run on a host that does not
+	// route, as servers come (docs/design.md, "Invariants for the kernel
+	// path" 6).
+	if h.topo, err = netns.NewTopologyWith(netns.TopologyOptions{DirectLink: true}); err != nil {
 		return nil, fmt.Errorf("harness: topology: %w", err)
 	}
 	defer h.topo.Close()
 
 	var uname unix.Utsname
 	_ = unix.Uname(&uname)
-	variants := append([]string{VariantDirect}, opts.Datapaths...)
+	variants := append([]string{VariantDirect, VariantRouted}, opts.Datapaths...)
 	rep = &Report{
 		Started: time.Now().UTC(), Kernel: unix.ByteSliceToString(uname.Release[:]), CPUs: runtime.NumCPU(),
 		Duration: opts.Duration.Seconds(), Warmup: opts.Warmup.Seconds(), Repeats: opts.Repeats,
@@ -95,13 +111,19 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 	if err != nil {
 		rep.Notes = append(rep.Notes, "XDP_PASS on the client and peer veths failed, the xdp variant cannot deliver: "+err.Error())
 	} else {
-		rep.Notes = append(rep.Notes, "an XDP_PASS program is attached to the client and peer veth ends in every variant (needed for XDP_TX into a veth)")
+		rep.Notes = append(rep.Notes, "an XDP_PASS program is attached to the client and peer veth ends (direct link too) in every variant (needed for XDP_TX into a veth)")
 		defer func() {
 			for _, l := range links {
 				l.Close()
 			}
 		}()
+		if h.passIDs, err = h.topo.Client.XDPProgramIDs(h.topo.ClientIf); err != nil {
+			rep.Notes = append(rep.Notes, "the XDP_PASS program's id is unknown, no pass ns/pkt: "+err.Error())
+		}
 	}
+	rep.Notes = append(rep.Notes,
+		"direct: client to peer over their own veth (198.19.0.0/24, 2001:2:0:9::/64), no relay hop; routed: through the relay namespace as an IP router, forwarding on for those runs only; every relay datapath runs with the relay namespace not forwarding (fwd column)",
+		"in-place program cost: kernel BPF run-time stats (BPF_ENABLE_STATS) held on only during each window, in every variant; they add a little to every BPF program run")
 
 	for _, c := range opts.Cases {
 		cr := CaseResult{Case: c}
@@ -116,6 +138,13 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 					return rep, err
 				}
 				run, err := h.runOne(ctx, c, v, r)
+				if errors.Is(err, errForwardingStuck) {
+					run.Error = err.Error()
+					cr.Runs = append(cr.Runs, run)
+					cr.Summarize(variants, rep.Unavailable)
+					rep.Cases = append(rep.Cases, cr)
+					return rep, fmt.Errorf("harness: %w", err)
+				}
 				if errors.Is(err, errUnavailable) {
 					rep.Unavailable[v] = strings.TrimPrefix(err.Error(), errUnavailable.Error()+": ")
 					h.progress("%s %-6s unavailable: %s", c.Name, v, oneLine(rep.Unavailable[v], 200))
@@ -128,8 +157,8 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 					run.Error = err.Error()
 					h.progress("%s %-6s repeat %d: error: %v", c.Name, v, r+1, err)
 				} else {
-					h.progress("%s %-6s repeat %d: offered %8.0f pps, delivered %8.0f pps, relay CPU %5.1f%%, %6.0f CPU-ns/pkt, p50 %6.0f us, p99 %6.0f us, background CPU %3.0f%%",
-						c.Name, v, r+1, run.OfferedPPS, run.DeliveredPPS, run.RelayCPUPct, run.SysCPUNsPerPkt, run.P50us, run.P99us, run.BackgroundCPUPct)
+					h.progress("%s %-6s repeat %d: fwd %s, offered %8.0f pps, delivered %8.0f pps, relay CPU %5.1f%%, %6.0f CPU-ns/pkt, xdp %4.0f ns/pkt, pass %4.0f ns/pkt, p50 %6.0f us, p99 %6.0f us, background CPU %3.0f%%",
+						c.Name, v, r+1, run.Forwarding(), run.OfferedPPS, run.DeliveredPPS, run.RelayCPUPct, run.SysCPUNsPerPkt, run.XDPNsPerPkt, run.PassNsPerPkt, run.P50us, run.P99us, run.BackgroundCPUPct)
 				}
 				cr.Runs = append(cr.Runs, run)
 			}
@@ -201,14 +230,34 @@ type family struct {
 	network                        string
 	client, relayListen, relayPeer netip.Addr
 	peer                           netip.Addr
+	// The ends of the direct client-peer link.
+	directClient, directPeer netip.Addr
 }
 
 func (h *harness) family(v6 bool) family {
 	t := h.topo
 	if v6 {
-		return family{"udp6", t.ClientV6, t.RelayClientV6, t.RelayPeerV6, t.PeerV6}
+		return family{"udp6", t.ClientV6, t.RelayClientV6, t.RelayPeerV6, t.PeerV6, t.DirectClientV6, t.DirectPeerV6}
 	}
-	return family{"udp4", t.ClientV4, t.RelayClientV4, t.RelayPeerV4, t.PeerV4}
+	return family{"udp4", t.ClientV4, t.RelayClientV4, t.RelayPeerV4, t.PeerV4, t.DirectClientV4, t.DirectPeerV4}
+}
+
+// relayXDPIDs are the XDP programs attached to the relay namespace's
+// interfaces (the relay's, on the xdp datapath), each once.
+func (h *harness) relayXDPIDs() ([]ebpf.ProgramID, error) {
+	var ids []ebpf.ProgramID
+	for _, ifc := range []string{h.topo.RelayClientIf, h.topo.RelayPeerIf} {
+		got, err := h.topo.Relay.XDPProgramIDs(ifc)
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range got {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids, nil
 }
 
 func listenIn(ns *netns.NS, network string, addr netip.AddrPort) (*net.UDPConn, error) {
@@ -228,10 +277,31 @@ type snapshot struct {
 	relay     time.Duration
 }
 
-func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int) (Run, error) {
-	run := Run{Variant: variant, Repeat: repeat}
+func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int) (run Run, err error) {
+	run = Run{Variant: variant, Repeat: repeat}
 	fam := h.family(c.IPv6)
-	sinkAddr := netip.AddrPortFrom(fam.peer, sinkPort)
+	baseline := variant == VariantDirect || variant == VariantRouted
+	clientIP, peerIP := fam.client, fam.peer
+	if variant == VariantDirect {
+		clientIP, peerIP = fam.directClient, fam.directPeer
+	}
+	if variant == VariantRouted {
+		// The relay host as an IP router, for this run only: set back
+		// off on every way out, or stop the comparison.
+		if err := h.topo.SetForwarding(true); err != nil {
+			return run, fmt.Errorf("routed: %w", err)
+		}
+		defer func() {
+			if rerr := h.topo.SetForwarding(false); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("%w: %v", errForwardingStuck, rerr))
+			}
+		}()
+	} else if v4, v6, ferr := h.topo.Forwarding(); ferr != nil {
+		return run, ferr
+	} else if v4 || v6 {
+		return run, fmt.Errorf("%w: %s would run with the relay namespace forwarding (%s)", errForwardingStuck, variant, forwardingWord(v4, v6))
+	}
+	sinkAddr := netip.AddrPortFrom(peerIP, sinkPort)
 	sink, err := listenIn(h.topo.Peer, fam.network, sinkAddr)
 	if err != nil {
 		return run, fmt.Errorf("sink socket: %w", err)
@@ -243,7 +313,7 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 		rconf = RecvConfig{Flows: c.Flows}
 		relay *relayProc
 	)
-	if variant == VariantDirect {
+	if baseline {
 		var clients []*net.UDPConn
 		defer func() {
 			for _, cc := range clients {
@@ -251,7 +321,7 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 			}
 		}()
 		for i := 0; i < c.Flows; i++ {
-			cc, err := listenIn(h.topo.Client, fam.network, netip.AddrPortFrom(fam.client, 0))
+			cc, err := listenIn(h.topo.Client, fam.network, netip.AddrPortFrom(clientIP, 0))
 			if err != nil {
 				return run, fmt.Errorf("client socket: %w", err)
 			}
@@ -343,11 +413,31 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 	if err := sleepCtx(ctx, h.opts.Warmup); err != nil {
 		return run, err
 	}
+	// In-place program cost: bpf stats on for the window only.
+	relayIDs, err := h.relayXDPIDs()
+	if err != nil {
+		return run, err
+	}
+	if variant == "xdp" && len(relayIDs) == 0 {
+		run.ProgStatsError = "no XDP program attached in the relay namespace"
+	}
+	meter, merr := StartProgCost(relayIDs, h.passIDs)
+	if merr != nil {
+		run.ProgStatsError = merr.Error()
+	}
+	defer func() {
+		if meter != nil {
+			_, _ = meter.Stop()
+		}
+	}()
 	s0, err := take()
 	if err != nil {
 		return run, err
 	}
 	recv.Measure(true)
+	if run.RelayForwardingV4, run.RelayForwardingV6, err = h.topo.Forwarding(); err != nil {
+		return run, err
+	}
 	if err := sleepCtx(ctx, h.opts.Duration); err != nil {
 		return run, err
 	}
@@ -355,6 +445,19 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 	recv.Measure(false)
 	if err != nil {
 		return run, err
+	}
+	if meter != nil {
+		costs, err := meter.Stop()
+		meter = nil
+		if err != nil {
+			run.ProgStatsError = err.Error()
+		} else {
+			run.XDPRuns, run.XDPNsPerPkt = costs[0].Runs, costs[0].NsPerRun()
+			run.PassRuns, run.PassNsPerPkt = costs[1].Runs, costs[1].NsPerRun()
+			if x, ok := ratio(run.XDPNsPerPkt, run.PassNsPerPkt); ok && run.XDPRuns > 0 {
+				run.XDPToPassRatio = x
+			}
+		}
 	}
 	stopGen()
 	if err := <-genErr; err != nil {

@@ -10,6 +10,7 @@ import (
 
 var variantColors = map[string]string{
 	VariantDirect: "#7f7f7f",
+	VariantRouted: "#ff7f0e",
 	"plain":       "#d62728",
 	"gso":         "#1f77b4",
 	"xdp":         "#2ca02c",

@@ -136,9 +136,10 @@ func startNetnsPeer(t *testing.T, r *netnsRelay, ip netip.Addr) netip.AddrPort {
 	t.Helper()
 	addr := netip.AddrPortFrom(ip, 3480)
 	out := startProcess(t, "ip", "netns", "exec", r.topo.Peer.Name, "turnutils_peer", "-L", ip.String(), "-p", "3480")
-	// Probe from the client namespace: the relay namespace forwards, so
-	// the peer is reachable directly (the topology's "direct" path).
-	err := r.topo.Client.Do(func() error { return waitEcho(addr, 3*time.Second) })
+	// Probe from the relay namespace, which is on the peer's link: the
+	// client cannot reach the peer without a relay, since the relay
+	// namespace does not forward (a server's default sysctls).
+	err := r.topo.Relay.Do(func() error { return waitEcho(addr, 3*time.Second) })
 	if err != nil {
 		t.Fatalf("turnutils_peer on %s: %v\n%s", addr, err, out.Bytes())
 	}

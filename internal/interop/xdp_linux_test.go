@@ -34,7 +34,16 @@ func TestNetnsXDP(t *testing.T) {
 	// the serial ones (the flood test counts the process's goroutines).
 	t.Parallel()
 	bin := buildRelayBinary(t)
+	// On a host as it comes (forwarding off) and on a router: the kernel
+	// path must not depend on the kernel's own forwarding (docs/design.md,
+	// "Invariants for the kernel path" 6). One after the other, not
+	// parallel: each floods.
+	for _, v := range netns.Variants() {
+		t.Run(v.Name, func(t *testing.T) { testNetnsXDP(t, bin, v.Options) })
+	}
+}
 
+func testNetnsXDP(t *testing.T, bin string, to netns.TopologyOptions) {
 	// A private bpffs for the relay's pins, unmounted at the end.
 	bpfDir := t.TempDir()
 	if err := unix.Mount("bpf", bpfDir, "bpf", 0, "mode=0700"); err != nil {
@@ -42,7 +51,7 @@ func TestNetnsXDP(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = unix.Unmount(bpfDir, unix.MNT_DETACH) })
 
-	topo, err := netns.NewTopology()
+	topo, err := netns.NewTopologyWith(to)
 	if err != nil {
 		t.Fatalf("netns topology: %v", err)
 	}
@@ -185,7 +194,9 @@ func TestNetnsXDP(t *testing.T) {
 	t.Run("uclient", func(t *testing.T) {
 		peerAddr := netip.AddrPortFrom(topo.PeerV4, 3480)
 		out := startProcess(t, "ip", "netns", "exec", topo.Peer.Name, "turnutils_peer", "-L", topo.PeerV4.String(), "-p", "3480")
-		if err := topo.Client.Do(func() error { return waitEcho(peerAddr, 3*time.Second) }); err != nil {
+		// Probed from the relay namespace, on the peer's link: without a
+		// relay the client reaches the peer only if the relay host routes.
+		if err := topo.Relay.Do(func() error { return waitEcho(peerAddr, 3*time.Second) }); err != nil {
 			t.Fatalf("turnutils_peer: %v\n%s", err, out.Bytes())
 		}
 		before := snap().Kernel.Counters

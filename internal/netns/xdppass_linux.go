@@ -9,10 +9,13 @@ import (
 )
 
 // AttachXDPPass attaches a two-instruction XDP_PASS program to the client's
-// and the peer's veth ends: XDP_TX or a redirect into a veth delivers
-// nothing unless the receiving end runs an XDP program (DESIGN.md, veth
-// facts). Closing the returned links detaches it; on error nothing stays
-// attached.
+// and the peer's veth ends (and to both ends of the direct link, when the
+// topology has one, so every path runs the same veth mode): XDP_TX or a
+// redirect into a veth delivers nothing unless the receiving end runs an
+// XDP program (docs/design.md, veth facts). All ends share one program, so
+// its run_cnt/run_time_ns (XDPProgramIDs, kernel bpf_stats) count every
+// packet the client and the peer receive. Closing the returned links
+// detaches it; on error nothing stays attached.
 func (t *Topology) AttachXDPPass() ([]ebpflink.Link, error) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:    ebpf.XDP,
@@ -30,7 +33,10 @@ func (t *Topology) AttachXDPPass() ([]ebpflink.Link, error) {
 	for _, end := range []struct {
 		ns *NS
 		If string
-	}{{t.Client, t.ClientIf}, {t.Peer, t.PeerIf}} {
+	}{{t.Client, t.ClientIf}, {t.Peer, t.PeerIf}, {t.Client, t.DirectClientIf}, {t.Peer, t.DirectPeerIf}} {
+		if end.If == "" {
+			continue // no direct link
+		}
 		idx, err := end.ns.Ifindex(end.If)
 		var l ebpflink.Link
 		if err == nil {

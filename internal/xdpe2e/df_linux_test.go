@@ -12,6 +12,7 @@ import (
 	"github.com/pion/stun/v3"
 
 	"github.com/hybridrelay/hybridrelay/internal/dpe2e"
+	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/turnclient"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
@@ -77,6 +78,10 @@ func allocateDontFragment(t *testing.T, conn *net.UDPConn, server netip.AddrPort
 // the relay socket's IP_MTU_DISCOVER gives it in userspace), on the plain
 // and the gso datapath.
 func TestDFSameOnKernelAndUserspacePath(t *testing.T) {
+	forEachVariant(t, testDFSameOnKernelAndUserspacePath)
+}
+
+func testDFSameOnKernelAndUserspacePath(t *testing.T, to netns.TopologyOptions) {
 	for _, dpName := range []string{"plain", "gso"} {
 		t.Run(dpName, func(t *testing.T) {
 			dp := dataplane.NewPlain()
@@ -86,7 +91,7 @@ func TestDFSameOnKernelAndUserspacePath(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			e := newEnvDP(t, false, 64, dp, nil)
+			e := newEnvDP(t, to, false, 64, dp, nil)
 			pr := newPeer(t, e, 40000)
 			var capt *dpe2e.Capture
 			if err := e.topo.Peer.Do(func() (err error) {

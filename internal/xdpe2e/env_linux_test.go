@@ -72,26 +72,36 @@ type ioDiscard struct{}
 
 func (ioDiscard) Write(b []byte) (int, error) { return len(b), nil }
 
+// forEachVariant runs test once per relay-host variant (netns.Variants), as
+// subtests: with default sysctls (forwarding off, a server as it comes,
+// where the kernel path must not depend on the kernel's own forwarding;
+// docs/design.md, "Invariants for the kernel path" 6) and as an IP router.
+func forEachVariant(t *testing.T, test func(t *testing.T, topo netns.TopologyOptions)) {
+	for _, v := range netns.Variants() {
+		t.Run(v.Name, func(t *testing.T) { test(t, v.Options) })
+	}
+}
+
 // newEnv builds the topology, attaches the program and starts a server
 // listening on the relay's client-side address with relay addresses on its
 // peer side (only the one family, so allocations are of that family).
-func newEnv(t *testing.T, v6 bool, mod func(*control.Config)) *env {
+func newEnv(t *testing.T, to netns.TopologyOptions, v6 bool, mod func(*control.Config)) *env {
 	t.Helper()
-	return newEnvMax(t, v6, 64, mod)
+	return newEnvMax(t, to, v6, 64, mod)
 }
 
 // newEnvMax is newEnv with maps for maxChannels channels.
-func newEnvMax(t *testing.T, v6 bool, maxChannels int, mod func(*control.Config)) *env {
+func newEnvMax(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int, mod func(*control.Config)) *env {
 	t.Helper()
-	return newEnvDP(t, v6, maxChannels, dataplane.NewPlain(), mod)
+	return newEnvDP(t, to, v6, maxChannels, dataplane.NewPlain(), mod)
 }
 
 // newEnvDP is newEnvMax with the given userspace datapath (the hybrid
 // `xdp` mode runs the GSO datapath beside the kernel path).
-func newEnvDP(t *testing.T, v6 bool, maxChannels int, dp dataplane.Datapath, mod func(*control.Config)) *env {
+func newEnvDP(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int, dp dataplane.Datapath, mod func(*control.Config)) *env {
 	t.Helper()
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo, err := netns.NewTopology()
+	topo, err := netns.NewTopologyWith(to)
 	if err != nil {
 		t.Fatal(err)
 	}

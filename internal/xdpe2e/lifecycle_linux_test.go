@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
@@ -41,8 +42,12 @@ func roundTrip(t *testing.T, c *rawClient, ch uint16, pr *peer, tag string) {
 // kernel stops forwarding at the expiry on its own, the entry is deleted,
 // and Send/Data indications carry the data through userspace.
 func TestKernelEntryGoneFallsBackToUserspace(t *testing.T) {
+	forEachVariant(t, testKernelEntryGoneFallsBackToUserspace)
+}
+
+func testKernelEntryGoneFallsBackToUserspace(t *testing.T, to netns.TopologyOptions) {
 	const lifetime = 2 * time.Second
-	e := newEnv(t, false, func(c *control.Config) { c.ChannelLifetime = lifetime })
+	e := newEnv(t, to, false, func(c *control.Config) { c.ChannelLifetime = lifetime })
 	pr := newPeer(t, e, 40000)
 	c := newRaw(t, e, user, pass)
 	const ch = 0x4000
@@ -128,8 +133,10 @@ func TestKernelEntryGoneFallsBackToUserspace(t *testing.T) {
 // the other's relayed address. XDP_TX cannot deliver to the host itself,
 // so the control plane leaves such channels to userspace; data still
 // arrives byte-exact both ways.
-func TestHairpinThroughUserspace(t *testing.T) {
-	e := newEnv(t, false, nil)
+func TestHairpinThroughUserspace(t *testing.T) { forEachVariant(t, testHairpinThroughUserspace) }
+
+func testHairpinThroughUserspace(t *testing.T, to netns.TopologyOptions) {
+	e := newEnv(t, to, false, nil)
 	a := newRaw(t, e, user, pass)
 	b := newRaw(t, e, "bob", "builder")
 	a.bind(t, 0x4001, b.relayed)
@@ -168,8 +175,10 @@ func TestHairpinThroughUserspace(t *testing.T) {
 // nothing runs in userspace for a while, then a new loader re-adopts the
 // pinned maps and link and a new server restores its state file. Every
 // packet arrives, and the kernel forwarded all of them.
-func TestRestartKeepsMediaFlowing(t *testing.T) {
-	e := newEnv(t, false, nil)
+func TestRestartKeepsMediaFlowing(t *testing.T) { forEachVariant(t, testRestartKeepsMediaFlowing) }
+
+func testRestartKeepsMediaFlowing(t *testing.T, to netns.TopologyOptions) {
+	e := newEnv(t, to, false, nil)
 	pr := newPeer(t, e, 40000)
 	c := newRaw(t, e, user, pass)
 	const ch = 0x4123
@@ -305,7 +314,11 @@ func TestRestartKeepsMediaFlowing(t *testing.T) {
 // notices (its ChannelBind succeeds, its data arrives through userspace),
 // and the refusal is counted on both sides.
 func TestFullTableLeavesChannelInUserspace(t *testing.T) {
-	e := newEnvMax(t, false, 1, nil)
+	forEachVariant(t, testFullTableLeavesChannelInUserspace)
+}
+
+func testFullTableLeavesChannelInUserspace(t *testing.T, to netns.TopologyOptions) {
+	e := newEnvMax(t, to, false, 1, nil)
 	pr := newPeer(t, e, 40000)
 	a := newRaw(t, e, user, pass)
 	b := newRaw(t, e, "bob", "builder")

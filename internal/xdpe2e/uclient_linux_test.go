@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hybridrelay/hybridrelay/internal/interop"
+	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
@@ -64,12 +65,16 @@ func startTurnutilsPeer(t *testing.T, e *env, port uint16) netip.AddrPort {
 // both directions.
 func TestUclientThroughXDP(t *testing.T) {
 	privtest.Need(t, "turnutils_uclient", "turnutils_peer")
+	forEachVariant(t, testUclientThroughXDP)
+}
+
+func testUclientThroughXDP(t *testing.T, to netns.TopologyOptions) {
 	for _, fam := range []struct {
 		name string
 		v6   bool
 	}{{"ipv4", false}, {"ipv6", true}} {
 		t.Run(fam.name, func(t *testing.T) {
-			e := newEnv(t, fam.v6, nil)
+			e := newEnv(t, to, fam.v6, nil)
 			peer := startTurnutilsPeer(t, e, 3480)
 			const msgs, msgLen = 20, 200
 			before := counters(t, e.path.X)

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
@@ -12,7 +13,9 @@ import (
 // with the XDP program attached; once its channel is bound the kernel
 // forwards both directions (the XDP counters account for every packet, the
 // userspace path for none) and data arrives byte-exact.
-func TestPionThroughXDP(t *testing.T) {
+func TestPionThroughXDP(t *testing.T) { forEachVariant(t, testPionThroughXDP) }
+
+func testPionThroughXDP(t *testing.T, to netns.TopologyOptions) {
 	for _, fam := range []struct {
 		name string
 		v6   bool
@@ -26,7 +29,7 @@ func TestPionThroughXDP(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			e := newEnvDP(t, fam.v6, 64, dp, nil)
+			e := newEnvDP(t, to, fam.v6, 64, dp, nil)
 			pr := newPeer(t, e, 40000)
 			pc := newPion(t, e)
 			if pc.relayAddr().Addr().Is6() != fam.v6 {
