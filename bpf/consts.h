@@ -45,6 +45,7 @@
 
 /* c2p_val.flags */
 #define HR_F_DONT_FRAGMENT 0x1
+#define HR_F_HAIRPIN       0x2 /* relay-to-relay: rewrite to the hp_* client */
 
 /* Defaults for map sizes; the loader overrides max_entries before load
  * (the egress table gets two slots per channel: one per direction). */
@@ -60,6 +61,8 @@ enum hr_counter {
 	HR_CNT_FWD_TO_PEER_BYTES,    /* ChannelData data bytes relayed */
 	HR_CNT_FWD_TO_CLIENT_PACKETS,
 	HR_CNT_FWD_TO_CLIENT_BYTES,  /* peer payload bytes relayed */
+	HR_CNT_FWD_HAIRPIN_PACKETS,  /* relay-to-relay: ChannelData to another of our clients */
+	HR_CNT_FWD_HAIRPIN_BYTES,
 	HR_CNT_PASS_NO_ENTRY,        /* ChannelData-shaped, no channel/peer entry */
 	HR_CNT_PASS_EXPIRED,         /* entry found, expiry passed */
 	HR_CNT_PASS_TOO_BIG,         /* result exceeds egress MTU */

@@ -174,7 +174,7 @@ static __always_inline __u32 hr_commit(struct xdp_md *ctx, const struct hr_pkt *
 				       const struct udphdr *udp, const __u32 l2, const int v6,
 				       const int head_delta, __u32 want)
 {
-	if (bpf_xdp_adjust_head(ctx, head_delta))
+	if (head_delta && bpf_xdp_adjust_head(ctx, head_delta))
 		return head_delta < 0 ? HR_CNT_PASS_HEADROOM : HR_CNT_PASS_MALFORMED;
 	if (hr_trim(ctx, want))
 		return HR_CNT_PASS_MALFORMED;
@@ -183,14 +183,15 @@ static __always_inline __u32 hr_commit(struct xdp_md *ctx, const struct hr_pkt *
 	return 0;
 }
 
-/* Count a forwarded packet and send it the way hr_egress chose. A device
- * missing from the devmap (never, see hr_egress) would make the redirect
- * hand the rewritten packet to the stack. */
-static __always_inline int hr_send(int action, const struct egress_entry *eg, const int to_peer,
-				   __u32 slot, __u32 bytes)
+/* Count a forwarded packet (the global counter pair at pkts, pkts + 1 for
+ * its bytes; the channel's usage slot) and send it the way hr_egress
+ * chose. A device missing from the devmap (never, see hr_egress) would
+ * make the redirect hand the rewritten packet to the stack. */
+static __always_inline int hr_send(int action, const struct egress_entry *eg, const __u32 pkts,
+				   __u32 slot, const int to_peer, __u32 bytes)
 {
-	hr_count(to_peer ? HR_CNT_FWD_TO_PEER_PACKETS : HR_CNT_FWD_TO_CLIENT_PACKETS, 1);
-	hr_count(to_peer ? HR_CNT_FWD_TO_PEER_BYTES : HR_CNT_FWD_TO_CLIENT_BYTES, bytes);
+	hr_count(pkts, 1);
+	hr_count(pkts + 1, bytes);
 	hr_chan_count(slot, to_peer, bytes);
 	if (action == XDP_REDIRECT)
 		return bpf_redirect_map(&tx_ports, eg->ifindex, XDP_PASS);
@@ -198,7 +199,16 @@ static __always_inline int hr_send(int action, const struct egress_entry *eg, co
 }
 
 /* client -> peer: strip the ChannelData header and padding, rewrite to
- * relay -> peer. w_chan and w_len are the header's two words as stored. */
+ * relay -> peer. w_chan and w_len are the header's two words as stored.
+ *
+ * Relay-to-relay (HR_F_HAIRPIN): the peer is another allocation of this
+ * server whose client has a channel bound to this allocation's relayed
+ * address. XDP cannot deliver to the host itself, so instead of relay ->
+ * peer the packet becomes that client's ChannelData directly: listener ->
+ * other client, the other channel's number, the same data (padding cut,
+ * as over UDP it is optional, RFC 8656 section 12.5), counted on both
+ * channels. The control plane keeps the entry's expiry at the earlier of
+ * the two channels'. */
 static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p,
 				      const struct c2p_val *v, __u16 w_chan, __u16 w_len,
 				      const __u32 l2, const int v6)
@@ -243,11 +253,17 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 		}
 	}
 
-	__u16 new_ulen = HR_UDP_HLEN + cd_len;
+	const int hp = v->flags & HR_F_HAIRPIN;
+	const __u8 *src = hp ? v->hp_listener_addr : v->relay_addr;
+	const __u8 *dst = hp ? v->hp_client_addr : v->peer_addr;
+	/* The ChannelData header stays (with the other channel's number)
+	 * on a hairpin, and goes otherwise. */
+	const __u32 kept = hp ? HR_CHANNELDATA_HLEN : 0;
+	__u16 new_ulen = HR_UDP_HLEN + kept + cd_len;
 	struct udphdr u;
 	__builtin_memcpy(&u, &p->udp, sizeof(u));
-	u.source = v->relay_port;
-	u.dest = v->peer_port;
+	u.source = hp ? v->hp_listener_port : v->relay_port;
+	u.dest = hp ? v->hp_client_port : v->peer_port;
 	u.len = bpf_htons(new_ulen);
 
 	struct iphdr n4;
@@ -255,19 +271,21 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 	__u64 sum;
 	if (v6) {
 		__builtin_memcpy(&n6, &p->ip6, sizeof(n6));
-		__builtin_memcpy(&n6.saddr, v->relay_addr, 16);
-		__builtin_memcpy(&n6.daddr, v->peer_addr, 16);
+		__builtin_memcpy(&n6.saddr, src, 16);
+		__builtin_memcpy(&n6.daddr, dst, 16);
 		n6.payload_len = bpf_htons(new_ulen);
 		n6.hop_limit = ttl - 1;
 		sum = hr_csum_start(p->udp.check);
 		sum = hr_csum_replace(sum, (const __u16 *)&p->ip6.saddr, (const __u16 *)&n6.saddr, 16);
 	} else {
 		__builtin_memcpy(&n4, &p->ip4, sizeof(n4));
-		__builtin_memcpy(&n4.saddr, v->relay_addr, 4);
-		__builtin_memcpy(&n4.daddr, v->peer_addr, 4);
+		__builtin_memcpy(&n4.saddr, src, 4);
+		__builtin_memcpy(&n4.daddr, dst, 4);
 		n4.tot_len = bpf_htons(HR_IP4_HLEN + new_ulen);
 		n4.ttl = ttl - 1;
-		n4.frag_off = (v->flags & HR_F_DONT_FRAGMENT) ? bpf_htons(HR_IP_DF) : 0;
+		/* Toward a client DF is copied, as peer -> client does. */
+		if (!hp)
+			n4.frag_off = (v->flags & HR_F_DONT_FRAGMENT) ? bpf_htons(HR_IP_DF) : 0;
 		/* n4.check still holds the old value, so it cancels out. */
 		__u64 isum = hr_csum_start(p->ip4.check);
 		isum = hr_csum_replace(isum, (const __u16 *)&p->ip4, (const __u16 *)&n4, 10);
@@ -281,7 +299,10 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 		sum = hr_csum_add(sum, u.len);
 		sum = hr_csum_replace(sum, (const __u16 *)&p->udp, (const __u16 *)&u, 3);
 		sum = hr_csum_sub(sum, w_chan);
-		sum = hr_csum_sub(sum, w_len);
+		if (hp)
+			sum = hr_csum_add(sum, v->hp_channel); /* same offset, length kept */
+		else
+			sum = hr_csum_sub(sum, w_len);
 		sum += pad_sub;
 		u.check = hr_csum_finish(sum);
 		if (u.check == 0)
@@ -291,14 +312,24 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 	const struct egress_entry *eg = 0;
 	__u16 tci = 0;
 	__u32 reason = HR_CNT_PASS_OTHER;
-	int action = hr_egress(ctx, p, v->egress, l3 + new_ulen, &eg, &tci, &reason);
+	int action = hr_egress(ctx, p, hp ? v->hp_egress : v->egress, l3 + new_ulen, &eg, &tci, &reason);
 	if (action == XDP_PASS || !eg)
 		return hr_pass(reason);
 	reason = hr_commit(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6,
-			   HR_CHANNELDATA_HLEN, hdrs + cd_len);
+			   hp ? 0 : HR_CHANNELDATA_HLEN, hdrs + kept + cd_len);
 	if (reason)
 		return hr_pass(reason);
-	return hr_send(action, eg, 1, v->slot, cd_len);
+	if (hp) {
+		void *data = (void *)(long)ctx->data;
+		void *end = (void *)(long)ctx->data_end;
+		__u16 *cd = data + hdrs;
+		if ((void *)(cd + 1) > end)
+			return hr_pass(HR_CNT_PASS_MALFORMED);
+		cd[0] = v->hp_channel;
+		hr_chan_count(v->hp_slot, 0, cd_len);
+		return hr_send(action, eg, HR_CNT_FWD_HAIRPIN_PACKETS, v->slot, 1, cd_len);
+	}
+	return hr_send(action, eg, HR_CNT_FWD_TO_PEER_PACKETS, v->slot, 1, cd_len);
 }
 
 /* peer -> client: prepend ChannelData(channel, length) and rewrite to
@@ -383,7 +414,7 @@ static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt 
 		cd[0] = w_chan;
 		cd[1] = w_len;
 	}
-	return hr_send(action, eg, 0, v->slot, plen);
+	return hr_send(action, eg, HR_CNT_FWD_TO_CLIENT_PACKETS, v->slot, 0, plen);
 }
 
 static __always_inline void hr_addr(__u8 *dst, const struct hr_pkt *p, const int v6, const int src)

@@ -30,8 +30,20 @@ struct c2p_val {
 	__be16 peer_port;
 	__be16 relay_port;
 	__u32 slot;   /* index into the chan_usage map */
-	__u32 flags;  /* HR_F_DONT_FRAGMENT */
+	__u32 flags;  /* HR_F_DONT_FRAGMENT, HR_F_HAIRPIN */
 	__u32 egress; /* index into the egress map: the way to the peer */
+	/* HR_F_HAIRPIN only: the peer is another allocation's relayed
+	 * address, and that allocation's client has channel hp_channel bound
+	 * to this one's relayed address. These are that channel's p2c value
+	 * fields: where its ChannelData goes, and its usage and egress slots. */
+	__u8 hp_client_addr[16];
+	__u8 hp_listener_addr[16];
+	__be16 hp_client_port;
+	__be16 hp_listener_port;
+	__be16 hp_channel;
+	__u16 hp_pad;
+	__u32 hp_slot;
+	__u32 hp_egress;
 };
 
 /* peer -> client: a datagram arriving at a relayed address. */

@@ -170,9 +170,12 @@ func testNetnsXDP(t *testing.T, bin string, to netns.TopologyOptions) {
 	}
 
 	t.Run("pion-hairpin", func(t *testing.T) {
-		// Relay-to-relay on one server broke a production XDP relay
-		// (DESIGN.md): XDP_TX cannot deliver to the host itself, so the
-		// kernel must forward channel to channel or leave it to userspace.
+		// Relay-to-relay on one server broke a production XDP relay:
+		// XDP_TX cannot deliver to the host itself, so the kernel turns
+		// one client's ChannelData into the other's (docs/design.md
+		// "Egress") once both have bound channels, and userspace carries
+		// the rest (Send/Data indications, channels not yet bound on the
+		// other side).
 		dial := func() *pionSession {
 			var base net.PacketConn
 			if err := topo.Client.Do(func() error {
@@ -187,8 +190,14 @@ func testNetnsXDP(t *testing.T, bin string, to netns.TopologyOptions) {
 		before := snap().Kernel.Counters
 		hairpinExchange(t, dial(), dial(), 40)
 		after := snap().Kernel.Counters
-		t.Logf("kernel counters during the hairpin exchange: to peer +%d, to client +%d",
+		hp := after["fwd_hairpin_packets"] - before["fwd_hairpin_packets"]
+		t.Logf("kernel counters during the hairpin exchange: hairpin +%d, to peer +%d, to client +%d", hp,
 			after["fwd_to_peer_packets"]-before["fwd_to_peer_packets"], after["fwd_to_client_packets"]-before["fwd_to_client_packets"])
+		// Each side sent at least 40 ChannelData; the last 40 rounds run
+		// with both channels bound.
+		if hp < 40 {
+			t.Errorf("the kernel hairpinned %d ChannelData, want at least 40 of the 80 or more sent", hp)
+		}
 	})
 
 	t.Run("uclient", func(t *testing.T) {

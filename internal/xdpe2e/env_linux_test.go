@@ -124,7 +124,7 @@ func newEnvDP(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int, 
 	}
 	cfg.Listeners = []control.ListenerSpec{{Network: "udp", Addr: e.listener()}}
 	cfg.RelayIPs = []netip.Addr{relayIP}
-	cfg.Users = map[string]string{user: pass, "bob": "builder"}
+	cfg.Users = map[string]string{user: pass, "bob": "builder", "carol": "secret"}
 	cfg.Realm = realm
 	cfg.AllowPeers = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("2001:2::/48")}
 	if mod != nil {

@@ -2,6 +2,7 @@ package xdpe2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -129,43 +130,92 @@ func testKernelEntryGoneFallsBackToUserspace(t *testing.T, to netns.TopologyOpti
 	}
 }
 
-// TestHairpinThroughUserspace: two clients of this server, each bound to
-// the other's relayed address. XDP_TX cannot deliver to the host itself,
-// so the control plane leaves such channels to userspace; data still
-// arrives byte-exact both ways.
-func TestHairpinThroughUserspace(t *testing.T) { forEachVariant(t, testHairpinThroughUserspace) }
+// TestHairpinInKernel: two clients of this server, each bound to the
+// other's relayed address. XDP_TX cannot deliver to the host itself, so the
+// program turns one client's ChannelData into the other's directly
+// (relay to relay): byte-exact both ways, counted as hairpin, nothing to
+// a peer. A third client that only has a permission (it gets Data
+// indications) is left to userspace (pass_local), and when one side
+// releases its allocation the other's entry stops forwarding at once.
+func TestHairpinInKernel(t *testing.T) { forEachVariant(t, testHairpinInKernel) }
 
-func testHairpinThroughUserspace(t *testing.T, to netns.TopologyOptions) {
+func testHairpinInKernel(t *testing.T, to netns.TopologyOptions) {
 	e := newEnv(t, to, false, nil)
 	a := newRaw(t, e, user, pass)
 	b := newRaw(t, e, "bob", "builder")
 	a.bind(t, 0x4001, b.relayed)
 	b.bind(t, 0x4002, a.relayed)
+	exchange := func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			msg := []byte(fmt.Sprintf("a->b %d", i))
+			if err := a.SendChannelData(0x4001, msg); err != nil {
+				t.Fatal(err)
+			}
+			ch, data, _, err := b.read(3 * time.Second)
+			if err != nil || ch != 0x4002 || !bytes.Equal(data, msg) {
+				t.Fatalf("b got channel %#x %q (%v)", ch, data, err)
+			}
+			msg = []byte(fmt.Sprintf("b->a %d", i))
+			if err := b.SendChannelData(0x4002, msg); err != nil {
+				t.Fatal(err)
+			}
+			ch, data, _, err = a.read(3 * time.Second)
+			if err != nil || ch != 0x4001 || !bytes.Equal(data, msg) {
+				t.Fatalf("a got channel %#x %q (%v)", ch, data, err)
+			}
+		}
+	}
 	k0 := counters(t, e.path.X)
-	for i := 0; i < 5; i++ {
-		msg := []byte(fmt.Sprintf("a->b %d", i))
-		if err := a.SendChannelData(0x4001, msg); err != nil {
-			t.Fatal(err)
-		}
-		ch, data, _, err := b.read(3 * time.Second)
-		if err != nil || ch != 0x4002 || !bytes.Equal(data, msg) {
-			t.Fatalf("b got channel %#x %q (%v)", ch, data, err)
-		}
-		msg = []byte(fmt.Sprintf("b->a %d", i))
-		if err := b.SendChannelData(0x4002, msg); err != nil {
-			t.Fatal(err)
-		}
-		ch, data, _, err = a.read(3 * time.Second)
-		if err != nil || ch != 0x4001 || !bytes.Equal(data, msg) {
-			t.Fatalf("a got channel %#x %q (%v)", ch, data, err)
-		}
-	}
+	exchange(5)
 	k1 := counters(t, e.path.X)
-	if k1.Get(loader.FwdToPeerPackets) != k0.Get(loader.FwdToPeerPackets) || k1.Get(loader.FwdToClientPackets) != k0.Get(loader.FwdToClientPackets) {
-		t.Fatal("the kernel forwarded hairpin traffic")
+	if d := k1.Get(loader.FwdHairpinPackets) - k0.Get(loader.FwdHairpinPackets); d != 10 {
+		t.Fatalf("kernel hairpin forwarded %d of 10 messages (counters %v)", d, k1.Map())
 	}
-	if n := offloadedChannels(e.srv); n != 0 {
-		t.Fatalf("%d hairpin channels offloaded", n)
+	if k1.Get(loader.FwdToPeerPackets) != k0.Get(loader.FwdToPeerPackets) || k1.Get(loader.FwdToClientPackets) != k0.Get(loader.FwdToClientPackets) {
+		t.Fatal("hairpin traffic counted as sent to a peer or from one")
+	}
+
+	// c gets Data indications from a: a's channel to c stays on the
+	// kernel entry, which passes (local), and userspace delivers.
+	c := newRaw(t, e, "carol", "secret")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.CreatePermission(ctx, a.relayed.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	a.bind(t, 0x4003, c.relayed)
+	k2 := counters(t, e.path.X)
+	msg := []byte("a->c via userspace")
+	if err := a.SendChannelData(0x4003, msg); err != nil {
+		t.Fatal(err)
+	}
+	ch, data, from, err := c.read(3 * time.Second)
+	if err != nil || ch != 0 || !bytes.Equal(data, msg) || from != a.relayed {
+		t.Fatalf("c got channel %#x %q from %v (%v), want a Data indication from %v", ch, data, from, err, a.relayed)
+	}
+	k3 := counters(t, e.path.X)
+	if k3.Get(loader.FwdHairpinPackets) != k2.Get(loader.FwdHairpinPackets) || k3.Get(loader.PassLocal)-k2.Get(loader.PassLocal) != 1 {
+		t.Fatalf("without a channel on the other side: hairpin %+d, pass_local %+d; want 0 and 1",
+			k3.Get(loader.FwdHairpinPackets)-k2.Get(loader.FwdHairpinPackets), k3.Get(loader.PassLocal)-k2.Get(loader.PassLocal))
+	}
+
+	// b leaves: a's ChannelData to b's old relayed address must not reach
+	// b's client through the kernel any more.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if err := b.Release(ctx2); err != nil {
+		t.Fatal(err)
+	}
+	k4 := counters(t, e.path.X)
+	if err := a.SendChannelData(0x4001, []byte("to a released allocation")); err != nil {
+		t.Fatal(err)
+	}
+	if ch, data, _, err := b.read(500 * time.Millisecond); err == nil {
+		t.Fatalf("b's client still got channel %#x %q after its allocation was released", ch, data)
+	}
+	if d := counters(t, e.path.X).Get(loader.FwdHairpinPackets) - k4.Get(loader.FwdHairpinPackets); d != 0 {
+		t.Fatalf("kernel hairpinned %d packets to a released allocation", d)
 	}
 }
 

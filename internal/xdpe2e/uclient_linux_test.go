@@ -116,3 +116,65 @@ func testUclientThroughXDP(t *testing.T, to netns.TopologyOptions) {
 		})
 	}
 }
+
+// TestUclientHairpinInKernel: turnutils_uclient -y makes two allocations of
+// this server talk to each other through their relayed addresses over
+// channels (relay to relay). The program turns each ChannelData into the
+// other client's ChannelData itself: every message is delivered byte-exact
+// and counted as hairpin, none goes to a peer or through userspace.
+func TestUclientHairpinInKernel(t *testing.T) {
+	privtest.Need(t, "turnutils_uclient")
+	forEachVariant(t, testUclientHairpinInKernel)
+}
+
+func testUclientHairpinInKernel(t *testing.T, to netns.TopologyOptions) {
+	for _, fam := range []struct {
+		name string
+		v6   bool
+	}{{"ipv4", false}, {"ipv6", true}} {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newEnv(t, to, fam.v6, nil)
+			const msgs, msgLen = 20, 160
+			before := counters(t, e.path.X)
+			// -e/-r are required but unused with -y.
+			args := []string{"netns", "exec", e.topo.Client.Name, "turnutils_uclient",
+				"-y", "-c", "-n", strconv.Itoa(msgs), "-l", strconv.Itoa(msgLen), "-z", "5",
+				"-p", strconv.Itoa(listenPort), "-e", e.peerIP().String(), "-r", "3480",
+				"-u", user, "-w", pass}
+			if fam.v6 {
+				args = append(args, "-x")
+			}
+			args = append(args, e.listener().Addr().String())
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+			cmdline := "ip " + strings.Join(args, " ")
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", cmdline, err, out)
+			}
+			rep, err := interop.ParseUclient(out)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", cmdline, err, out)
+			}
+			if rep.RecvMsgs != rep.SentMsgs || rep.SentMsgs < msgs || rep.LostPackets != 0 || len(rep.Errors) != 0 ||
+				rep.RecvBytes != rep.RecvMsgs*msgLen {
+				t.Fatalf("%s: sent %d received %d (%d bytes) lost %d errors %q\n%s",
+					cmdline, rep.SentMsgs, rep.RecvMsgs, rep.RecvBytes, rep.LostPackets, rep.Errors, out)
+			}
+			after := counters(t, e.path.X)
+			hp := after.Get(loader.FwdHairpinPackets) - before.Get(loader.FwdHairpinPackets)
+			toPeer := after.Get(loader.FwdToPeerPackets) - before.Get(loader.FwdToPeerPackets)
+			local := after.Get(loader.PassLocal) - before.Get(loader.PassLocal)
+			t.Logf("uclient sent %d messages client to client; kernel hairpin %d, to peer %d, passed as local %d",
+				rep.SentMsgs, hp, toPeer, local)
+			// Both clients' channels are bound before any data flows,
+			// so every message takes the kernel's relay-to-relay path.
+			if hp != uint64(rep.SentMsgs) || toPeer != 0 || local != 0 {
+				t.Fatalf("kernel hairpin %d of %d messages (to peer %d, local %d; counters %v)", hp, rep.SentMsgs, toPeer, local, after.Map())
+			}
+			if b := after.Get(loader.FwdHairpinBytes) - before.Get(loader.FwdHairpinBytes); b != uint64(rep.SentMsgs*msgLen) {
+				t.Fatalf("kernel hairpin carried %d data bytes, want %d", b, rep.SentMsgs*msgLen)
+			}
+		})
+	}
+}

@@ -150,9 +150,6 @@ func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOfflo
 	if s.off == nil || a.tuple.proto != tUDP || a.bw != nil || a.dead || ch.cooling {
 		return ChannelOffload{}, false
 	}
-	if s.policy.Load().relayIPs[ch.peer.Addr()] {
-		return ChannelOffload{}, false
-	}
 	r := a.relays[famIndex(familyOf(ch.peer.Addr()))]
 	pexp, ok := a.perms[ch.peer.Addr()]
 	if r == nil || !ok {

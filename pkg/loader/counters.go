@@ -12,7 +12,8 @@ import (
 type Counter int
 
 // The counters. Forwarded bytes are data bytes (ChannelData payload to the
-// peer, peer datagram payload to the client). Every XDP_PASS counts exactly
+// peer, peer datagram payload to the client). Hairpin counts relay-to-relay
+// ChannelData the program turned into another client's ChannelData. Every XDP_PASS counts exactly
 // one reason; PassMapFull is counted by userspace (a channel the table had
 // no room for), never by the program.
 const (
@@ -20,6 +21,8 @@ const (
 	FwdToPeerBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
 	FwdToClientPackets = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS)
 	FwdToClientBytes   = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES)
+	FwdHairpinPackets  = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS)
+	FwdHairpinBytes    = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES)
 	PassNoEntry        = Counter(relayHrCounterHR_CNT_PASS_NO_ENTRY)
 	PassExpired        = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
 	PassTooBig         = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
@@ -43,6 +46,8 @@ var counterNames = [NumCounters]string{
 	FwdToPeerBytes:     "fwd_to_peer_bytes",
 	FwdToClientPackets: "fwd_to_client_packets",
 	FwdToClientBytes:   "fwd_to_client_bytes",
+	FwdHairpinPackets:  "fwd_hairpin_packets",
+	FwdHairpinBytes:    "fwd_hairpin_bytes",
 	PassNoEntry:        "pass_no_entry",
 	PassExpired:        "pass_expired",
 	PassTooBig:         "pass_too_big",

@@ -19,7 +19,7 @@ func FuzzXDPProgram(f *testing.F) {
 	}
 	live := map[[2]netip.AddrPort]uint16{} // (client, listener) -> channel
 	livePeer := map[[2]netip.AddrPort]bool{}
-	for _, c := range []Channel{chV4, chV4DF, chV6, chTX, chVlan4, chVlan6, chNoNeigh, chHairpin, chNoEgress, chVlanMix, chHigh} {
+	for _, c := range goldenLive {
 		live[[2]netip.AddrPort{c.Client, c.Listener}] = c.Number
 		livePeer[[2]netip.AddrPort{c.Peer, c.Relay}] = true
 	}

@@ -42,14 +42,28 @@ var (
 	// RFC 5766 allowed channels up to 0x7FFF; clients still use them.
 	chHigh = Channel{Client: ap("198.18.0.1:50008"), Listener: ap("198.18.0.2:3478"),
 		Relay: ap("198.18.1.2:49161"), Peer: ap("198.18.1.1:40008"), Number: 0x7F45}
+	// Relay-to-relay: A's peer is B's relayed address and B has a channel
+	// bound to A's relayed address (B's client is the neighbour .3).
+	chHpA = Channel{Client: ap("198.18.0.1:50020"), Listener: ap("198.18.0.2:3478"),
+		Relay: ap("198.18.1.2:49170"), Peer: ap("198.18.1.2:49171"), Number: 0x4020}
+	chHpB = Channel{Client: ap("198.18.0.3:50021"), Listener: ap("198.18.0.2:3478"),
+		Relay: ap("198.18.1.2:49171"), Peer: ap("198.18.1.2:49170"), Number: 0x4721}
+	chHpA6 = Channel{Client: ap("[2001:2::1]:50020"), Listener: ap("[2001:2::2]:3478"),
+		Relay: ap("[2001:2:0:1::2]:49170"), Peer: ap("[2001:2:0:1::2]:49171"), Number: 0x4020}
+	chHpB6 = Channel{Client: ap("[2001:2::3]:50021"), Listener: ap("[2001:2::2]:3478"),
+		Relay: ap("[2001:2:0:1::2]:49171"), Peer: ap("[2001:2:0:1::2]:49170"), Number: 0x4022}
 	// A VLAN client whose peer is reached untagged: the program cannot
 	// move a frame between tagged and untagged.
 	chVlanMix = Channel{Client: ap("198.18.2.1:50007"), Listener: ap("198.18.2.2:3478"),
 		Relay: ap("198.18.1.2:49159"), Peer: ap("198.18.1.1:40007"), Number: 0x4007}
 )
 
+// goldenLive are the channels installGolden installs live.
+var goldenLive = []Channel{chV4, chV4DF, chV6, chTX, chVlan4, chVlan6, chNoNeigh, chHairpin, chNoEgress, chVlanMix, chHigh,
+	chHpA, chHpB, chHpA6, chHpB6}
+
 func installGolden(t testing.TB, x *XDP) {
-	for _, c := range []Channel{chV4, chV4DF, chV6, chTX, chVlan4, chVlan6, chNoNeigh, chHairpin, chNoEgress, chVlanMix, chHigh} {
+	for _, c := range goldenLive {
 		c.Expires = hour()
 		if err := x.PutChannel(c); err != nil {
 			t.Fatalf("install %#x: %v", c.Number, err)
@@ -84,6 +98,18 @@ func c2pIn(c Channel, data, pad []byte, mod func(*frameSpec)) []byte {
 func c2pOut(c Channel, data []byte, smac, dmac [6]byte, mod func(*frameSpec)) []byte {
 	f := frameSpec{dstMAC: dmac, srcMAC: smac, src: c.Relay, dst: c.Peer, id: 0x1234, tos: 0xb8, ttl: 63,
 		df: c.DontFragment, payload: data}
+	if mod != nil {
+		mod(&f)
+	}
+	return f.build()
+}
+
+// hairpinOut is what the kernel should send to b's client for a's
+// ChannelData: b's ChannelData, from b's listener, DF and TTL as for a
+// client-bound packet.
+func hairpinOut(a, b Channel, data []byte, mod func(*frameSpec)) []byte {
+	f := frameSpec{dstMAC: macCli3, srcMAC: macRC0, src: b.Listener, dst: b.Client, id: 0x1234, tos: 0xb8, ttl: 63,
+		payload: channelData(b.Number, data, nil)}
 	if mod != nil {
 		mod(&f)
 	}
@@ -159,6 +185,17 @@ func goldenCases() []goldenCase {
 			c2pOut(chVlan4, d100, macRC0, macVPr, vlan(0x2064)), FwdToPeerPackets},
 		{"c2p v6 vlan padding", c2pIn(chVlan6, seq(9), []byte{7, 7, 7}, vlan(100)), onRC0, xdpTX,
 			c2pOut(chVlan6, seq(9), macRC0, macVPr, vlan(100)), FwdToPeerPackets},
+		// relay to relay
+		{"hairpin v4", c2pIn(chHpA, d100, nil, nil), onRC0, xdpTX,
+			hairpinOut(chHpA, chHpB, d100, nil), FwdHairpinPackets},
+		{"hairpin v4 padding cut", c2pIn(chHpA, d5, []byte{1, 2, 3}, nil), onRC0, xdpTX,
+			hairpinOut(chHpA, chHpB, d5, nil), FwdHairpinPackets},
+		{"hairpin v4 DF copied", c2pIn(chHpA, d100, nil, func(f *frameSpec) { f.df = true }), onRC0, xdpTX,
+			hairpinOut(chHpA, chHpB, d100, func(f *frameSpec) { f.df = true }), FwdHairpinPackets},
+		{"hairpin v4 zero udp checksum", c2pIn(chHpA, seq(9), []byte{4, 5, 6}, zero), onRC0, xdpTX,
+			hairpinOut(chHpA, chHpB, seq(9), zero), FwdHairpinPackets},
+		{"hairpin v6 padding cut", c2pIn(chHpA6, seq(7), []byte{9}, nil), onRC0, xdpTX,
+			hairpinOut(chHpA6, chHpB6, seq(7), nil), FwdHairpinPackets},
 		// peer -> client
 		{"p2c v4", p2cIn(chV4, d100, nil), onRP0, xdpRedirect,
 			p2cOut(chV4, d100, macRC0, macCli, nil), FwdToClientPackets},
@@ -258,7 +295,7 @@ func TestGoldenPackets(t *testing.T) {
 			}
 			for i := 0; i < NumCounters; i++ {
 				c := Counter(i)
-				if c == FwdToPeerBytes || c == FwdToClientBytes {
+				if c == FwdToPeerBytes || c == FwdToClientBytes || c == FwdHairpinBytes {
 					continue
 				}
 				d := after.Get(c) - before.Get(c)

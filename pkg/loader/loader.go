@@ -95,14 +95,22 @@ type ChannelEntry struct {
 	Stats     ChannelStats
 	// PeerEntry reports whether the peer->client direction is present.
 	PeerEntry bool
+	// Hairpin: the entry is written relay-to-relay (hairpin.go); ExpiresNs
+	// is then the earlier of the two channels'.
+	Hairpin bool
 }
 
 // entry is what the index remembers about an installed channel: enough to
 // rewrite both values and delete both keys without reading the maps.
 type entry struct {
-	cv relayC2pVal
+	cv relayC2pVal // the channel's own c2p value, never hairpinned
 	pk relayP2cKey
 	pv relayP2cVal
+	// probe is the p2c key a relay-to-relay target would have
+	// (hairpin.go); written is the c2p value in the map (cv, or cv
+	// hairpinned to the channel installed under probe).
+	probe   relayP2cKey
+	written relayC2pVal
 }
 
 // XDP is the loaded program with its maps. Its methods are safe for
@@ -121,8 +129,12 @@ type XDP struct {
 	stopRes chan struct{}
 	resDone chan struct{}
 
-	mu      sync.Mutex
-	index   map[relayC2pKey]*entry
+	mu    sync.Mutex
+	index map[relayC2pKey]*entry
+	// byP2c finds an installed channel by its p2c key, deps the channels
+	// whose relay-to-relay target would have a p2c key (hairpin.go).
+	byP2c   map[relayP2cKey]relayC2pKey
+	deps    map[relayP2cKey]map[relayC2pKey]bool
 	free    []uint32 // free slots of chan_usage
 	adopted map[relayC2pKey]bool
 	links   map[int]xdpLink // by ifindex, the relay program's links
@@ -167,6 +179,8 @@ func Load(opts Options) (*XDP, error) {
 		max:      opts.MaxChannels,
 		log:      log,
 		index:    map[relayC2pKey]*entry{},
+		byP2c:    map[relayP2cKey]relayC2pKey{},
+		deps:     map[relayP2cKey]map[relayC2pKey]bool{},
 		adopted:  map[relayC2pKey]bool{},
 		links:    map[int]xdpLink{},
 		transmit: map[int]bool{},
@@ -332,24 +346,45 @@ func (x *XDP) rebuildIndex() error {
 			continue
 		}
 		used[v.Slot] = true
+		stored := v
+		v = plainValue(v)
 		c := channelFrom(k, v)
 		_, _, pk, pv, err := c.keys(v.Slot, v.ExpiresNs)
 		if err != nil {
 			continue
 		}
-		var stored relayP2cVal
-		if x.objs.P2cChannels.Lookup(pk, &stored) == nil {
-			pv.Egress = stored.Egress
+		var storedP relayP2cVal
+		if x.objs.P2cChannels.Lookup(pk, &storedP) == nil {
+			pv.Egress = storedP.Egress
 		}
 		if x.egress != nil {
 			x.egress.adopt(v.Egress, c.Peer.Addr(), c.Relay.Addr())
 			x.egress.adopt(pv.Egress, c.Client.Addr(), c.Listener.Addr())
 		}
-		x.index[k] = &entry{cv: v, pk: pk, pv: pv}
+		e := &entry{cv: v, pk: pk, pv: pv, probe: hairpinProbe(v, pk), written: stored}
+		x.index[k] = e
+		x.linkLocked(k, e)
 		x.adopted[k] = true
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("load xdp: read pinned channels: %w", err)
+	}
+	if x.egress != nil {
+		// Relay-to-relay entries follow the channels found (a target
+		// that vanished with the old process must not stay in use).
+		for _, e := range x.index {
+			if err := x.rewriteDependentsLocked(e.pk); err != nil {
+				return fmt.Errorf("load xdp: %w", err)
+			}
+		}
+		for ck, e := range x.index {
+			if _, ok := x.byP2c[e.probe]; !ok && e.written != e.cv {
+				if err := x.objs.C2pChannels.Update(ck, e.cv, ebpf.UpdateExist); err != nil {
+					return fmt.Errorf("load xdp: rewrite re-adopted channel: %w", err)
+				}
+				e.written = e.cv
+			}
+		}
 	}
 	for i := x.max - 1; i >= 0; i-- {
 		if !used[i] {
@@ -433,7 +468,9 @@ func (x *XDP) PutChannel(c Channel) error {
 		}
 		return fail(fmt.Errorf("put channel %#x: peer entry: %w", c.Number, err))
 	}
-	if err := x.objs.C2pChannels.Put(ck, cv); err != nil {
+	hpProbe := hairpinProbe(cv, pk)
+	written := x.c2pValue(ck, cv, hpProbe)
+	if err := x.objs.C2pChannels.Put(ck, written); err != nil {
 		if old != nil && old.pk == pk {
 			_ = x.objs.P2cChannels.Put(pk, old.pv)
 		} else {
@@ -446,8 +483,12 @@ func (x *XDP) PutChannel(c Channel) error {
 		return fail(fmt.Errorf("put channel %#x: client entry: %w", c.Number, err))
 	}
 	if old != nil {
+		x.unlinkLocked(ck, old.pk, old.probe)
 		if old.pk != pk {
-			// Same channel, other peer: the old reverse entry must go.
+			// Same channel, other peer: relay-to-relay entries that
+			// targeted the old peer key fall back, then the old
+			// reverse entry goes.
+			_ = x.rewriteDependentsLocked(old.pk)
 			_ = x.objs.P2cChannels.Delete(old.pk)
 		}
 		x.egress.release(old.cv.Egress)
@@ -456,8 +497,13 @@ func (x *XDP) PutChannel(c Channel) error {
 	if old == nil {
 		x.free = x.free[:len(x.free)-1]
 	}
-	x.index[ck] = &entry{cv: cv, pk: pk, pv: pv}
+	e := &entry{cv: cv, pk: pk, pv: pv, probe: hpProbe, written: written}
+	x.index[ck] = e
+	x.linkLocked(ck, e)
 	delete(x.adopted, ck)
+	if err := x.rewriteDependentsLocked(pk); err != nil {
+		return fmt.Errorf("put channel %#x: %w", c.Number, err)
+	}
 	return nil
 }
 
@@ -486,11 +532,17 @@ func (x *XDP) UpdateExpiry(c Channel) error {
 	if err := x.objs.P2cChannels.Update(e.pk, pv, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("update expiry of channel %#x: peer entry: %w", c.Number, err)
 	}
-	if err := x.objs.C2pChannels.Update(ck, cv, ebpf.UpdateExist); err != nil {
+	written := x.c2pValue(ck, cv, e.probe)
+	if err := x.objs.C2pChannels.Update(ck, written, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("update expiry of channel %#x: client entry: %w", c.Number, err)
 	}
-	e.cv, e.pv = cv, pv
+	e.cv, e.pv, e.written = cv, pv, written
 	delete(x.adopted, ck)
+	// A relay-to-relay entry that targets this channel takes the new
+	// expiry if it is the earlier one.
+	if err := x.rewriteDependentsLocked(e.pk); err != nil {
+		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, err)
+	}
 	return nil
 }
 
@@ -518,6 +570,12 @@ func (x *XDP) deleteLocked(ck relayC2pKey) error {
 		return nil
 	}
 	var errs []error
+	// Relay-to-relay entries that send to this channel's client stop
+	// doing so before it goes.
+	x.unlinkLocked(ck, e.pk, e.probe)
+	if err := x.rewriteDependentsLocked(e.pk); err != nil {
+		errs = append(errs, err)
+	}
 	if err := x.objs.C2pChannels.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("client entry: %w", err))
 	}
@@ -525,6 +583,7 @@ func (x *XDP) deleteLocked(ck relayC2pKey) error {
 		errs = append(errs, fmt.Errorf("peer entry: %w", err))
 	}
 	if len(errs) > 0 {
+		x.linkLocked(ck, e)
 		return fmt.Errorf("delete channel %#x: %w", host16(ck.Channel), errors.Join(errs...))
 	}
 	delete(x.index, ck)
@@ -599,7 +658,8 @@ func (x *XDP) IterateChannels(fn func(ChannelEntry) bool) error {
 	var v relayC2pVal
 	it := x.objs.C2pChannels.Iterate()
 	for it.Next(&k, &v) {
-		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: expiryFromKernel(v.ExpiresNs), Slot: v.Slot}
+		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: expiryFromKernel(v.ExpiresNs), Slot: v.Slot,
+			Hairpin: v.Flags&flagHairpin != 0}
 		if st, err := x.slotStats(v.Slot); err == nil {
 			e.Stats = st
 		}

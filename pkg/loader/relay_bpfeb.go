@@ -25,15 +25,23 @@ type relayC2pKey struct {
 }
 
 type relayC2pVal struct {
-	_         structs.HostLayout
-	ExpiresNs uint64
-	PeerAddr  [16]uint8
-	RelayAddr [16]uint8
-	PeerPort  uint16
-	RelayPort uint16
-	Slot      uint32
-	Flags     uint32
-	Egress    uint32
+	_              structs.HostLayout
+	ExpiresNs      uint64
+	PeerAddr       [16]uint8
+	RelayAddr      [16]uint8
+	PeerPort       uint16
+	RelayPort      uint16
+	Slot           uint32
+	Flags          uint32
+	Egress         uint32
+	HpClientAddr   [16]uint8
+	HpListenerAddr [16]uint8
+	HpClientPort   uint16
+	HpListenerPort uint16
+	HpChannel      uint16
+	HpPad          uint16
+	HpSlot         uint32
+	HpEgress       uint32
 }
 
 type relayChanStats struct {
@@ -62,22 +70,24 @@ const (
 	relayHrCounterHR_CNT_FWD_TO_PEER_BYTES     relayHrCounter = 1
 	relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS relayHrCounter = 2
 	relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES   relayHrCounter = 3
-	relayHrCounterHR_CNT_PASS_NO_ENTRY         relayHrCounter = 4
-	relayHrCounterHR_CNT_PASS_EXPIRED          relayHrCounter = 5
-	relayHrCounterHR_CNT_PASS_TOO_BIG          relayHrCounter = 6
-	relayHrCounterHR_CNT_PASS_NO_NEIGH         relayHrCounter = 7
-	relayHrCounterHR_CNT_PASS_NO_ROUTE         relayHrCounter = 8
-	relayHrCounterHR_CNT_PASS_LOCAL            relayHrCounter = 9
-	relayHrCounterHR_CNT_PASS_LINK_DOWN        relayHrCounter = 10
-	relayHrCounterHR_CNT_PASS_NO_NEXTHOP       relayHrCounter = 11
-	relayHrCounterHR_CNT_PASS_NO_EGRESS        relayHrCounter = 12
-	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA  relayHrCounter = 13
-	relayHrCounterHR_CNT_PASS_MALFORMED        relayHrCounter = 14
-	relayHrCounterHR_CNT_PASS_HEADROOM         relayHrCounter = 15
-	relayHrCounterHR_CNT_PASS_MAP_FULL         relayHrCounter = 16
-	relayHrCounterHR_CNT_PASS_TTL              relayHrCounter = 17
-	relayHrCounterHR_CNT_PASS_OTHER            relayHrCounter = 18
-	relayHrCounterHR_CNT_MAX                   relayHrCounter = 19
+	relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS   relayHrCounter = 4
+	relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES     relayHrCounter = 5
+	relayHrCounterHR_CNT_PASS_NO_ENTRY         relayHrCounter = 6
+	relayHrCounterHR_CNT_PASS_EXPIRED          relayHrCounter = 7
+	relayHrCounterHR_CNT_PASS_TOO_BIG          relayHrCounter = 8
+	relayHrCounterHR_CNT_PASS_NO_NEIGH         relayHrCounter = 9
+	relayHrCounterHR_CNT_PASS_NO_ROUTE         relayHrCounter = 10
+	relayHrCounterHR_CNT_PASS_LOCAL            relayHrCounter = 11
+	relayHrCounterHR_CNT_PASS_LINK_DOWN        relayHrCounter = 12
+	relayHrCounterHR_CNT_PASS_NO_NEXTHOP       relayHrCounter = 13
+	relayHrCounterHR_CNT_PASS_NO_EGRESS        relayHrCounter = 14
+	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA  relayHrCounter = 15
+	relayHrCounterHR_CNT_PASS_MALFORMED        relayHrCounter = 16
+	relayHrCounterHR_CNT_PASS_HEADROOM         relayHrCounter = 17
+	relayHrCounterHR_CNT_PASS_MAP_FULL         relayHrCounter = 18
+	relayHrCounterHR_CNT_PASS_TTL              relayHrCounter = 19
+	relayHrCounterHR_CNT_PASS_OTHER            relayHrCounter = 20
+	relayHrCounterHR_CNT_MAX                   relayHrCounter = 21
 )
 
 type relayP2cKey struct {
