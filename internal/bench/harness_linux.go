@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/turnclient"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
 const (
@@ -275,6 +278,7 @@ type snapshot struct {
 	delivered uint64
 	sys       SystemCPU
 	relay     time.Duration
+	kernelFwd uint64 // the relay program's forwarded packets, all kinds
 }
 
 func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int) (run Run, err error) {
@@ -397,6 +401,13 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 	genErr := make(chan error, 1)
 	go func() { genErr <- gen.Run(genCtx) }()
 
+	var kernel *loader.XDP
+	if variant == "xdp" {
+		if kernel, err = openPinnedReadOnly(h.bpffs); err != nil {
+			return run, err
+		}
+		defer kernel.Close()
+	}
 	take := func() (snapshot, error) {
 		s := snapshot{at: time.Now(), sent: gen.Sent(), delivered: recv.Packets()}
 		var err error
@@ -408,8 +419,16 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 				return s, err
 			}
 		}
+		if kernel != nil {
+			cnt, err := kernel.Counters()
+			if err != nil {
+				return s, fmt.Errorf("read the relay's kernel counters: %w", err)
+			}
+			s.kernelFwd = cnt.Get(loader.FwdToPeerPackets) + cnt.Get(loader.FwdToClientPackets) + cnt.Get(loader.FwdHairpinPackets)
+		}
 		return s, nil
 	}
+
 	if err := sleepCtx(ctx, h.opts.Warmup); err != nil {
 		return run, err
 	}
@@ -467,6 +486,9 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 		return run, fmt.Errorf("relay exited during the run: %s", oneLine(relay.log.String(), 300))
 	}
 
+	if kernel != nil && s1.sent > s0.sent {
+		run.KernelForwarded = float64(s1.kernelFwd-s0.kernelFwd) / float64(s1.sent-s0.sent)
+	}
 	secs := s1.at.Sub(s0.at).Seconds()
 	delivered := float64(s1.delivered - s0.delivered)
 	offered := float64(s1.sent - s0.sent)
@@ -617,4 +639,22 @@ func (r *relayProc) stop() {
 		}
 		_ = os.RemoveAll(r.bpffs)
 	})
+}
+
+// openPinnedReadOnly opens the maps a relay pinned in dir for reading its
+// counters (the relay is their one writer); their size is read from the
+// pinned channel map, which Load must match.
+func openPinnedReadOnly(dir string) (*loader.XDP, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "c2p_channels"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("harness: the xdp relay's pinned maps: %w", err)
+	}
+	size := int(m.MaxEntries())
+	m.Close()
+	x, err := loader.Load(loader.Options{MaxChannels: size, PinDir: dir, ReadOnly: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return nil, fmt.Errorf("harness: open the xdp relay's pinned maps: %w", err)
+	}
+	return x, nil
 }

@@ -43,6 +43,9 @@ const (
 	// BarXDPToPass: at most this multiple of the trivial XDP_PASS
 	// program's cost in the same run.
 	BarXDPToPass = 3
+	// BarKernelForwarded: at least this share of the offered packets
+	// forwarded by the program itself (its fwd counters), not userspace.
+	BarKernelForwarded = 0.99
 )
 
 // Case is one load shape.
@@ -102,6 +105,10 @@ type Run struct {
 	XDPToPassRatio float64 `json:"xdp_to_pass_ratio,omitempty"`
 	// ProgStatsError says why the in-place cost is missing.
 	ProgStatsError string `json:"prog_stats_error,omitempty"`
+	// KernelForwarded is the share of the packets offered in the window
+	// that the relay's XDP program forwarded itself (its fwd counters,
+	// read from the pinned maps); xdp variant only.
+	KernelForwarded float64 `json:"kernel_forwarded,omitempty"`
 	Error          string `json:"error,omitempty"`
 }
 
@@ -158,6 +165,8 @@ type Summary struct {
 	XDPNsPerPkt    float64 `json:"xdp_prog_ns_per_pkt,omitempty"`
 	PassNsPerPkt   float64 `json:"pass_prog_ns_per_pkt,omitempty"`
 	XDPToPassRatio float64 `json:"xdp_to_pass_ratio,omitempty"`
+	// KernelForwarded is the median share forwarded by the program.
+	KernelForwarded float64 `json:"kernel_forwarded,omitempty"`
 }
 
 // CaseResult is every run of one case and the summaries.
@@ -248,7 +257,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 			s.Reason = why
 		}
 		direct, routed := newBaselineRatios(cr.Runs, VariantDirect), newBaselineRatios(cr.Runs, VariantRouted)
-		var bg, off, del, rcpu, rns, ns, p50, p99, loss, xdpNs, passNs, xdpPass []float64
+		var bg, off, del, rcpu, rns, ns, p50, p99, loss, xdpNs, passNs, xdpPass, kfwd []float64
 		fwd := map[string]bool{}
 		for _, r := range cr.Runs {
 			if r.Variant != v || r.Error != "" {
@@ -273,6 +282,9 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 			}
 			if r.XDPToPassRatio > 0 {
 				xdpPass = append(xdpPass, r.XDPToPassRatio)
+			}
+			if r.KernelForwarded > 0 {
+				kfwd = append(kfwd, r.KernelForwarded)
 			}
 			direct.add(r)
 			routed.add(r)
@@ -299,6 +311,7 @@ func (cr *CaseResult) Summarize(variants []string, unavailable map[string]string
 		s.RoutedDeliveredRatio, s.RoutedCPUNsRatio = median(routed.delivered), median(routed.ns)
 		s.RoutedP50Ratio, s.RoutedP99Ratio = median(routed.p50), median(routed.p99)
 		s.XDPNsPerPkt, s.PassNsPerPkt, s.XDPToPassRatio = median(xdpNs), median(passNs), median(xdpPass)
+		s.KernelForwarded = median(kfwd)
 		cr.Summaries = append(cr.Summaries, s)
 	}
 }
@@ -325,6 +338,7 @@ func (s Summary) Bars() []BarCheck {
 		return b
 	}
 	return []BarCheck{
+		check("kernel-forwarded share", s.KernelForwarded, BarKernelForwarded, true),
 		check("delivered ÷ routed", s.RoutedDeliveredRatio, BarRoutedDelivered, true),
 		check("sys CPU-ns/pkt ÷ routed", s.RoutedCPUNsRatio, BarRoutedCPUNs, false),
 		check("xdp prog ns/pkt", s.XDPNsPerPkt, BarXDPNsPerPkt, false),
