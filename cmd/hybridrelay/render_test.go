@@ -36,7 +36,8 @@ func TestRenderStatsGolden(t *testing.T) {
 			Loops:     []dataplane.Stats{dp, dp},
 			Kernel: &admin.Kernel{Source: "daemon", PinDir: "/sys/fs/bpf/hybridrelay", Channels: 4, MaxChannels: 16384, Ifaces: []string{"eth0"},
 				Counters: map[string]uint64{"fwd_to_peer_packets": 1000000 * scale, "fwd_to_peer_bytes": 120000000 * scale,
-					"fwd_to_client_packets": 900000 * scale, "fwd_to_client_bytes": 108000000 * scale, "pass_no_entry": 12, "pass_expired": 1}},
+					"fwd_to_client_packets": 900000 * scale, "fwd_to_client_bytes": 108000000 * scale, "pass_no_entry": 12, "pass_expired": 1,
+					"pass_no_route": 3 * scale, "pass_no_nexthop": 1, "pass_too_big": 0}},
 		}
 	}
 	first, second := mk(t0.Add(time.Hour), 1), mk(t0.Add(time.Hour+2*time.Second), 3)
