@@ -11,11 +11,15 @@ import (
 )
 
 func TestDecideDatapath(t *testing.T) {
-	good := hostFacts{Root: true, BTF: true, BPFFSDir: "/sys/fs/bpf/hybridrelay",
-		XDP: []ifaceXDP{{Iface: "eth0", Native: true, Generic: true}},
+	eth0 := ifaceXDP{Iface: "eth0", Native: true, Generic: true, Found: true, OperState: "up", Up: true,
+		LinkType: "ethernet", Ethernet: true, MAC: "02:00:00:00:00:01", MTU: 1500, RouteFamilies: []string{"ipv4"}}
+	good := hostFacts{Root: true, BTF: true, BPFFSDir: "/sys/fs/bpf/hybridrelay", Families: []string{"ipv4"},
+		XDP: []ifaceXDP{eth0},
 		UDP: dataplane.Features{UDPSegment: true, UDPGRO: true, Kernel: "6.18.0"}}
 	genericOnly := good
-	genericOnly.XDP = []ifaceXDP{{Iface: "eth0", Generic: true, NativeErr: "driver does not support this mode"}}
+	g := eth0
+	g.Native, g.NativeErr = false, "driver does not support this mode"
+	genericOnly.XDP = []ifaceXDP{g}
 	noRoot := good
 	noRoot.Root = false
 	noBPFFS := good
@@ -24,6 +28,29 @@ func TestDecideDatapath(t *testing.T) {
 	noIface.XDP, noIface.IfaceReason = nil, "no up, non-loopback interface"
 	noGSO := noRoot
 	noGSO.UDP = dataplane.Features{Reason: "UDP_SEGMENT: protocol not available"}
+
+	// Hosts where XDP loads and attaches but the kernel path would forward
+	// nothing.
+	with := func(mod func(*ifaceXDP)) hostFacts {
+		f := good
+		x := eth0
+		mod(&x)
+		f.XDP = []ifaceXDP{x}
+		return f
+	}
+	tun := with(func(x *ifaceXDP) { x.Iface, x.LinkType, x.Ethernet, x.MAC = "tun0", "none (tun, wireguard)", false, "" })
+	down := with(func(x *ifaceXDP) { x.Up, x.OperState = false, "down" })
+	noMAC := with(func(x *ifaceXDP) { x.Ethernet, x.MAC = false, "" })
+	v6Only := with(func(x *ifaceXDP) { x.RouteFamilies = []string{"ipv6"} })
+	v6Relay := v6Only
+	v6Relay.Families = []string{"ipv4", "ipv6"}
+	noNetlink := good
+	noNetlink.Netlink = "RTM_GETLINK: operation not permitted"
+	// One usable interface among unusable ones is enough.
+	mixed := good
+	mixed.XDP = append([]ifaceXDP{tun.XDP[0]}, eth0)
+	tunNoGSO := tun
+	tunNoGSO.UDP = dataplane.Features{Reason: "UDP_SEGMENT: protocol not available"}
 
 	tests := []struct {
 		name           string
@@ -43,6 +70,16 @@ func TestDecideDatapath(t *testing.T) {
 		{name: "auto no bpffs", req: "auto", f: noBPFFS, want: "gso", reason: "a bpf filesystem for pinning"},
 		{name: "auto loopback only", req: "auto", f: noIface, want: "gso", reason: "an interface to attach to (no up, non-loopback interface)"},
 		{name: "auto nothing", req: "auto", f: noGSO, want: "plain", reason: "kernel lacks UDP_SEGMENT (UDP_SEGMENT: protocol not available)"},
+		{name: "auto tun only", req: "auto", f: tun, want: "gso",
+			reason: "auto: xdp would forward nothing (no XDP interface is up, Ethernet and carries an IPv4 route: tun0 not Ethernet (link type none (tun, wireguard); the program rewrites Ethernet headers)); kernel has UDP_SEGMENT"},
+		{name: "auto link down", req: "auto", f: down, want: "gso", reason: "eth0 down (oper state down)"},
+		{name: "auto no MAC", req: "auto", f: noMAC, want: "gso", reason: "eth0 has no MAC address"},
+		{name: "auto route of another family", req: "auto", f: v6Only, want: "gso", reason: "eth0 carries no IPv4 route"},
+		{name: "auto route of one of two families", req: "auto", f: v6Relay, want: "xdp", reason: "auto: XDP attaches"},
+		{name: "auto no netlink", req: "auto", f: noNetlink, want: "gso", reason: "rtnetlink queries fail, so no next hop can be resolved (RTM_GETLINK: operation not permitted)"},
+		{name: "auto one usable", req: "auto", f: mixed, want: "xdp", reason: "auto: XDP attaches (tun0 native, eth0 native)"},
+		{name: "auto tun without gso", req: "auto", f: tunNoGSO, want: "plain", reason: "xdp would forward nothing"},
+		{name: "xdp on tun runs and says so", req: "xdp", f: tun, want: "xdp", reason: "the kernel path forwards nothing until this is fixed: no XDP interface is up"},
 		{name: "xdp ok", req: "xdp", f: good, want: "xdp", reason: "requested with --datapath xdp"},
 		{name: "xdp not root", req: "xdp", f: noRoot, errStr: "datapath xdp: this host lacks root privileges (CAP_BPF and CAP_NET_ADMIN); --datapath gso works without them"},
 		{name: "xdp native lacking", req: "xdp", mode: "native", f: genericOnly, errStr: "lacks XDP native attach on eth0 (driver does not support this mode); --datapath gso works"},

@@ -13,8 +13,8 @@ import (
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
-// startSideEndpoints opens the admin socket and the metrics endpoint
-// (issue 5); each registers its closer in d.closer. The admin socket is
+// startSideEndpoints opens the admin socket and the metrics endpoint;
+// each registers its closer in d.closer. The admin socket is
 // on by default, so failing to open it (not root, another daemon on the
 // same path) is a warning; the metrics endpoint is asked for explicitly, so
 // failing to bind it is an error.

@@ -36,7 +36,8 @@ func TestRenderStatsGolden(t *testing.T) {
 			Loops:     []dataplane.Stats{dp, dp},
 			Kernel: &admin.Kernel{Source: "daemon", PinDir: "/sys/fs/bpf/hybridrelay", Channels: 4, MaxChannels: 16384, Ifaces: []string{"eth0"},
 				Counters: map[string]uint64{"fwd_to_peer_packets": 1000000 * scale, "fwd_to_peer_bytes": 120000000 * scale,
-					"fwd_to_client_packets": 900000 * scale, "fwd_to_client_bytes": 108000000 * scale, "pass_no_entry": 12, "pass_expired": 1}},
+					"fwd_to_client_packets": 900000 * scale, "fwd_to_client_bytes": 108000000 * scale, "pass_no_entry": 12, "pass_expired": 1,
+					"pass_no_route": 3 * scale, "pass_no_nexthop": 1, "pass_too_big": 0}},
 		}
 	}
 	first, second := mk(t0.Add(time.Hour), 1), mk(t0.Add(time.Hour+2*time.Second), 3)
@@ -55,9 +56,25 @@ func TestRenderStatsGolden(t *testing.T) {
 func TestRenderProbeGolden(t *testing.T) {
 	f := hostFacts{Kernel: "6.18.0", Root: true, BTF: true, BPFFSDir: "/sys/fs/bpf/hybridrelay",
 		BPFFSNote: "no bpffs mounted on /sys/fs/bpf yet; serve mounts one there",
-		XDP: []ifaceXDP{{Iface: "eth0", Generic: true, NativeErr: "driver does not support this mode"},
-			{Iface: "eth1", Native: true, Generic: true}},
-		UDP: dataplane.Features{UDPSegment: true, UDPGRO: false, Kernel: "6.18.0", Reason: "UDP_GRO: protocol not available (needs Linux 5.0)"}}
+		XDP: []ifaceXDP{{Iface: "eth0", Generic: true, NativeErr: "driver does not support this mode",
+			Found: true, OperState: "up", Up: true, LinkType: "ethernet", Ethernet: true, MAC: "02:00:00:00:00:01", MTU: 1500,
+			RouteFamilies: []string{"ipv4", "ipv6"}},
+			{Iface: "wg0", Native: true, Generic: true, Found: true, OperState: "unknown", Up: true, LinkType: "none (tun, wireguard)", MTU: 1420,
+				RouteFamilies: []string{"ipv4"}}},
+		UDP:      dataplane.Features{UDPSegment: true, UDPGRO: false, Kernel: "6.18.0", Reason: "UDP_GRO: protocol not available (needs Linux 5.0)"},
+		Families: []string{"ipv4", "ipv6"},
+		Routes: []routeFact{
+			{Family: "ipv4", Default: "default via 198.18.0.1 dev eth0", DefaultIfaces: []string{"eth0"}, ViaXDP: true,
+				XDPRoutes: []string{"0.0.0.0/0 dev eth0", "198.18.0.0/24 dev eth0"}, LookupDst: "198.18.0.1",
+				Lookup: "198.18.0.1/32 dev eth0 src 198.18.0.2", Gateway: "198.18.0.1", Neighbour: "REACHABLE 02:00:00:00:00:fe"},
+			{Family: "ipv6", Default: "default via 2001:2::1 dev eth9", DefaultIfaces: []string{"eth9"},
+				XDPRoutes: []string{"2001:2:0:1::/64 dev eth0"}, LookupDst: "2001:2::1",
+				Lookup: "2001:2::1/128 dev eth9 src 2001:2::2", Gateway: "2001:2::1", Neighbour: "FAILED"},
+		},
+		Addrs: []addrFact{{Role: "listener", Addr: "0.0.0.0"}, {Role: "relay", Addr: "198.18.0.2", Iface: "eth0", OnXDP: true},
+			{Role: "relay", Addr: "2001:2::2", Iface: "eth9"}},
+		Forwarding: forwardingFact{IPv4: "off", IPv6: "off", Note: forwardingNote},
+	}
 	var r probeReport
 	r.hostFacts = f
 	name, reason, err := decideDatapath("auto", "auto", f)

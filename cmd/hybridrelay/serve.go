@@ -262,7 +262,27 @@ func (d *daemon) start() error {
 		d.shutdown()
 		return err
 	}
+	if k := dp.kernel; k != nil {
+		d.watchKernelPass(k)
+	}
 	return nil
+}
+
+// watchKernelPass warns, rate-limited, while the kernel path passes
+// packets up for reasons that mean the host is misconfigured (see
+// decidePassWarnings); it stops with the daemon.
+func (d *daemon) watchKernelPass(k *xdpPath) {
+	w := newPassWatcher(d.log, k.kernelCounters, k.kernelEgress())
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		w.run(stop, passCheckInterval)
+	}()
+	d.closer = append(d.closer, func() error {
+		close(stop)
+		<-done
+		return nil
+	})
 }
 
 func anyUnspecified(ls []control.ListenerSpec) bool {
@@ -360,7 +380,7 @@ func (d *daemon) shutdown() error {
 	if d.srv != nil {
 		// With a state file and the kernel path, shut down as for a
 		// restart: state saved, kernel entries and pins kept, so the next
-		// process re-adopts them without a gap (issue 4). Without a state
+		// process re-adopts them without a gap. Without a state
 		// file nothing could re-adopt them: remove everything.
 		keep := d.settings.StateFile != "" && d.dp != nil && d.dp.kernel != nil
 		if keep {

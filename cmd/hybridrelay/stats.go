@@ -44,7 +44,10 @@ kernel counters are read straight from the maps pinned under --bpffs.
 
 With --watch DUR the numbers are printed again every DUR, with rates (per
 second) computed over the interval. With --json each report is one JSON
-object per line: {"snapshot": ..., "rates": {...}} (rates only when watching).`,
+object per line: {"snapshot": ..., "rates": {...}} (rates only when watching);
+snapshot.kernel.pass has each pass reason with its group and meaning.
+
+` + passReasonHelp(),
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "watch", Usage: "print every `DUR` (e.g. 1s) with rates, until interrupted"},
 			jsonFlag(), adminSocketFlag(), bpffsFlag(),
@@ -315,14 +318,53 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 			fmt.Fprintf(w, ", on %s", strings.Join(k.Ifaces, ", "))
 		}
 		fmt.Fprintln(w)
-		pass := map[string]uint64{}
-		for n, v := range k.Counters {
-			if r, ok := strings.CutPrefix(n, "pass_"); ok {
-				pass[r] = v
+		renderPass(w, k.Counters)
+	}
+}
+
+// renderPass writes the pass reasons by group, each group on one line, and
+// under it what every non-zero reason outside the normal group means.
+func renderPass(w io.Writer, counters map[string]uint64) {
+	all := admin.PassCounts(counters)
+	for _, g := range admin.PassGroups {
+		var parts []string
+		var explain []admin.PassCount
+		for _, p := range all {
+			if p.Group != g || p.Packets == 0 {
+				continue
+			}
+			parts = append(parts, fmt.Sprintf("%s %d", p.Name, p.Packets))
+			if g != admin.PassNormal {
+				explain = append(explain, p)
 			}
 		}
-		printCounterLine(w, "  passed to the stack", pass)
+		if len(parts) == 0 {
+			parts = []string{"none"}
+		}
+		fmt.Fprintf(w, "  passed to the stack, %s: %s\n", g, strings.Join(parts, ", "))
+		for _, p := range explain {
+			meaning := p.Meaning
+			if meaning == "" {
+				meaning = "(not known to this hybridrelay build)"
+			}
+			fmt.Fprintf(w, "    %s: %s\n", p.Name, meaning)
+		}
 	}
+}
+
+// passReasonHelp lists the pass reasons by group for --help.
+func passReasonHelp() string {
+	var b strings.Builder
+	b.WriteString("Kernel pass reasons (packets the XDP program left to the kernel stack), by group:\n")
+	for _, g := range admin.PassGroups {
+		fmt.Fprintf(&b, "\n%s:\n", g)
+		for _, r := range admin.PassReasons {
+			if r.Group == g {
+				fmt.Fprintf(&b, "  %-16s %s\n", r.Name, r.Meaning)
+			}
+		}
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 func printCounterLine(w io.Writer, title string, m map[string]uint64) {

@@ -18,6 +18,7 @@ type xdpPath struct {
 	x       *loader.XDP
 	offload *control.XDPOffload
 	ifaces  []string
+	ifindex map[int]bool // of ifaces
 	// keepPinned: on Close leave maps and links pinned (a restart with a
 	// state file re-adopts them); otherwise unpin, which detaches.
 	keepPinned bool
@@ -50,7 +51,10 @@ func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, e
 	if err != nil {
 		return nil, err
 	}
-	p := &xdpPath{log: log, x: x, ifaces: names}
+	p := &xdpPath{log: log, x: x, ifaces: names, ifindex: map[int]bool{}}
+	for _, i := range idx {
+		p.ifindex[i] = true
+	}
 	fail := func(err error) (*xdpPath, error) {
 		// Pins this run created go; pins a previous run left (re-adopted
 		// state) stay for the next attempt.
@@ -68,6 +72,25 @@ func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, e
 	log.Info("xdp attached", "ifaces", names, "mode", string(mode), "pin_dir", x.PinDir(), "max_channels", x.MaxChannels(),
 		"readopted_channels", x.Len())
 	return p, nil
+}
+
+// kernelEgress is the egress (next-hop) table the kernel path forwards
+// by, for serve's misconfiguration warnings. It is the adapter to
+// loader.XDP.Egress: each loader.EgressEntry becomes an egressInfo field
+// by field, with Reason = entry.Reason.String() and "" for Reason 0
+// (usable). Until the loader exports its table, the same verdicts are
+// computed here from rtnetlink for the destinations of the channel table.
+func (p *xdpPath) kernelEgress() egressSource {
+	return hostEgress{x: p.x, xdp: p.ifindex}
+}
+
+// kernelCounters reads the program's counters by name.
+func (p *xdpPath) kernelCounters() (map[string]uint64, error) {
+	c, err := p.x.Counters()
+	if err != nil {
+		return nil, err
+	}
+	return c.Map(), nil
 }
 
 // afterStart deletes kernel entries re-adopted from a previous process that

@@ -137,7 +137,7 @@ func testServeAutoPicksXDP(t *testing.T, to netns.TopologyOptions) {
 	if want := fmt.Sprintf(`hybridrelay_relayed_packets_total{datapath="xdp",direction="to_peer"} %d`, kfwd); !strings.Contains(body, want) {
 		t.Errorf("metrics lack %q", want)
 	}
-	if !strings.Contains(body, `hybridrelay_kernel_channels 1`) || !strings.Contains(body, `hybridrelay_kernel_pass_total{reason="no_entry"}`) {
+	if !strings.Contains(body, `hybridrelay_kernel_channels 1`) || !strings.Contains(body, `hybridrelay_kernel_pass_total{group="normal",reason="no_entry"}`) {
 		t.Errorf("metrics lack the kernel table or pass reasons")
 	}
 

@@ -36,10 +36,13 @@ type Kernel struct {
 	PinDir string `json:"pin_dir,omitempty"`
 	// Counters are the per-CPU counters summed, by name
 	// (fwd_to_peer_packets, pass_no_entry, ...).
-	Counters    map[string]uint64 `json:"counters"`
-	Channels    int               `json:"channels"`
-	MaxChannels int               `json:"max_channels"`
-	Ifaces      []string          `json:"ifaces,omitempty"`
+	Counters map[string]uint64 `json:"counters"`
+	// Pass is the pass_* counters again, each with its group (normal,
+	// misconfiguration, other) and what it means, in display order.
+	Pass        []PassCount `json:"pass"`
+	Channels    int         `json:"channels"`
+	MaxChannels int         `json:"max_channels"`
+	Ifaces      []string    `json:"ifaces,omitempty"`
 }
 
 // Channel is one entry of the kernel channel table, both directions.
@@ -82,7 +85,8 @@ func KernelFromLoader(x *loader.XDP, source string, ifaces []string) (*Kernel, e
 	}
 	// Len is the loader's index, rebuilt from the maps at Load and kept by
 	// every install and delete: no walk over the table per scrape.
-	return &Kernel{Source: source, PinDir: x.PinDir(), Counters: c.Map(), Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}, nil
+	m := c.Map()
+	return &Kernel{Source: source, PinDir: x.PinDir(), Counters: m, Pass: PassCounts(m), Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}, nil
 }
 
 // ChannelsFromLoader lists the kernel channel table.

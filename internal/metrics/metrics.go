@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,7 +42,7 @@ var (
 	dDataIndications  = desc("data_indications_total", "Datagrams delivered to clients as Data indications (no channel).")
 	dDrops            = desc("drops_total", "Datagrams the control plane dropped, by reason.", "reason")
 	dOffload          = desc("offload_events_total", "Kernel fast path table operations, by event.", "event")
-	dKernelPass       = desc("kernel_pass_total", "Packets the XDP program passed to the kernel stack, by reason.", "reason")
+	dKernelPass       = desc("kernel_pass_total", "Packets the XDP program passed to the kernel stack, by reason; group is normal (userspace's traffic by design), misconfiguration (the host keeps the kernel path from forwarding) or other.", "reason", "group")
 	dKernelChannels   = desc("kernel_channels", "Entries in the kernel channel table.")
 	dKernelMax        = desc("kernel_channels_max", "Capacity of the kernel channel table.")
 	dBatchSize        = desc("rx_batch_size", "Datagrams per receive batch of the userspace datapath.", "datapath")
@@ -124,10 +123,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dPackets, k.Counters["fwd_to_client_packets"], "xdp", "to_client")
 		counter(dBytes, k.Counters["fwd_to_peer_bytes"], "xdp", "to_peer")
 		counter(dBytes, k.Counters["fwd_to_client_bytes"], "xdp", "to_client")
-		for _, name := range slices.Sorted(maps.Keys(k.Counters)) {
-			if reason, ok := strings.CutPrefix(name, "pass_"); ok {
-				counter(dKernelPass, k.Counters[name], reason)
-			}
+		for _, p := range admin.PassCounts(k.Counters) {
+			counter(dKernelPass, p.Packets, p.Name, p.Group)
 		}
 		gauge(dKernelChannels, float64(k.Channels))
 		gauge(dKernelMax, float64(k.MaxChannels))

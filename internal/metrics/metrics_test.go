@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -174,5 +175,39 @@ func TestScrape(t *testing.T) {
 	// No label may carry a username.
 	if strings.Contains(string(body), "alice") {
 		t.Error("a username appears in the metrics")
+	}
+}
+
+// TestKernelPassGroups: every pass_* counter is exported under its reason
+// with the group that says whether it is normal or a misconfiguration.
+func TestKernelPassGroups(t *testing.T) {
+	snap := func() (admin.Snapshot, error) {
+		return admin.Snapshot{Time: time.Now(), Datapath: "xdp", Kernel: &admin.Kernel{Source: "daemon",
+			Counters: map[string]uint64{"fwd_to_peer_packets": 5, "pass_no_entry": 3, "pass_local": 4,
+				"pass_no_route": 2, "pass_link_down": 1, "pass_no_nexthop": 6, "pass_from_the_future": 8}}}, nil
+	}
+	srv := httptest.NewServer(Handler(snap, nil))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`hybridrelay_kernel_pass_total{group="normal",reason="no_entry"} 3`,
+		`hybridrelay_kernel_pass_total{group="normal",reason="local"} 4`,
+		`hybridrelay_kernel_pass_total{group="misconfiguration",reason="no_route"} 2`,
+		`hybridrelay_kernel_pass_total{group="misconfiguration",reason="link_down"} 1`,
+		`hybridrelay_kernel_pass_total{group="other",reason="no_nexthop"} 6`,
+		`hybridrelay_kernel_pass_total{group="other",reason="from_the_future"} 8`,
+		`hybridrelay_relayed_packets_total{datapath="xdp",direction="to_peer"} 5`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(string(body), `reason="fwd_to_peer_packets"`) {
+		t.Error("a forwarding counter is exported as a pass reason")
 	}
 }
