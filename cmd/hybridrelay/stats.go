@@ -50,6 +50,7 @@ snapshot.kernel.pass has each pass reason with its group and meaning.
 ` + passReasonHelp(),
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "watch", Usage: "print every `DUR` (e.g. 1s) with rates, until interrupted"},
+			&cli.DurationFlag{Name: "prog-cost", Usage: "also measure the attached XDP program's in-place cost (ns per packet) over `DUR`, with kernel BPF statistics on for that window only"},
 			jsonFlag(), adminSocketFlag(), bpffsFlag(),
 		},
 		Action: statsAction,
@@ -121,6 +122,31 @@ func statsAction(c *cli.Context) error {
 	defer src.Close()
 	out := c.App.Writer
 	asJSON := c.Bool("json")
+	if d := c.Duration("prog-cost"); d != 0 {
+		if d < 100*time.Millisecond || watch != 0 {
+			return usageErrorf("--prog-cost %s: use at least 100ms, without --watch", d)
+		}
+		snap, err := src.snapshot()
+		if err != nil {
+			return err
+		}
+		if snap.Kernel == nil || snap.Kernel.ProgramID == 0 {
+			return fmt.Errorf("program cost: no kernel fast path loaded (is serve running with the xdp datapath?)")
+		}
+		id := snap.Kernel.ProgramID
+		cost, err := measureProgCost(id, d)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(out).Encode(map[string]any{"prog_cost": map[string]any{
+				"program_id": id, "window_seconds": d.Seconds(), "runs": cost.Runs,
+				"run_time_ns": cost.RunTime.Nanoseconds(), "ns_per_packet": cost.NsPerRun()}})
+		}
+		fmt.Fprintf(out, "kernel program %d in place: %.0f ns per packet over %d runs in %s (kernel BPF statistics on for this window only)\n",
+			id, cost.NsPerRun(), cost.Runs, d)
+		return nil
+	}
 	prev, err := src.snapshot()
 	if err != nil {
 		return err
@@ -261,6 +287,7 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 	if k := s.Kernel; k != nil {
 		row("kernel to peer", "kernel.fwd_to_peer_packets", "kernel.fwd_to_peer_bytes", k.Counters["fwd_to_peer_packets"], k.Counters["fwd_to_peer_bytes"])
 		row("kernel to client", "kernel.fwd_to_client_packets", "kernel.fwd_to_client_bytes", k.Counters["fwd_to_client_packets"], k.Counters["fwd_to_client_bytes"])
+		row("kernel hairpin", "kernel.fwd_hairpin_packets", "kernel.fwd_hairpin_bytes", k.Counters["fwd_hairpin_packets"], k.Counters["fwd_hairpin_bytes"])
 	}
 	if srv := s.Server; srv != nil {
 		row("userspace to peer", "userspace.to_peer.packets", "userspace.to_peer.bytes", srv.UserspaceToPeer.Packets, srv.UserspaceToPeer.Bytes)

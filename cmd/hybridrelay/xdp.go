@@ -18,7 +18,6 @@ type xdpPath struct {
 	x       *loader.XDP
 	offload *control.XDPOffload
 	ifaces  []string
-	ifindex map[int]bool // of ifaces
 	// keepPinned: on Close leave maps and links pinned (a restart with a
 	// state file re-adopts them); otherwise unpin, which detaches.
 	keepPinned bool
@@ -51,10 +50,7 @@ func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, e
 	if err != nil {
 		return nil, err
 	}
-	p := &xdpPath{log: log, x: x, ifaces: names, ifindex: map[int]bool{}}
-	for _, i := range idx {
-		p.ifindex[i] = true
-	}
+	p := &xdpPath{log: log, x: x, ifaces: names}
 	fail := func(err error) (*xdpPath, error) {
 		// Pins this run created go; pins a previous run left (re-adopted
 		// state) stay for the next attempt.
@@ -75,13 +71,25 @@ func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, e
 }
 
 // kernelEgress is the egress (next-hop) table the kernel path forwards
-// by, for serve's misconfiguration warnings. It is the adapter to
-// loader.XDP.Egress: each loader.EgressEntry becomes an egressInfo field
-// by field, with Reason = entry.Reason.String() and "" for Reason 0
-// (usable). Until the loader exports its table, the same verdicts are
-// computed here from rtnetlink for the destinations of the channel table.
-func (p *xdpPath) kernelEgress() egressSource {
-	return hostEgress{x: p.x, xdp: p.ifindex}
+// by, for serve's misconfiguration warnings.
+func (p *xdpPath) kernelEgress() egressSource { return loaderEgress{p.x} }
+
+// loaderEgress lists loader.XDP.Egress as egressInfo: Reason is the pass
+// counter's name, "" for a usable entry.
+type loaderEgress struct{ x *loader.XDP }
+
+func (l loaderEgress) Egress() []egressInfo {
+	entries := l.x.Egress()
+	out := make([]egressInfo, 0, len(entries))
+	for _, e := range entries {
+		info := egressInfo{Dst: e.Dst, Src: e.Src, Ifindex: e.Ifindex, Ifname: e.Ifname, Gateway: e.Gateway,
+			DstMAC: e.DstMAC, SrcMAC: e.SrcMAC, VLAN: e.VLAN, MTU: e.MTU, Refs: e.Refs}
+		if !e.Usable() {
+			info.Reason = e.Reason.String()
+		}
+		out = append(out, info)
+	}
+	return out
 }
 
 // kernelCounters reads the program's counters by name.

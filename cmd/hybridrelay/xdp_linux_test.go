@@ -141,6 +141,36 @@ func testServeAutoPicksXDP(t *testing.T, to netns.TopologyOptions) {
 		t.Errorf("metrics lack the kernel table or pass reasons")
 	}
 
+	// The in-place cost of the attached program, measured by stats with
+	// BPF statistics on for the window only, while ChannelData flows.
+	stop := make(chan struct{})
+	go func() {
+		cd := []byte{0x40, 0x01, 0, 4, 'c', 'o', 's', 't'}
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+				c.Write(cd)
+			}
+		}
+	}()
+	out, stderr, code = runBinary(t, nil, "stats", "--admin-socket", sock, "--prog-cost", "500ms", "--json")
+	close(stop)
+	var pc struct {
+		ProgCost struct {
+			ProgramID uint32  `json:"program_id"`
+			Runs      uint64  `json:"runs"`
+			NsPerPkt  float64 `json:"ns_per_packet"`
+		} `json:"prog_cost"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &pc) != nil || pc.ProgCost.ProgramID == 0 || pc.ProgCost.Runs < 20 || pc.ProgCost.NsPerPkt <= 0 {
+		t.Fatalf("stats --prog-cost: exit %d %s\n%s", code, stderr, out)
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); err != nil || strings.TrimSpace(string(b)) != "0" {
+		t.Errorf("kernel.bpf_stats_enabled is %q after the measurement (%v), want 0 restored", b, err)
+	}
+	t.Logf("stats --prog-cost: program %d, %.0f ns per packet over %d runs", pc.ProgCost.ProgramID, pc.ProgCost.NsPerPkt, pc.ProgCost.Runs)
 	if code := d.stop(t, syscall.SIGTERM, 15*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d", code)
 	}

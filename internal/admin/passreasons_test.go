@@ -2,7 +2,10 @@ package admin
 
 import (
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
 func TestPassCounts(t *testing.T) {
@@ -53,5 +56,28 @@ func TestPassReasonsTable(t *testing.T) {
 	}
 	if r := LookupPassReason("pass_local"); r.Group != PassNormal {
 		t.Errorf("pass_local: %+v", r)
+	}
+}
+
+// TestPassReasonsCoverTheProgram: every pass counter the loader exports has
+// a group and a meaning here, and the table lists nothing else.
+func TestPassReasonsCoverTheProgram(t *testing.T) {
+	program := map[string]bool{}
+	for i := 0; i < loader.NumCounters; i++ {
+		if name, ok := strings.CutPrefix(loader.Counter(i).String(), "pass_"); ok {
+			program[name] = true
+		}
+	}
+	listed := map[string]bool{}
+	for _, r := range PassReasons {
+		listed[r.Name] = true
+		if !program[r.Name] {
+			t.Errorf("%s is listed but the program has no pass_%s counter", r.Name, r.Name)
+		}
+	}
+	for name := range program {
+		if !listed[name] {
+			t.Errorf("pass_%s has no group or meaning", name)
+		}
 	}
 }

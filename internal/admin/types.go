@@ -43,6 +43,10 @@ type Kernel struct {
 	Channels    int         `json:"channels"`
 	MaxChannels int         `json:"max_channels"`
 	Ifaces      []string    `json:"ifaces,omitempty"`
+	// ProgramID is the kernel's id of the relay program (bpftool prog
+	// show id N); ids are global, so a CLI in another namespace can
+	// measure it (stats --prog-cost).
+	ProgramID uint32 `json:"program_id,omitempty"`
 }
 
 // Channel is one entry of the kernel channel table, both directions.
@@ -86,7 +90,13 @@ func KernelFromLoader(x *loader.XDP, source string, ifaces []string) (*Kernel, e
 	// Len is the loader's index, rebuilt from the maps at Load and kept by
 	// every install and delete: no walk over the table per scrape.
 	m := c.Map()
-	return &Kernel{Source: source, PinDir: x.PinDir(), Counters: m, Pass: PassCounts(m), Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}, nil
+	k := &Kernel{Source: source, PinDir: x.PinDir(), Counters: m, Pass: PassCounts(m), Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}
+	if info, err := x.Program().Info(); err == nil {
+		if id, ok := info.ID(); ok {
+			k.ProgramID = uint32(id)
+		}
+	}
+	return k, nil
 }
 
 // ChannelsFromLoader lists the kernel channel table.

@@ -109,7 +109,7 @@ type Run struct {
 	// that the relay's XDP program forwarded itself (its fwd counters,
 	// read from the pinned maps); xdp variant only.
 	KernelForwarded float64 `json:"kernel_forwarded,omitempty"`
-	Error          string `json:"error,omitempty"`
+	Error           string  `json:"error,omitempty"`
 }
 
 // Forwarding is the relay namespace's forwarding state of the run as one

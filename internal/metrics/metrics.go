@@ -123,6 +123,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dPackets, k.Counters["fwd_to_client_packets"], "xdp", "to_client")
 		counter(dBytes, k.Counters["fwd_to_peer_bytes"], "xdp", "to_peer")
 		counter(dBytes, k.Counters["fwd_to_client_bytes"], "xdp", "to_client")
+		// Relay to relay: one client's ChannelData turned into
+		// another's by the program.
+		counter(dPackets, k.Counters["fwd_hairpin_packets"], "xdp", "hairpin")
+		counter(dBytes, k.Counters["fwd_hairpin_bytes"], "xdp", "hairpin")
 		for _, p := range admin.PassCounts(k.Counters) {
 			counter(dKernelPass, p.Packets, p.Name, p.Group)
 		}
