@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench-e2e.sh: the netns benchmark of DESIGN.md "Benchmark method": every
+# bench-e2e.sh: the netns benchmark of docs/design.md "Benchmark method": every
 # datapath against the direct path, alternating, repeated, both directions,
 # IPv4 and IPv6, 120/1200-byte one-flow floods and the many-flow case.
 #

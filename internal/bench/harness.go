@@ -72,7 +72,7 @@ func (o *Options) defaults() error {
 	return nil
 }
 
-// StandardCases are the cases of DESIGN.md's benchmark method: one-flow
+// StandardCases are the cases of docs/design.md's benchmark method: one-flow
 // floods of 120 and 1200 bytes in both directions and both families, and
 // the many-flow WebRTC-like case (flows allocations at 50 pps, 1000 B) in
 // both directions.

@@ -108,7 +108,7 @@ func Compare(ctx context.Context, opts Options) (rep *Report, err error) {
 		Variants: variants, Unavailable: map[string]string{},
 	}
 	// XDP_TX or a redirect into a veth delivers nothing unless the other
-	// end runs an XDP program (DESIGN.md, veth facts): attach XDP_PASS to
+	// end runs an XDP program (docs/design.md, veth facts): attach XDP_PASS to
 	// the outer ends for every variant, so all run on the same veth mode.
 	links, err := h.topo.AttachXDPPass()
 	if err != nil {

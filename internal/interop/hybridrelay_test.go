@@ -22,7 +22,7 @@ type hrServer struct {
 }
 
 // startHybridrelay starts the server with the package's credentials and a
-// peer allow-list for loopback (which the default policy denies, DESIGN.md
+// peer allow-list for loopback (which the default policy denies, docs/design.md
 // "Security defaults"); tweak may change the config before it starts.
 // cfg.Datapath "gso" selects the batched datapath, anything else plain.
 func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {

@@ -304,7 +304,7 @@ const expiryGrace = 50 * time.Millisecond
 // whose refreshes are lost, and checks that relaying stops when the
 // allocation's lifetime ends (RFC 8656 section 7: the allocation expires
 // when its lifetime runs out), in both directions. The kernel fast path
-// checks the expiry on every packet (DESIGN.md, invariant 1) and passes
+// checks the expiry on every packet (docs/design.md "Kernel-path invariants" 1) and passes
 // expired traffic up; userspace must then not forward what the kernel
 // would not, or a cleanup interval becomes a window of relaying past the
 // lifetime.

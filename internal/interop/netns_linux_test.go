@@ -321,7 +321,7 @@ func clientIP(r *netnsRelay, server netip.AddrPort) netip.Addr {
 }
 
 // TestNetnsHairpinAndPolicy checks the default peer policy with pion
-// clients (DESIGN.md "Security defaults"): two clients relayed through the
+// clients (docs/design.md "Security defaults"): two clients relayed through the
 // same server talk relay-to-relay (hairpin, both via Send/Data indications
 // and over channels), while a permission for the server's own listener
 // address or for loopback is refused with 403 (RFC 8656 section 9.2:
@@ -407,7 +407,7 @@ func TestNetnsHairpinAndPolicy(t *testing.T) {
 }
 
 // hairpinExchange makes a and b, two allocations of the same server, talk
-// relay-to-relay (DESIGN.md "Security defaults": hairpin must work): each
+// relay-to-relay (docs/design.md "Security defaults": hairpin must work): each
 // permits the other's relayed address, then datagrams go both ways,
 // byte-exact, first as Send/Data indications and then over channels,
 // until each side has sent at least `more` ChannelData.

@@ -23,7 +23,7 @@ import (
 // TestNetnsXDP runs real clients against the real binary with
 // `--datapath xdp` in the relay namespace: pion (byte-exact both ways over
 // its channel) and turnutils_uclient (channel mode). The kernel path must
-// deliver the same bytes userspace would (DESIGN.md "A miss is always
+// deliver the same bytes userspace would (docs/design.md "A miss is always
 // safe"), with checksums the receiving kernels accept (a bad UDP checksum
 // is dropped by the peer's stack and the test times out). The XDP
 // counters must show that the kernel, not userspace, forwarded the
@@ -162,7 +162,7 @@ func testNetnsXDP(t *testing.T, bin string, to netns.TopologyOptions) {
 			t.Logf("kernel forwarded %d packets to the peer and %d to the client; counters %v", toPeer, toClient, after)
 			// pion sent at least 2*len(sizes) ChannelData and the peer
 			// sent len(sizes)+1 over the channel; a few may go to
-			// userspace legitimately (DESIGN.md), most must not.
+			// userspace legitimately (docs/design.md), most must not.
 			if toPeer < uint64(len(sizes)) || toClient < uint64(len(sizes))/2 {
 				t.Errorf("the kernel forwarded %d packets to the peer and %d to the client; want most of the channel traffic", toPeer, toClient)
 			}

@@ -70,7 +70,7 @@ func allocateDontFragment(t *testing.T, conn *net.UDPConn, server netip.AddrPort
 	return netip.AddrPortFrom(a.Unmap(), uint16(relayed.Port))
 }
 
-// TestDFSameOnKernelAndUserspacePath: "a miss is always safe" (DESIGN.md)
+// TestDFSameOnKernelAndUserspacePath: "a miss is always safe" (docs/design.md)
 // holds for the IPv4 DF bit. One channel's ChannelData goes to the peer
 // through XDP, then, with the kernel entry deleted, through userspace; the
 // peer's link must see the same DF bit both times, 1 iff the allocation

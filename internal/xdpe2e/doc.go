@@ -17,5 +17,5 @@
 // unless Options.PinDir is set), attaches the relay program natively to the
 // relay namespace's two veths, fills the devmap with them, and attaches the
 // XDP_PASS program to the client and peer ends: XDP_TX/redirect into a veth
-// delivers nothing unless its peer end runs an XDP program (DESIGN.md).
+// delivers nothing unless its peer end runs an XDP program (docs/design.md).
 package xdpe2e

@@ -193,7 +193,7 @@ func (s *Server) offloadListener(l netip.AddrPort, fam byte) netip.AddrPort {
 }
 
 // syncOffloadLocked brings the kernel entry of ch in line with the
-// control-plane state (DESIGN.md invariants 1-3): install when it becomes
+// control-plane state (docs/design.md "Kernel-path invariants" 1-3): install when it becomes
 // eligible, refresh when the expiry moved, remove when it is no longer
 // eligible. Offload errors never reach the client: the channel stays on the
 // userspace path and the error is counted (and logged once). Caller holds

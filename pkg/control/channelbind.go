@@ -77,7 +77,7 @@ func (s *Server) handleChannelBind(r *reqCtx) {
 	if pe := r.now.Add(s.cfg.PermissionLifetime); a.perms[peer.Addr()].Before(pe) {
 		a.perms[peer.Addr()] = pe
 	}
-	// DESIGN.md invariant 1 / "Pitfalls": the kernel entry exists before
+	// docs/design.md "Kernel-path invariants" 3: the kernel entry exists before
 	// the success response leaves, so the first ChannelData cannot race
 	// the map insert. Permission and allocation lifetimes may have moved
 	// for other channels too.

@@ -59,7 +59,7 @@
 // calling time.Now per packet. Relay sockets are closed off the handler goroutine, because a
 // datapath's Conn.Close waits for its receive loop.
 //
-// # Kernel offload (DESIGN.md invariants 1-3)
+// # Kernel offload (docs/design.md "Kernel-path invariants" 1-3)
 //
 // A channel of a UDP client whose peer is not one of this server's relay
 // addresses is installed with Offload.Install before the ChannelBind

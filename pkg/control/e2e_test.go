@@ -164,7 +164,7 @@ func pionEndToEnd(t *testing.T, s *Server, network string) {
 }
 
 // TestHairpin relays between two allocations of the same server: each
-// client's peer is the other one's relayed address (DESIGN.md "Security
+// client's peer is the other one's relayed address (docs/design.md "Security
 // defaults": relay addresses stay reachable even though loopback, where
 // they live in this test, is otherwise denied).
 func TestHairpin(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 // permission or channel for, 0 when it may: 443 when the allocation has no
 // relayed address of the peer's family (RFC 8656 section 9.2), 403 when the
 // peer policy forbids it (section 9.2: "the server MAY ... reject with 403
-// Forbidden" — DESIGN.md "Security defaults").
+// Forbidden" — docs/design.md "Security defaults").
 func (a *allocation) peerError(peer netip.AddrPort) stun.ErrorCode {
 	ip := peer.Addr().Unmap()
 	if !ip.IsValid() {

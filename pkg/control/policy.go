@@ -6,7 +6,7 @@ import (
 )
 
 // defaultDenyPeers are the peer ranges a relay must not reach unless the
-// operator allows them (DESIGN.md "Security defaults"): relaying into them
+// operator allows them (docs/design.md "Security defaults"): relaying into them
 // would let a TURN client reach the server's own host, its LAN or a cloud
 // metadata service (169.254.169.254).
 var defaultDenyPeers = []netip.Prefix{
@@ -32,7 +32,7 @@ type peerPolicy struct {
 	allow []netip.Prefix
 	deny  []netip.Prefix
 	// relayIPs are reachable even inside a denied range (hairpin between
-	// two allocations on this server, DESIGN.md "Security defaults"); only
+	// two allocations on this server, docs/design.md "Security defaults"); only
 	// their live relay ports are, see Server.peerSendable.
 	relayIPs map[netip.Addr]bool
 	// listenerIPs are the server's own addresses: the specified listener

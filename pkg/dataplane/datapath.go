@@ -37,7 +37,7 @@ type Conn interface {
 	// DONT-FRAGMENT, and a datagram that does not fit the path MTU is then
 	// not fragmented by the server. The kernel path (bpf/relay.bpf.c)
 	// writes exactly that bit, so the userspace path must too: a packet
-	// may take either path (DESIGN.md, "a miss is always safe").
+	// may take either path (docs/design.md, "a miss is always safe").
 	//
 	//   - on: DF on every datagram (Linux IP_PMTUDISC_DO); a datagram
 	//     larger than the path MTU is not sent and is counted in

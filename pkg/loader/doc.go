@@ -63,5 +63,5 @@
 //	x.Unpin(); x.Close()
 //
 // The far end of every veth the program transmits into needs an XDP program
-// (AttachPass) or frames sent with XDP_TX/redirect are lost (DESIGN.md).
+// (AttachPass) or frames sent with XDP_TX/redirect are lost (docs/design.md).
 package loader
