@@ -195,6 +195,26 @@ func newFoTopo(t *testing.T, v6 bool, relaySysctls map[string]string, routes ...
 	for _, r := range routes {
 		f.must(f.relay, append([]string{f.family(), "route", "add"}, r...)...)
 	}
+	// IPv6 neighbour solicitations go out from a link-local address
+	// (ndisc_send_ns sends nothing while the device's is tentative), so
+	// until duplicate address detection of the links' own link-local
+	// addresses is over (about 1-2 s after link up), a next hop on them
+	// cannot be resolved and the kernel retries only after retrans_time
+	// (1 s). A server's links are long past that; wait for it here, or a
+	// failover to a new next hop measures DAD, not the resolver.
+	for _, ns := range []*netns.NS{f.client, f.relay, f.peer} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			out := f.must(ns, "-6", "addr", "show", "tentative")
+			if strings.TrimSpace(out) == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("IPv6 addresses still tentative in %s after 5 s: %s", ns.Name, out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	// The client resolves the listener now, so the first packets are not
 	// lost to ARP/ND (an address on the link: works with forwarding off).
 	f.sh(f.client, "ping", "-c", "1", "-W", "2", f.a.listener.String())
@@ -464,12 +484,14 @@ func (f *foTopo) run(warm, tail time.Duration, events ...*foEvent) *foRun {
 	}
 	time.Sleep(warm)
 	mu.Lock()
-	got, want := len(r.arr), int(warm/foRate)/2
+	got, sent := len(r.arr), len(r.sent)
 	mu.Unlock()
-	if got < want {
+	// A loaded machine sends fewer than one per foRate; what matters is
+	// that what was sent arrives.
+	if sent < 50 || float64(got) < 0.9*float64(sent) {
 		c, _ := f.x.Counters()
 		e, _ := f.egress()
-		fail("before any event the peer received %d datagrams in %v (want >= %d): egress %+v, counters %v", got, warm, want, e, nonZero(c))
+		fail("before any event the peer received %d of %d datagrams sent in %v: egress %+v, counters %v", got, sent, warm, e, nonZero(c))
 	}
 	for _, ev := range events {
 		time.Sleep(ev.after)
