@@ -20,6 +20,8 @@ import (
 	ebpflink "github.com/cilium/ebpf/link"
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -979,4 +981,73 @@ func TestFailoverGatewayDiesSilently(t *testing.T) {
 			t.Errorf("program forwarded nothing before the gateway died")
 		}
 	})
+}
+
+// TestFailoverRouteChangeUnderChurn: the route change of
+// TestFailoverRouteChange while unrelated routes come and go every few
+// milliseconds, as on a host whose routing daemon is busy. The resolver
+// gathers route events into one refresh; a steady stream of them must not
+// postpone that refresh indefinitely.
+func TestFailoverRouteChangeUnderChurn(t *testing.T) {
+	a := foAddrsFor(false)
+	dst := a.peer.String() + "/" + a.host
+	f := newFoTopo(t, false, nil, []string{dst, "via", a.gwA.String(), "dev", "la0"})
+	nsh, err := vnetns.GetFromPath("/run/netns/" + f.relay.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var churned int
+	go func() {
+		defer close(done)
+		_, unrelated, _ := net.ParseCIDR("198.19.77.0/24")
+		rt := &netlink.Route{Dst: unrelated, Type: unix.RTN_BLACKHOLE}
+		tk := time.NewTicker(5 * time.Millisecond)
+		defer tk.Stop()
+		for i := 0; ; i++ {
+			if i%2 == 0 {
+				_ = h.RouteReplace(rt)
+			} else {
+				_ = h.RouteDel(rt)
+			}
+			churned++
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-done
+	}()
+	ev := &foEvent{name: "route via B", after: 200 * time.Millisecond, fn: func() error {
+		_, err := f.relay.IP("-4", "route", "replace", dst, "via", a.gwB.String(), "dev", "lb0")
+		return err
+	}}
+	r := f.run(300*time.Millisecond, 1500*time.Millisecond, ev)
+	close(stop)
+	<-done
+	firstB, lastA := r.firstOn('B', ev.t0), r.lastOn('A')
+	t.Logf("route change under churn (%d unrelated route changes): first arrival via B %s after, last via A %s after",
+		churned, r.ms(firstB-ev.t0), r.ms(lastA-ev.t0))
+	if firstB < 0 || firstB-ev.t0 > foBound {
+		t.Errorf("first arrival via link B %s after the route change; want within %v", r.ms(firstB-ev.t0), foBound)
+	}
+	if lastA-ev.t0 > foBound {
+		t.Errorf("link A still received %s after the route change", r.ms(lastA-ev.t0))
+	}
+	r.requireSteady(t, ev.t0+foBound, 'B')
 }

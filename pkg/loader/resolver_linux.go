@@ -65,7 +65,7 @@ const (
 	// netlink message must not leave a slot wrong for long).
 	resyncEvery = 30 * time.Second
 	// debounce gathers a burst of route/link/address events into one
-	// refresh.
+	// refresh, which runs this long after the burst's first event.
 	debounce = 20 * time.Millisecond
 )
 
@@ -357,7 +357,18 @@ func (r *netlinkResolver) follow(t *egressTable, done <-chan struct{}, neighCh c
 	pending := time.NewTimer(time.Hour)
 	pending.Stop()
 	defer pending.Stop()
-	schedule := func() { pending.Reset(debounce) }
+	// The refresh runs debounce after the first event of a burst; later
+	// events of the burst do not push it back (a steady stream of route
+	// events, a busy routing daemon, would otherwise postpone it until the
+	// resync). Events that arrive after the refresh began start a new
+	// burst.
+	armed := false
+	schedule := func() {
+		if !armed {
+			armed = true
+			pending.Reset(debounce)
+		}
+	}
 	for {
 		select {
 		case <-done:
@@ -383,6 +394,7 @@ func (r *netlinkResolver) follow(t *egressTable, done <-chan struct{}, neighCh c
 			}
 			schedule()
 		case <-pending.C:
+			armed = false
 			r.refresh(t)
 		case <-resync.C:
 			r.refresh(t)
