@@ -65,7 +65,7 @@ const (
 	// netlink message must not leave a slot wrong for long).
 	resyncEvery = 30 * time.Second
 	// debounce gathers a burst of route/link/address events into one
-	// refresh.
+	// refresh, which runs this long after the burst's first event.
 	debounce = 20 * time.Millisecond
 )
 
@@ -357,7 +357,18 @@ func (r *netlinkResolver) follow(t *egressTable, done <-chan struct{}, neighCh c
 	pending := time.NewTimer(time.Hour)
 	pending.Stop()
 	defer pending.Stop()
-	schedule := func() { pending.Reset(debounce) }
+	// The refresh runs debounce after the first event of a burst; later
+	// events of the burst do not push it back (a steady stream of route
+	// events, a busy routing daemon, would otherwise postpone it until the
+	// resync). Events that arrive after the refresh began start a new
+	// burst.
+	armed := false
+	schedule := func() {
+		if !armed {
+			armed = true
+			pending.Reset(debounce)
+		}
+	}
 	for {
 		select {
 		case <-done:
@@ -383,6 +394,7 @@ func (r *netlinkResolver) follow(t *egressTable, done <-chan struct{}, neighCh c
 			}
 			schedule()
 		case <-pending.C:
+			armed = false
 			r.refresh(t)
 		case <-resync.C:
 			r.refresh(t)
@@ -443,11 +455,31 @@ func (r *netlinkResolver) neighEvent(t *egressTable, u netlink.NeighUpdate) {
 // STALE, and to resolve ones that are unresolved: traffic the program
 // forwards never passes the neighbour layer, so without this a dead
 // gateway would stay "valid" forever.
+//
+// It also brings the slots in line with the neighbour table. A slot can
+// miss the event that resolves its next hop: acquire (another goroutine)
+// asks the kernel to resolve it before it stores the slot's route, and
+// an answer applied in between matches no slot. Such a slot would pass
+// until the next resync (30 s) although the kernel knows the MAC; with
+// this, a missed or lost neighbour event costs at most one keepalive
+// period. The table is read after the last event was applied (events run
+// on this goroutine and empty the dump cache), so this never undoes a
+// newer event.
 func (r *netlinkResolver) keepalive(t *egressTable) {
 	for _, h := range t.nextHops() {
 		n, found, err := r.lookupNeigh(h)
 		if err != nil {
 			continue
+		}
+		if found && neighUsable(n) {
+			if err := t.neighbourChanged(h.ifindex, h.addr, n.HardwareAddr, ""); err != nil {
+				r.log.Warn("egress: neighbour keepalive", "err", err)
+			}
+		} else if found && n.State&(netlink.NUD_FAILED|netlink.NUD_INCOMPLETE) != 0 {
+			detail := fmt.Sprintf("neighbour %s unresolved (%s)", h.addr, neighStateName(n.State))
+			if err := t.neighbourChanged(h.ifindex, h.addr, nil, detail); err != nil {
+				r.log.Warn("egress: neighbour keepalive", "err", err)
+			}
 		}
 		if !found || n.State&(netlink.NUD_STALE|netlink.NUD_FAILED|netlink.NUD_INCOMPLETE) != 0 {
 			r.solicit(h, found, n.State)
