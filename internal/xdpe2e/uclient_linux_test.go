@@ -58,6 +58,34 @@ func startTurnutilsPeer(t *testing.T, e *env, port uint16) netip.AddrPort {
 	}
 }
 
+// runUclient runs turnutils_uclient (channel mode, no RTCP) in the client
+// namespace against the relay, with msgs messages of msgLen bytes to
+// peer, plus extra flags; it returns the parsed summary, the command line
+// and the output.
+func runUclient(t *testing.T, e *env, msgs, msgLen int, peer netip.AddrPort, extra ...string) (interop.UclientReport, string, []byte) {
+	t.Helper()
+	args := append([]string{"netns", "exec", e.topo.Client.Name, "turnutils_uclient"}, extra...)
+	args = append(args, "-c", "-n", strconv.Itoa(msgs), "-l", strconv.Itoa(msgLen), "-z", "5",
+		"-p", strconv.Itoa(listenPort), "-e", peer.Addr().String(), "-r", strconv.Itoa(int(peer.Port())),
+		"-u", user, "-w", pass)
+	if e.v6 {
+		args = append(args, "-x")
+	}
+	args = append(args, e.listener().Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	cmdline := "ip " + strings.Join(args, " ")
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", cmdline, err, out)
+	}
+	rep, err := interop.ParseUclient(out)
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", cmdline, err, out)
+	}
+	return rep, cmdline, out
+}
+
 // TestUclientThroughXDP: coturn's turnutils_uclient (ChannelData mode)
 // against the relay with the XDP program attached, echoed by
 // turnutils_peer. The channel is installed before the ChannelBind success
@@ -78,25 +106,7 @@ func testUclientThroughXDP(t *testing.T, to netns.TopologyOptions) {
 			peer := startTurnutilsPeer(t, e, 3480)
 			const msgs, msgLen = 20, 200
 			before := counters(t, e.path.X)
-			args := []string{"netns", "exec", e.topo.Client.Name, "turnutils_uclient",
-				"-c", "-n", strconv.Itoa(msgs), "-l", strconv.Itoa(msgLen), "-z", "5",
-				"-p", strconv.Itoa(listenPort), "-e", peer.Addr().String(), "-r", strconv.Itoa(int(peer.Port())),
-				"-u", user, "-w", pass}
-			if fam.v6 {
-				args = append(args, "-x")
-			}
-			args = append(args, e.listener().Addr().String())
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-			cmdline := "ip " + strings.Join(args, " ")
-			if err != nil {
-				t.Fatalf("%s: %v\n%s", cmdline, err, out)
-			}
-			rep, err := interop.ParseUclient(out)
-			if err != nil {
-				t.Fatalf("%s: %v\n%s", cmdline, err, out)
-			}
+			rep, cmdline, out := runUclient(t, e, msgs, msgLen, peer)
 			if rep.SentMsgs != msgs || rep.RecvMsgs != msgs || rep.LostPackets != 0 || len(rep.Errors) != 0 || rep.RecvBytes != msgs*msgLen {
 				t.Fatalf("%s: sent %d received %d (%d bytes) lost %d errors %q\n%s",
 					cmdline, rep.SentMsgs, rep.RecvMsgs, rep.RecvBytes, rep.LostPackets, rep.Errors, out)
@@ -137,25 +147,7 @@ func testUclientHairpinInKernel(t *testing.T, to netns.TopologyOptions) {
 			const msgs, msgLen = 20, 160
 			before := counters(t, e.path.X)
 			// -e/-r are required but unused with -y.
-			args := []string{"netns", "exec", e.topo.Client.Name, "turnutils_uclient",
-				"-y", "-c", "-n", strconv.Itoa(msgs), "-l", strconv.Itoa(msgLen), "-z", "5",
-				"-p", strconv.Itoa(listenPort), "-e", e.peerIP().String(), "-r", "3480",
-				"-u", user, "-w", pass}
-			if fam.v6 {
-				args = append(args, "-x")
-			}
-			args = append(args, e.listener().Addr().String())
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-			cmdline := "ip " + strings.Join(args, " ")
-			if err != nil {
-				t.Fatalf("%s: %v\n%s", cmdline, err, out)
-			}
-			rep, err := interop.ParseUclient(out)
-			if err != nil {
-				t.Fatalf("%s: %v\n%s", cmdline, err, out)
-			}
+			rep, cmdline, out := runUclient(t, e, msgs, msgLen, netip.AddrPortFrom(e.peerIP(), 3480), "-y")
 			if rep.RecvMsgs != rep.SentMsgs || rep.SentMsgs < msgs || rep.LostPackets != 0 || len(rep.Errors) != 0 ||
 				rep.RecvBytes != rep.RecvMsgs*msgLen {
 				t.Fatalf("%s: sent %d received %d (%d bytes) lost %d errors %q\n%s",
