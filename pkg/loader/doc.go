@@ -26,15 +26,20 @@
 //
 // c2p_channels and p2c_channels (plain hash maps, MaxChannels each) hold the
 // two directions of every installed channel, with its expiry; chan_usage
-// (array, indexed by a slot the loader assigns) the per-channel usage, kept
-// outside the entries so that refreshing an expiry never loses counts;
-// counters (per-CPU array) the forwarded packets/bytes per direction and one
-// counter per XDP_PASS reason (see Counter); tx_ports (devmap) the redirect
-// interfaces; vlan_devs the VLAN devices the fib may name. A full table is
-// ErrFull, counted in PassMapFull; a channel the program cannot rewrite in
-// place (IPv6 client with an IPv4 relay, ...) is ErrUnsupported. Channel
-// numbers 0x4000-0x7FFF are accepted (RFC 8656 and RFC 5766 ranges): the
-// control plane decides what it binds.
+// (per-CPU array, indexed by a slot the loader assigns) the per-channel
+// usage, kept outside the entries so that refreshing an expiry never loses
+// counts; counters (per-CPU array) the forwarded packets/bytes per direction
+// and one counter per XDP_PASS reason (see Counter); tx_ports (devmap) the
+// redirect interfaces; egress (array, two slots per channel) how to reach
+// each destination in use, resolved by the loader itself from the host's
+// routes, neighbours and links over rtnetlink and kept current from their
+// events (egress.go, resolver_linux.go; docs/design.md "Egress"), so the
+// program works with IP forwarding off. A channel whose peer is another
+// installed channel's relayed address is written relay to relay
+// (hairpin.go). A full table is ErrFull, counted in PassMapFull; a channel
+// the program cannot rewrite in place (IPv6 client with an IPv4 relay, ...)
+// is ErrUnsupported. Channel numbers 0x4000-0x7FFF are accepted (RFC 8656
+// and RFC 5766 ranges): the control plane decides what it binds.
 //
 // # Map layout and byte order
 //
@@ -42,8 +47,9 @@
 // channel number are stored in network byte order exactly as on the wire;
 // IPv4 addresses occupy the first 4 of 16 address bytes (IPv4-mapped IPv6
 // addresses are unmapped first). All of that is done in one place, keys.go.
-// Expiry is CLOCK_MONOTONIC nanoseconds (the bpf_ktime_get_ns clock),
-// converted from time.Time in one place, MonotonicNanos.
+// Expiry is CLOCK_MONOTONIC nanoseconds stored early by the coarse clock's
+// lag (the program reads bpf_ktime_get_coarse_ns), converted from time.Time
+// in one place (mono.go).
 //
 // # Namespaces
 //
@@ -55,7 +61,7 @@
 //
 // # Using the fast path from a benchmark harness
 //
-//	x, _ := loader.Load(loader.Options{PinDir: dir})      // or DisablePin: true
+//	x, _ := loader.Load(loader.Options{PinDir: dir, NetNS: "/run/netns/" + relayNS}) // or DisablePin: true
 //	relayNS.Do(func() error { return x.Attach([]int{cliIdx, peerIdx}, loader.ModeNative) })
 //	x.SetRedirectIfaces([]int{cliIdx, peerIdx})
 //	clientNS.Do(func() error { _, err := x.AttachPass(clientIfIdx, loader.ModeNative); return err })

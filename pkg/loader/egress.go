@@ -353,3 +353,69 @@ type hostResolver interface {
 	isVLAN(ifindex int) bool
 	close()
 }
+
+// closeResolver stops following the host's tables and closes netlink.
+func (x *XDP) closeResolver() {
+	if x.stopRes != nil {
+		close(x.stopRes)
+		<-x.resDone
+		x.stopRes = nil
+	}
+	if x.res != nil {
+		x.res.close()
+		x.res = nil
+	}
+}
+
+// canTransmit reports whether the program can send on ifindex: the device
+// is in the redirect devmap (serve puts every XDP interface there, so
+// XDP_TX back out of the ingress device is covered too).
+func (x *XDP) canTransmit(ifindex int) bool {
+	x.txMu.Lock()
+	defer x.txMu.Unlock()
+	return x.transmit[ifindex]
+}
+
+// updateTransmit makes redirect the transmittable devices and re-resolves
+// egress if that changed; when it returns, no usable egress slot names a
+// device outside redirect. x.mu is held.
+func (x *XDP) updateTransmit(redirect []int) {
+	want := map[int]bool{}
+	for _, idx := range redirect {
+		want[idx] = true
+	}
+	x.txMu.Lock()
+	same := len(want) == len(x.transmit)
+	for idx := range want {
+		same = same && x.transmit[idx]
+	}
+	x.transmit = want
+	x.txMu.Unlock()
+	if !same && x.egress != nil {
+		if err := x.egress.refreshRoutes(); err != nil {
+			x.log.Warn("xdp: resolve egress", "err", err)
+		}
+	}
+}
+
+// Egress lists the egress table: every destination in use, how the
+// program reaches it, or why it does not. Opened ReadOnly, it lists the
+// map's slots as stored (without destinations and names: those live in
+// the writing process).
+func (x *XDP) Egress() []EgressEntry {
+	if x.egress != nil {
+		return x.egress.entries()
+	}
+	var out []EgressEntry
+	var k uint32
+	var v relayEgressEntry
+	it := x.objs.Egress.Iterate()
+	for it.Next(&k, &v) {
+		if k == 0 || v == (relayEgressEntry{}) || Counter(v.Pass) == PassNoNextHop {
+			continue
+		}
+		out = append(out, EgressEntry{Slot: k, Ifindex: int(v.Ifindex), DstMAC: net.HardwareAddr(v.Dmac[:]),
+			SrcMAC: net.HardwareAddr(v.Smac[:]), VLAN: v.VlanId, MTU: int(v.Mtu), Reason: Counter(v.Pass)})
+	}
+	return out
+}

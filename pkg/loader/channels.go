@@ -1,0 +1,370 @@
+package loader
+
+// The channel table: what one bound channel is in the maps, and installing,
+// refreshing, deleting and reading it back (the index in XDP mirrors the
+// maps so no write needs a read).
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Channel is one bound channel as the kernel forwards it, in both
+// directions:
+//
+//	Client -> Listener  ChannelData(Number)  ==>  Relay -> Peer          data
+//	Peer   -> Relay     data                 ==>  Listener -> Client     ChannelData(Number)
+//
+// All four addresses must be of one family.
+type Channel struct {
+	Client, Listener, Relay, Peer netip.AddrPort
+	Number                        uint16 // 0x4000-0x7FFF (RFC 8656 / RFC 5766)
+	// Expires is when the kernel stops forwarding (it then passes the
+	// packets to userspace). The zero Time means already expired.
+	Expires time.Time
+	// DontFragment sets DF on relayed IPv4 packets to the peer.
+	DontFragment bool
+}
+
+// ChannelStats are the kernel's per-channel usage counters (data bytes,
+// i.e. ChannelData payload / peer datagram payload).
+type ChannelStats struct {
+	ToPeerPackets, ToPeerBytes     uint64
+	ToClientPackets, ToClientBytes uint64
+}
+
+// ChannelEntry is one installed channel as read back from the maps.
+type ChannelEntry struct {
+	Channel
+	// ExpiresNs is the channel's CLOCK_MONOTONIC expiry (the map holds it
+	// early by the coarse clock's lag, see kernelExpiry).
+	ExpiresNs uint64
+	Slot      uint32
+	Stats     ChannelStats
+	// PeerEntry reports whether the peer->client direction is present.
+	PeerEntry bool
+	// Hairpin: the entry is written relay-to-relay (hairpin.go); ExpiresNs
+	// is then the earlier of the two channels'.
+	Hairpin bool
+}
+
+// entry is what the index remembers about an installed channel: enough to
+// rewrite both values and delete both keys without reading the maps.
+type entry struct {
+	cv relayC2pVal // the channel's own c2p value, never hairpinned
+	pk relayP2cKey
+	pv relayP2cVal
+	// probe is the p2c key a relay-to-relay target would have
+	// (hairpin.go); written is the c2p value in the map (cv, or cv
+	// hairpinned to the channel installed under probe).
+	probe   relayP2cKey
+	written relayC2pVal
+}
+
+// PutChannel installs or replaces both directions of c. Re-installing a
+// channel keeps its slot and usage counters. A full table returns ErrFull
+// (and counts it); a channel the program cannot forward ErrUnsupported.
+func (x *XDP) PutChannel(c Channel) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return fmt.Errorf("put channel: %w", os.ErrClosed)
+	}
+	if x.egress == nil {
+		return fmt.Errorf("put channel: %w", errReadOnly)
+	}
+	probe, _, _, _, err := c.keys(0, 0)
+	if err != nil {
+		return fmt.Errorf("put channel: %w", err)
+	}
+	old := x.index[probe]
+	var slot uint32
+	switch {
+	case old != nil:
+		slot = old.cv.Slot
+	case len(x.free) == 0:
+		x.countMapFull()
+		return fmt.Errorf("put channel %#x: %w", c.Number, ErrFull)
+	default:
+		slot = x.free[len(x.free)-1]
+	}
+	ck, cv, pk, pv, err := c.keys(slot, kernelExpiry(c.Expires))
+	if err != nil {
+		return fmt.Errorf("put channel: %w", err)
+	}
+	// The way to each destination, resolved before the entries exist.
+	if cv.Egress, err = x.egress.acquire(c.Peer.Addr(), c.Relay.Addr()); err != nil {
+		x.countMapFull()
+		return fmt.Errorf("put channel %#x: egress to the peer: %w", c.Number, err)
+	}
+	if pv.Egress, err = x.egress.acquire(c.Client.Addr(), c.Listener.Addr()); err != nil {
+		x.egress.release(cv.Egress)
+		x.countMapFull()
+		return fmt.Errorf("put channel %#x: egress to the client: %w", c.Number, err)
+	}
+	fail := func(err error) error {
+		x.egress.release(cv.Egress)
+		x.egress.release(pv.Egress)
+		return err
+	}
+	if old == nil {
+		// A new owner of the slot starts from zero, on every CPU.
+		zero := make([]relayChanStats, x.possibleCPUs())
+		if err := x.objs.ChanUsage.Put(slot, zero); err != nil {
+			return fail(fmt.Errorf("put channel %#x: reset usage: %w", c.Number, err))
+		}
+	}
+	// Peer direction first: a client packet forwarded before the peer
+	// entry exists would only mean the answer takes userspace.
+	if err := x.objs.P2cChannels.Put(pk, pv); err != nil {
+		if isFull(err) {
+			x.countMapFull()
+			return fail(fmt.Errorf("put channel %#x: peer entry: %w", c.Number, ErrFull))
+		}
+		return fail(fmt.Errorf("put channel %#x: peer entry: %w", c.Number, err))
+	}
+	hpProbe := hairpinProbe(cv, pk)
+	written := x.c2pValue(ck, cv, hpProbe)
+	if err := x.objs.C2pChannels.Put(ck, written); err != nil {
+		if old != nil && old.pk == pk {
+			_ = x.objs.P2cChannels.Put(pk, old.pv)
+		} else {
+			_ = x.objs.P2cChannels.Delete(pk)
+		}
+		if isFull(err) {
+			x.countMapFull()
+			return fail(fmt.Errorf("put channel %#x: client entry: %w", c.Number, ErrFull))
+		}
+		return fail(fmt.Errorf("put channel %#x: client entry: %w", c.Number, err))
+	}
+	if old != nil {
+		x.unlinkLocked(ck, old.pk, old.probe)
+		if old.pk != pk {
+			// Same channel, other peer: relay-to-relay entries that
+			// targeted the old peer key fall back, then the old
+			// reverse entry goes.
+			_ = x.rewriteDependentsLocked(old.pk)
+			_ = x.objs.P2cChannels.Delete(old.pk)
+		}
+		x.egress.release(old.cv.Egress)
+		x.egress.release(old.pv.Egress)
+	}
+	if old == nil {
+		x.free = x.free[:len(x.free)-1]
+	}
+	e := &entry{cv: cv, pk: pk, pv: pv, probe: hpProbe, written: written}
+	x.index[ck] = e
+	x.linkLocked(ck, e)
+	delete(x.adopted, ck)
+	if err := x.rewriteDependentsLocked(pk); err != nil {
+		return fmt.Errorf("put channel %#x: %w", c.Number, err)
+	}
+	return nil
+}
+
+// UpdateExpiry moves the expiry of an installed channel (both directions).
+// Counters are not touched (they live outside the entries).
+func (x *XDP) UpdateExpiry(c Channel) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return fmt.Errorf("update expiry: %w", os.ErrClosed)
+	}
+	if x.egress == nil {
+		return fmt.Errorf("update expiry: %w", errReadOnly)
+	}
+	ck, _, _, _, err := c.keys(0, 0)
+	if err != nil {
+		return fmt.Errorf("update expiry: %w", err)
+	}
+	e := x.index[ck]
+	if e == nil {
+		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, ErrNotFound)
+	}
+	ns := kernelExpiry(c.Expires)
+	cv, pv := e.cv, e.pv
+	cv.ExpiresNs, pv.ExpiresNs = ns, ns
+	if err := x.objs.P2cChannels.Update(e.pk, pv, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("update expiry of channel %#x: peer entry: %w", c.Number, err)
+	}
+	written := x.c2pValue(ck, cv, e.probe)
+	if err := x.objs.C2pChannels.Update(ck, written, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("update expiry of channel %#x: client entry: %w", c.Number, err)
+	}
+	e.cv, e.pv, e.written = cv, pv, written
+	delete(x.adopted, ck)
+	// A relay-to-relay entry that targets this channel takes the new
+	// expiry if it is the earlier one.
+	if err := x.rewriteDependentsLocked(e.pk); err != nil {
+		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, err)
+	}
+	return nil
+}
+
+// DeleteChannel removes both directions; an absent channel is not an error.
+// Only Client, Listener and Number of c are used.
+func (x *XDP) DeleteChannel(c Channel) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed {
+		return fmt.Errorf("delete channel: %w", os.ErrClosed)
+	}
+	if x.egress == nil {
+		return fmt.Errorf("delete channel: %w", errReadOnly)
+	}
+	ck, err := c.c2pKey()
+	if err != nil {
+		return nil // never installable, so not installed
+	}
+	return x.deleteLocked(ck)
+}
+
+func (x *XDP) deleteLocked(ck relayC2pKey) error {
+	e := x.index[ck]
+	if e == nil {
+		return nil
+	}
+	var errs []error
+	// Relay-to-relay entries that send to this channel's client stop
+	// doing so before it goes.
+	x.unlinkLocked(ck, e.pk, e.probe)
+	if err := x.rewriteDependentsLocked(e.pk); err != nil {
+		errs = append(errs, err)
+	}
+	if err := x.objs.C2pChannels.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("client entry: %w", err))
+	}
+	if err := x.objs.P2cChannels.Delete(e.pk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("peer entry: %w", err))
+	}
+	if len(errs) > 0 {
+		x.linkLocked(ck, e)
+		return fmt.Errorf("delete channel %#x: %w", host16(ck.Channel), errors.Join(errs...))
+	}
+	delete(x.index, ck)
+	delete(x.adopted, ck)
+	x.free = append(x.free, e.cv.Slot)
+	x.egress.release(e.cv.Egress)
+	x.egress.release(e.pv.Egress)
+	return nil
+}
+
+// c2pKey is the client->peer key of c (only Client, Listener, Number).
+func (c Channel) c2pKey() (relayC2pKey, error) {
+	full := c
+	if !full.Relay.IsValid() {
+		full.Relay = c.Listener
+	}
+	if !full.Peer.IsValid() {
+		full.Peer = c.Client
+	}
+	if full.Relay.Addr().Unmap().Is4() != full.Client.Addr().Unmap().Is4() {
+		full.Relay, full.Peer = c.Listener, c.Client
+	}
+	ck, _, _, _, err := full.keys(0, 0)
+	return ck, err
+}
+
+// ChannelCounters reads the usage counters of an installed channel.
+func (x *XDP) ChannelCounters(c Channel) (ChannelStats, error) {
+	ck, err := c.c2pKey()
+	if err != nil {
+		return ChannelStats{}, fmt.Errorf("channel counters: %w", err)
+	}
+	x.mu.Lock()
+	e := x.index[ck]
+	x.mu.Unlock()
+	if e == nil {
+		return ChannelStats{}, fmt.Errorf("channel counters of %#x: %w", c.Number, ErrNotFound)
+	}
+	return x.slotStats(e.cv.Slot)
+}
+
+// slotStats sums a usage slot over the CPUs.
+func (x *XDP) slotStats(slot uint32) (ChannelStats, error) {
+	var per []relayChanStats
+	if err := x.objs.ChanUsage.Lookup(slot, &per); err != nil {
+		return ChannelStats{}, fmt.Errorf("read channel usage slot %d: %w", slot, err)
+	}
+	var st ChannelStats
+	for _, s := range per {
+		st.ToPeerPackets += s.ToPeerPackets
+		st.ToPeerBytes += s.ToPeerBytes
+		st.ToClientPackets += s.ToClientPackets
+		st.ToClientBytes += s.ToClientBytes
+	}
+	return st, nil
+}
+
+// possibleCPUs is the number of values of a per-CPU map entry.
+func (x *XDP) possibleCPUs() int {
+	n, err := ebpf.PossibleCPU()
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
+
+// IterateChannels calls fn for every channel in the kernel's client->peer
+// map (what `hybridrelay maps dump` shows), read from the map itself, not
+// from the index. fn returning false stops the iteration.
+func (x *XDP) IterateChannels(fn func(ChannelEntry) bool) error {
+	var k relayC2pKey
+	var v relayC2pVal
+	it := x.objs.C2pChannels.Iterate()
+	for it.Next(&k, &v) {
+		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: expiryFromKernel(v.ExpiresNs), Slot: v.Slot,
+			Hairpin: v.Flags&flagHairpin != 0}
+		if st, err := x.slotStats(v.Slot); err == nil {
+			e.Stats = st
+		}
+		_, _, pk, _, err := e.Channel.keys(0, 0)
+		if err == nil {
+			var pv relayP2cVal
+			e.PeerEntry = x.objs.P2cChannels.Lookup(pk, &pv) == nil
+		}
+		if !fn(e) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate channels: %w", err)
+	}
+	return nil
+}
+
+// Len is the number of channels installed.
+func (x *XDP) Len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.index)
+}
+
+// Reconcile deletes the channels found in re-adopted maps that were not
+// installed (PutChannel/UpdateExpiry) since Load: after a restart the
+// control plane restores its state, re-installs what it still has, and then
+// calls Reconcile so stale entries do not linger until they expire.
+func (x *XDP) Reconcile() (removed int, err error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var errs []error
+	for ck := range x.adopted {
+		if err := x.deleteLocked(ck); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed++
+	}
+	return removed, errors.Join(errs...)
+}
+
+func isFull(err error) bool {
+	// A preallocated hash map with no free element returns E2BIG.
+	return errors.Is(err, syscall.E2BIG)
+}
