@@ -710,7 +710,7 @@ func TestFailoverGatewayMACChange(t *testing.T) {
 			}
 			evs = append(evs, ev)
 		}
-		r := f.run(300*time.Millisecond, 1200*time.Millisecond, evs...)
+		r := f.run(300*time.Millisecond, foBound+time.Second, evs...)
 		// The control: nothing sent after the silent change arrived.
 		ctl := evs[0]
 		sent, got := r.delivered(ctl.t1+20*time.Millisecond, evs[1].t0)
@@ -807,7 +807,7 @@ func TestFailoverRouteChange(t *testing.T) {
 			_, err := f.relay.IP(f.family(), "route", "replace", dst, "via", a.gwB.String(), "dev", "lb0")
 			return err
 		}}
-		r := f.run(300*time.Millisecond, 1500*time.Millisecond, ev)
+		r := f.run(300*time.Millisecond, foBound+time.Second, ev)
 		firstB, lastA := r.firstOn('B', ev.t0), r.lastOn('A')
 		gap, _ := r.blackout(ev.t0)
 		t.Logf("route change: first arrival via B %s after, last via A %s after, longest gap %s",
@@ -857,7 +857,7 @@ func TestFailoverLinkDown(t *testing.T) {
 					[]string{dst, "via", a.gwA.String(), "dev", "la0", "metric", "10"},
 					[]string{dst, "via", a.gwB.String(), "dev", "lb0", "metric", "20"})
 				ev := &foEvent{name: "link A down (" + mode.name + ")", fn: func() error { return mode.down(f) }}
-				r := f.run(300*time.Millisecond, 1500*time.Millisecond, ev)
+				r := f.run(300*time.Millisecond, foBound+time.Second, ev)
 				// What the kernel itself would do now.
 				rt := f.must(f.relay, f.family(), "route", "get", a.peer.String(), "from", a.relay.String())
 				viaB := strings.Contains(rt, " dev lb0")
@@ -1037,7 +1037,7 @@ func TestFailoverRouteChangeUnderChurn(t *testing.T) {
 		_, err := f.relay.IP("-4", "route", "replace", dst, "via", a.gwB.String(), "dev", "lb0")
 		return err
 	}}
-	r := f.run(300*time.Millisecond, 1500*time.Millisecond, ev)
+	r := f.run(300*time.Millisecond, foBound+time.Second, ev)
 	close(stop)
 	<-done
 	firstB, lastA := r.firstOn('B', ev.t0), r.lastOn('A')
