@@ -100,13 +100,11 @@ func (x *XDP) PutChannel(c Channel) error {
 	}
 	// The way to each destination, resolved before the entries exist.
 	if cv.Egress, err = x.egress.acquire(c.Peer.Addr(), c.Relay.Addr()); err != nil {
-		x.countMapFull()
-		return fmt.Errorf("put channel %#x: egress to the peer: %w", c.Number, err)
+		return x.egressFailed(c, "peer", err)
 	}
 	if pv.Egress, err = x.egress.acquire(c.Client.Addr(), c.Listener.Addr()); err != nil {
 		x.egress.release(cv.Egress)
-		x.countMapFull()
-		return fmt.Errorf("put channel %#x: egress to the client: %w", c.Number, err)
+		return x.egressFailed(c, "client", err)
 	}
 	fail := func(err error) error {
 		x.egress.release(cv.Egress)
@@ -367,4 +365,13 @@ func (x *XDP) Reconcile() (removed int, err error) {
 func isFull(err error) bool {
 	// A preallocated hash map with no free element returns E2BIG.
 	return errors.Is(err, syscall.E2BIG)
+}
+
+// egressFailed reports a failed egress slot acquisition; only a full table
+// counts as map_full (a failed map write is an error of its own).
+func (x *XDP) egressFailed(c Channel, to string, err error) error {
+	if errors.Is(err, ErrFull) {
+		x.countMapFull()
+	}
+	return fmt.Errorf("put channel %#x: egress to the %s: %w", c.Number, to, err)
 }

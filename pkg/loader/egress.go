@@ -222,7 +222,7 @@ func (t *egressTable) dropLocked(slot uint32, s *egressSlot) {
 // store writes a slot's value if it changed.
 func (t *egressTable) store(slot uint32, s *egressSlot) error {
 	v := s.value()
-	if v == s.val && s.val != (relayEgressEntry{}) {
+	if v == s.val { // a fresh slot's zero val never equals a value: pass or MTU is set
 		return nil
 	}
 	if err := t.write(slot, v); err != nil {
