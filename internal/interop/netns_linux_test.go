@@ -37,8 +37,8 @@ type netnsRelay struct {
 
 // startNetnsRelay builds the topology and starts this test binary as a
 // server (see serverHelperEnv) inside the relay namespace. t.Cleanup stops
-// it and removes the namespaces.
-func startNetnsRelay(t *testing.T) *netnsRelay {
+// it and removes the namespaces. mods adjust the configuration.
+func startNetnsRelay(t *testing.T, mods ...func(*control.Config)) *netnsRelay {
 	t.Helper()
 	topo, err := netns.NewTopology()
 	if err != nil {
@@ -62,6 +62,9 @@ func startNetnsRelay(t *testing.T) *netnsRelay {
 	cfg.Users = map[string]string{testUser: testPass}
 	cfg.AuthSecrets = []string{testSecret}
 	cfg.Datapath = "plain"
+	for _, mod := range mods {
+		mod(&cfg)
+	}
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ var (
 	dBatchSize        = desc("rx_batch_size", "Datagrams per receive batch of the userspace datapath.", "datapath")
 	dIO               = desc("dataplane_total", "Userspace datapath counters (syscalls, packets, GSO), by counter.", "datapath", "counter")
 	dRateLimitSources = desc("rate_limiter_sources", "Source addresses the unauthenticated-request limiter tracks.")
+	dTrustedTuples    = desc("trusted_tuples", "UDP 5-tuples with their own unauthenticated-request budget (they hold an allocation or authenticated within the nonce lifetime).")
 )
 
 // collector turns a snapshot into metrics at scrape time.
@@ -59,7 +60,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
 		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass,
-		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources} {
+		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples} {
 		ch <- d
 	}
 	c.errors.Describe(ch)
@@ -89,6 +90,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dChannels, float64(srv.Channels))
 		gauge(dOffloaded, float64(srv.OffloadedChannels))
 		gauge(dRateLimitSources, float64(srv.RateLimiterSources))
+		gauge(dTrustedTuples, float64(srv.TrustedTuples))
 		counter(dAllocEvents, srv.AllocationsCreated, "created")
 		counter(dAllocEvents, srv.AllocationsExpired, "expired")
 		counter(dAllocEvents, srv.AllocationsDeleted, "deleted")

@@ -90,6 +90,7 @@ type Server struct {
 	relayIPs []netip.Addr
 	nonces   *nonceSource
 	limiter  *ipLimiter
+	trusted  *trustedTuples
 	stats    counters
 
 	creds   atomic.Pointer[credentials]
@@ -147,6 +148,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		off:     opts.Offload,
 		log:     opts.Logger,
 		limiter: newIPLimiter(cfg.UnauthRate, cfg.UnauthBurst, 65536),
+		trusted: newTrustedTuples(cfg.UnauthRate, cfg.UnauthBurst, 65536),
 		perUser: map[string]int{},
 		streams: map[*streamConn]struct{}{},
 		done:    make(chan struct{}),
@@ -516,6 +518,7 @@ func (s *Server) janitor() {
 			s.ports.expireReservations(now)
 			if now.Sub(lastPrune) > 5*time.Second {
 				s.limiter.prune(now)
+				s.trusted.prune(now, func(t fiveTuple) bool { return s.lookup(t) != nil })
 				s.allocs.Range(func(_, v any) bool {
 					v.(*allocation).pollKernel(now)
 					return true
@@ -552,6 +555,7 @@ func (s *Server) Stats() ServerStats {
 		OffloadRemoves:       c.offloadRemoves.Load(),
 		OffloadRemoveErrors:  c.offloadRemoveErrors.Load(),
 		RateLimiterSources:   s.limiter.size(),
+		TrustedTuples:        s.trusted.size(),
 		Drops: map[string]uint64{
 			"malformed":     c.dropMalformed.Load(),
 			"no_allocation": c.dropNoAllocation.Load(),

@@ -145,6 +145,10 @@ type ServerStats struct {
 	// RateLimiterSources is how many source IPs the unauthenticated-request
 	// limiter remembers.
 	RateLimiterSources int `json:"rate_limiter_sources"`
+	// TrustedTuples is how many UDP 5-tuples have their own budget for
+	// unauthenticated requests (they hold an allocation or authenticated
+	// within the nonce lifetime) instead of their source IP's.
+	TrustedTuples int `json:"trusted_tuples"`
 }
 
 // PermissionInfo is one permission of an allocation.

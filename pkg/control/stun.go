@@ -172,6 +172,9 @@ func (r *reqCtx) authenticate() bool {
 		}
 		if ok {
 			r.authed, r.username, r.key, r.sha256 = true, string(user), key, hasMI256
+			if _, stream := r.sink.(*streamConn); !stream {
+				s.trusted.prove(r.tuple, r.now, r.now.Add(s.cfg.NonceLifetime))
+			}
 			return true
 		}
 	}
@@ -189,9 +192,17 @@ func (r *reqCtx) authenticate() bool {
 // is never retransmitted, and many legitimate clients behind one NAT
 // (TURN over TLS from an office) must not starve each other; a connection
 // that floods is still cut off.
+//
+// A UDP 5-tuple that holds an allocation or has authenticated within the
+// nonce lifetime has a bucket of its own (trustedTuples): other 5-tuples
+// of its IP cannot empty it.
 func (r *reqCtx) allowUnauth() bool {
 	if sc, ok := r.sink.(*streamConn); ok {
 		if sc.unauth.take(1, r.now) {
+			return true
+		}
+	} else if ok, trusted := r.s.trusted.take(r.tuple, r.now, r.s.lookup(r.tuple) != nil); trusted {
+		if ok {
 			return true
 		}
 	} else if r.s.limiter.allow(r.tuple.client.Addr(), r.now) {
