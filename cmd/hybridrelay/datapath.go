@@ -368,7 +368,8 @@ func (d *datapathSet) Close() error {
 }
 
 func gsoOptions(log *slog.Logger, s *config.Settings) dataplane.GSOOptions {
-	return dataplane.GSOOptions{BatchSize: s.BatchSize, Loops: s.Loops, SocketBuffer: s.SocketBuffer, Logger: log}
+	return dataplane.GSOOptions{BatchSize: s.BatchSize, Loops: s.Loops, SocketBuffer: s.SocketBuffer,
+		MaxQueueDelay: s.MaxQueueDelay, Logger: log}
 }
 
 // openDatapath probes the host (only as far as the request needs), decides,

@@ -321,7 +321,7 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 	}
 	if d := s.Dataplane; d != nil {
 		fmt.Fprintf(w, "\nuserspace datapath %s, %d loops\n", d.Datapath, len(s.Loops))
-		fmt.Fprintf(w, "  reads %d, received %d datagrams (%d via GRO), kernel receive drops %d\n", d.ReadCalls, d.RxPackets, d.RxGROReads, d.RxKernelDrops)
+		fmt.Fprintf(w, "  reads %d, received %d datagrams (%d via GRO), kernel receive drops %d, dropped stale %d\n", d.ReadCalls, d.RxPackets, d.RxGROReads, d.RxKernelDrops, d.RxStaleDrops)
 		fmt.Fprintf(w, "  receive batch sizes: %s\n", batchLine(d))
 		segs := "-"
 		if d.TxGSOSends > 0 {

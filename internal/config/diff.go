@@ -13,7 +13,7 @@ var fieldKeys = map[string]string{
 	"UnauthRate": "unauth-rate", "UnauthBurst": "unauth-burst", "DefaultLifetime": "default-lifetime",
 	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels",
 	"BPFFS": "bpffs", "StateFile": "state-file", "BatchSize": "batch-size", "Loops": "loops",
-	"SocketBuffer": "socket-buffer", "LogLevel": "log-level", "LogFormat": "log-format",
+	"SocketBuffer": "socket-buffer", "MaxQueueDelay": "max-queue-delay", "LogLevel": "log-level", "LogFormat": "log-format",
 	"AdminSocket": "admin-socket", "MetricsListen": "metrics-listen",
 }
 

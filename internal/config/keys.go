@@ -139,6 +139,8 @@ var keys = []Key{
 		set: func(s *Settings, v string) error { n, err := parseIntRange(v, 0, 1024); s.Loops = n; return err }},
 	{Name: "socket-buffer", Arg: "BYTES", Default: "4MiB", Usage: "SO_RCVBUF/SO_SNDBUF per socket (gso datapath): bytes or 512KiB, 8MiB",
 		set: func(s *Settings, v string) error { n, err := parseSize(v); s.SocketBuffer = n; return err }},
+	{Name: "max-queue-delay", Arg: "DURATION", Default: "5ms", Usage: "drop received datagrams that waited longer in the socket queue (gso datapath; 100us-1s, or off)",
+		set: func(s *Settings, v string) error { d, err := parseQueueDelay(v); s.MaxQueueDelay = d; return err }},
 	{Name: "log-level", Arg: "LEVEL", Default: "info", Usage: "debug, info, warn or error",
 		set: func(s *Settings, v string) error { s.LogLevel = v; return oneOf(v, "debug", "info", "warn", "error") }},
 	{Name: "log-format", Arg: "FORMAT", Default: "text", Usage: "text or json",
@@ -221,6 +223,22 @@ func parseDuration(v string) (time.Duration, error) {
 	}
 	if d < time.Second || d > 24*time.Hour {
 		return 0, fmt.Errorf("%s is out of range (1s-24h)", v)
+	}
+	return d, nil
+}
+
+// parseQueueDelay reads max-queue-delay: a duration from 100us to 1s, or
+// off (returned as -1, no bound).
+func parseQueueDelay(v string) (time.Duration, error) {
+	if v == "off" {
+		return -1, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s is not a duration (such as 5ms, 20ms) or off", quoteIfOdd(v))
+	}
+	if d < 100*time.Microsecond || d > time.Second {
+		return 0, fmt.Errorf("%s is out of range (100us-1s, or off)", v)
 	}
 	return d, nil
 }

@@ -48,6 +48,9 @@ type Settings struct {
 	BatchSize    int
 	Loops        int
 	SocketBuffer int
+	// MaxQueueDelay bounds a datagram's wait in a receive queue (gso);
+	// -1 = off.
+	MaxQueueDelay time.Duration
 
 	LogLevel  string // debug, info, warn, error
 	LogFormat string // text, json
@@ -126,6 +129,7 @@ func defaults() *Settings {
 		BatchSize:             64,
 		Loops:                 0,
 		SocketBuffer:          4 << 20,
+		MaxQueueDelay:         5 * time.Millisecond,
 		LogLevel:              "info",
 		LogFormat:             "text",
 		AdminSocket:           "/run/hybridrelay/admin.sock",

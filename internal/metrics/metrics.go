@@ -141,7 +141,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			name string
 			v    uint64
 		}{{"read_calls", d.ReadCalls}, {"rx_packets", d.RxPackets}, {"rx_bytes", d.RxBytes}, {"rx_gro_reads", d.RxGROReads},
-			{"rx_kernel_drops", d.RxKernelDrops}, {"tx_packets", d.TxPackets}, {"tx_bytes", d.TxBytes},
+			{"rx_kernel_drops", d.RxKernelDrops}, {"rx_stale_drops", d.RxStaleDrops}, {"tx_packets", d.TxPackets}, {"tx_bytes", d.TxBytes},
 			{"tx_gso_sends", d.TxGSOSends}, {"tx_gso_segments", d.TxGSOSegments}, {"tx_mmsg_calls", d.TxMmsgCalls},
 			{"tx_mmsg_packets", d.TxMmsgPackets}, {"tx_single_sends", d.TxSingleSends}, {"tx_errors", d.TxErrors},
 			{"gso_fallbacks", d.GSOFallbacks}, {"drops", d.Drops}} {

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"log/slog"
 	"runtime"
+	"time"
 )
 
 // GSOOptions configure the gso datapath. The zero value is usable.
@@ -24,10 +25,23 @@ type GSOOptions struct {
 	// size is not capped by net.core.rmem_max/wmem_max when the process has
 	// CAP_NET_ADMIN.
 	SocketBuffer int
+	// MaxQueueDelay bounds how long a datagram may wait in a socket's
+	// receive queue: one that waited longer (by its SO_TIMESTAMPNS kernel
+	// receive time) is dropped unread and counted in Stats.RxStaleDrops.
+	// Under overload the queue then holds about MaxQueueDelay of traffic
+	// instead of a full buffer's worth, so what is relayed stays fresh:
+	// for real-time media a packet that is late is worse than one that is
+	// lost. 0 = DefaultMaxQueueDelay; negative = no bound.
+	MaxQueueDelay time.Duration
 	// Logger receives the one-time warnings (GSO fallback, missing kernel
 	// features). nil = slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultMaxQueueDelay is GSOOptions.MaxQueueDelay's default: half of the
+// 10 ms of added latency a real-time flow can take from one relay, leaving
+// the rest for processing and the send queue.
+const DefaultMaxQueueDelay = 5 * time.Millisecond
 
 const (
 	defaultBatchSize    = 64
@@ -47,6 +61,9 @@ func (o GSOOptions) withDefaults() GSOOptions {
 	}
 	if o.SocketBuffer <= 0 {
 		o.SocketBuffer = defaultSocketBuffer
+	}
+	if o.MaxQueueDelay == 0 {
+		o.MaxQueueDelay = DefaultMaxQueueDelay
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -94,6 +95,7 @@ func (dp *gsoDP) OpenRelay(addr netip.AddrPort, h Handler) (Conn, error) {
 // flushed (its own socket is charged) and by WriteTo.
 type sockCounters struct {
 	readCalls, wouldBlock, rxPackets, rxBytes, groReads, kernelDrops atomic.Uint64
+	staleDrops                                                       atomic.Uint64
 	batch                                                            [len(BatchHistogramBuckets)]atomic.Uint64
 	txPackets, txBytes, gsoSends, gsoSegs, mmsgCalls, mmsgPkts       atomic.Uint64
 	singles, txErrors, fallbacks, drops                              atomic.Uint64
@@ -107,6 +109,7 @@ func (c *sockCounters) snapshot() Stats {
 		RxBytes:        c.rxBytes.Load(),
 		RxGROReads:     c.groReads.Load(),
 		RxKernelDrops:  c.kernelDrops.Load(),
+		RxStaleDrops:   c.staleDrops.Load(),
 		TxPackets:      c.txPackets.Load(),
 		TxBytes:        c.txBytes.Load(),
 		TxGSOSends:     c.gsoSends.Load(),
@@ -255,6 +258,11 @@ func (dp *gsoDP) setup(fd int, reuse bool) error {
 		dp.log.Debug("gso datapath: SO_SNDBUF", "err", err)
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
+	if dp.opts.MaxQueueDelay > 0 {
+		if err := enableRxTimestamps(fd); err != nil {
+			return fmt.Errorf("SO_TIMESTAMPNS (for max-queue-delay): %w", err)
+		}
+	}
 	if reuse {
 		// Listener IPv4 DF, the same as plain's listeners (kernel
 		// default IP_PMTUDISC_WANT: DF when the datagram fits the path
@@ -591,7 +599,13 @@ func (st *batchState) resetRx() {
 func (st *batchState) handleBatch(n int, h Handler) {
 	s := st.cur
 	c := s.conn
-	var pkts, bytes, gro, drops uint64
+	var pkts, bytes, gro, drops, stale uint64
+	// A datagram received before oldest has waited longer than the bound
+	// (the kernel stamps it when the socket queues it; CLOCK_REALTIME).
+	var oldest int64
+	if bound := st.dp.opts.MaxQueueDelay; bound > 0 {
+		oldest = time.Now().UnixNano() - int64(bound)
+	}
 	for i := 0; i < n; i++ {
 		m := &st.rxMsgs[i]
 		ln := int(m.Len)
@@ -601,9 +615,13 @@ func (st *batchState) handleBatch(n int, h Handler) {
 		}
 		ctrl := st.rxCtrl[i*rxCtrlLen:]
 		ctrl = ctrl[:min(int(m.Hdr.Controllen), len(ctrl))]
-		seg, ovfl, haveOvfl := parseRxCmsgs(ctrl)
+		seg, ovfl, haveOvfl, stamp := parseRxCmsgsStamp(ctrl)
 		if haveOvfl {
 			s.ctr.kernelDrops.Store(uint64(ovfl))
+		}
+		if stamp != 0 && stamp < oldest {
+			stale += uint64(segments(ln, seg))
+			continue
 		}
 		from := getSockaddr(&st.rxNames[i])
 		buf := st.slab[i*st.slot : i*st.slot+ln]
@@ -632,6 +650,9 @@ func (st *batchState) handleBatch(n int, h Handler) {
 	}
 	if drops > 0 {
 		ctr.drops.Add(drops)
+	}
+	if stale > 0 {
+		ctr.staleDrops.Add(stale)
 	}
 	if pkts > 0 {
 		ctr.batch[BatchBucket(int(pkts))].Add(1)

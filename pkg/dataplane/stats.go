@@ -17,6 +17,7 @@ type Stats struct {
 	RxBytes        uint64 `json:"rx_bytes"`
 	RxGROReads     uint64 `json:"rx_gro_reads"`    // reads that returned a GRO-coalesced buffer
 	RxKernelDrops  uint64 `json:"rx_kernel_drops"` // SO_RXQ_OVFL: datagrams the kernel dropped on a full receive queue
+	RxStaleDrops   uint64 `json:"rx_stale_drops"`  // datagrams dropped unread after waiting longer than the queue delay bound (gso)
 
 	// BatchSizes[i] counts read calls whose number of datagrams (after
 	// splitting GRO reads) fell in bucket i of BatchHistogramBuckets.
@@ -57,6 +58,7 @@ func (s *Stats) Add(o Stats) {
 	s.RxBytes += o.RxBytes
 	s.RxGROReads += o.RxGROReads
 	s.RxKernelDrops += o.RxKernelDrops
+	s.RxStaleDrops += o.RxStaleDrops
 	for i := range s.BatchSizes {
 		s.BatchSizes[i] += o.BatchSizes[i]
 	}

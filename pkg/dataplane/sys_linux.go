@@ -27,7 +27,7 @@ var (
 	cmsgHdrLen = unix.CmsgLen(0)
 	// rxCtrlLen fits the two cmsgs a read may carry: UDP_GRO (int) and
 	// SO_RXQ_OVFL (u32).
-	rxCtrlLen = 2 * unix.CmsgSpace(4)
+	rxCtrlLen = 2*unix.CmsgSpace(4) + unix.CmsgSpace(16)
 	// gsoCtrlLen fits UDP_SEGMENT (u16).
 	gsoCtrlLen = unix.CmsgSpace(2)
 )
@@ -123,6 +123,14 @@ func putGSOCmsg(b []byte, seg uint16) {
 // (udp_cmsg_recv), and SO_RXQ_OVFL only once the socket has dropped
 // (sock_recv_drops).
 func parseRxCmsgs(b []byte) (gsoSize int, drops uint32, haveDrops bool) {
+	gsoSize, drops, haveDrops, _ = parseRxCmsgsStamp(b)
+	return
+}
+
+// parseRxCmsgsStamp is parseRxCmsgs that also returns the kernel receive
+// time of the read (SO_TIMESTAMPNS, unix nanoseconds; 0 if absent). For a
+// UDP_GRO read it is the first datagram's.
+func parseRxCmsgsStamp(b []byte) (gsoSize int, drops uint32, haveDrops bool, stamp int64) {
 	for len(b) >= cmsgHdrLen {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
 		l := int(h.Len)
@@ -136,6 +144,12 @@ func parseRxCmsgs(b []byte) (gsoSize int, drops uint32, haveDrops bool) {
 		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_RXQ_OVFL && len(data) >= 4:
 			drops = *(*uint32)(unsafe.Pointer(&data[0]))
 			haveDrops = true
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_TIMESTAMPNS_NEW && len(data) >= 16:
+			// struct __kernel_timespec: two s64 on every architecture.
+			ts := (*[2]int64)(unsafe.Pointer(&data[0]))
+			stamp = ts[0]*1e9 + ts[1]
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_TIMESTAMPNS_OLD && len(data) >= int(unsafe.Sizeof(unix.Timespec{})):
+			stamp = (*unix.Timespec)(unsafe.Pointer(&data[0])).Nano()
 		}
 		next := unix.CmsgSpace(l - cmsgHdrLen)
 		if next > len(b) {
@@ -144,6 +158,25 @@ func parseRxCmsgs(b []byte) (gsoSize int, drops uint32, haveDrops bool) {
 		b = b[next:]
 	}
 	return
+}
+
+// enableRxTimestamps turns on kernel receive timestamps in nanoseconds:
+// SO_TIMESTAMPNS_NEW (Linux 5.1, y2038-safe on 32-bit), else the old
+// option, whose timespec is the same on 64-bit.
+func enableRxTimestamps(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, 1); err == nil {
+		return nil
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_OLD, 1)
+}
+
+// segments is how many datagrams a read of ln bytes holds when UDP_GRO
+// coalesced it in seg-byte segments (seg 0: one datagram).
+func segments(ln, seg int) int {
+	if seg <= 0 || ln <= seg {
+		return 1
+	}
+	return (ln + seg - 1) / seg
 }
 
 // setBuffer sets SO_RCVBUF or SO_SNDBUF to size, trying the FORCE variant

@@ -54,8 +54,12 @@ func TestParseRxCmsgs(t *testing.T) {
 func FuzzParseRxCmsgs(f *testing.F) {
 	f.Add(cmsg(unix.SOL_UDP, unix.UDP_GRO, u32(1200)))
 	f.Add(append(cmsg(unix.SOL_SOCKET, unix.SO_RXQ_OVFL, u32(1)), 0xff, 0xff))
+	f.Add(cmsg(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, make([]byte, 16)))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		parseRxCmsgs(b)
+		seg, drops, has, _ := parseRxCmsgsStamp(b)
+		if s2, d2, h2 := parseRxCmsgs(b); s2 != seg || d2 != drops || h2 != has {
+			t.Fatalf("parseRxCmsgs and parseRxCmsgsStamp disagree on %x", b)
+		}
 	})
 }
 
