@@ -7,7 +7,7 @@ PKGS      := ./...
 # Brief fuzzing for CI; `make fuzz FUZZTIME=5m` for real runs.
 FUZZTIME  ?= 10s
 
-.PHONY: all build test unit lint vet fmt-check generate check-generated run fuzz fuzz-brief bench bench-e2e clean
+.PHONY: all build test unit lint vet fmt-check generate check-generated run fuzz fuzz-brief bench bench-e2e bench-overload clean
 
 all: build
 
@@ -57,6 +57,11 @@ bench:
 # direct path, alternating and repeated; see tools/bench-e2e.sh for knobs.
 bench-e2e: build
 	tools/bench-e2e.sh $(BIN)
+
+# Media latency through a flooded relay (root, ~2 min): gso without and
+# with max-queue-delay, and xdp, alternated 7 times; medians reported.
+bench-overload:
+	HYBRIDRELAY_OVERLOAD_REPEATS=7 $(GO) test -count=1 -run '^TestOverloadLatencyBounded$$' -v ./internal/xdpe2e/
 
 clean:
 	rm -rf bin

@@ -100,6 +100,24 @@ func newEnvMax(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int,
 // `xdp` mode runs the GSO datapath beside the kernel path).
 func newEnvDP(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int, dp dataplane.Datapath, mod func(*control.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, envOptions{topo: to, v6: v6, maxChannels: maxChannels, dp: dp, mod: mod})
+}
+
+// envOptions are newEnvWith's arguments.
+type envOptions struct {
+	topo        netns.TopologyOptions
+	v6          bool
+	maxChannels int
+	dp          dataplane.Datapath
+	mod         func(*control.Config)
+	// noOffload leaves the program attached but gives the server no
+	// kernel offload: the userspace datapath alone relays.
+	noOffload bool
+}
+
+func newEnvWith(t *testing.T, o envOptions) *env {
+	t.Helper()
+	to, v6, maxChannels, dp, mod := o.topo, o.v6, o.maxChannels, o.dp, o.mod
 	privtest.Need(t, "ip", "ethtool", "ping")
 	topo, err := netns.NewTopologyWith(to)
 	if err != nil {
@@ -136,6 +154,9 @@ func newEnvDP(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int, 
 		Offload:   p.Offload(),
 		Logger:    testLogger(t),
 		StateFile: filepath.Join(t.TempDir(), "state.json"),
+	}
+	if o.noOffload {
+		e.opts.Offload = nil
 	}
 	e.start(t)
 	return e
