@@ -80,8 +80,8 @@ func probeEgress(f *hostFacts, req probeRequest) {
 		}
 		xdpIdx[l.Index] = true
 		x.Found, x.Up, x.Ethernet = true, l.Up(), l.Ethernet()
-		x.OperState, x.LinkType, x.MTU = l.OperStateName(), linkTypeName(l.Type), l.MTU
-		if len(l.MAC) > 0 && l.Type == unix.ARPHRD_ETHER {
+		x.OperState, x.LinkType, x.MTU = l.OperStateName(), linkTypeName(l.Encap), l.MTU
+		if len(l.MAC) > 0 && l.Encap == "ether" {
 			x.MAC = l.MAC.String()
 		}
 	}
