@@ -279,6 +279,8 @@ type snapshot struct {
 	sys       SystemCPU
 	relay     time.Duration
 	kernelFwd uint64 // the relay program's forwarded packets, all kinds
+	// kernelPass: what the program passed to the stack, by reason.
+	kernelPass map[string]uint64
 }
 
 func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int) (run Run, err error) {
@@ -425,6 +427,14 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 				return s, fmt.Errorf("read the relay's kernel counters: %w", err)
 			}
 			s.kernelFwd = cnt.Get(loader.FwdToPeerPackets) + cnt.Get(loader.FwdToClientPackets) + cnt.Get(loader.FwdHairpinPackets)
+			s.kernelPass = map[string]uint64{}
+			for c := range loader.NumCounters {
+				// Every XDP_PASS counts one pass_* reason; pass_map_full
+				// is userspace's (a channel that found no room).
+				if name := loader.Counter(c).String(); strings.HasPrefix(name, "pass_") && loader.Counter(c) != loader.PassMapFull {
+					s.kernelPass[name] = cnt.Get(loader.Counter(c))
+				}
+			}
 		}
 		return s, nil
 	}
@@ -486,8 +496,20 @@ func (h *harness) runOne(ctx context.Context, c Case, variant string, repeat int
 		return run, fmt.Errorf("relay exited during the run: %s", oneLine(relay.log.String(), 300))
 	}
 
-	if kernel != nil && s1.sent > s0.sent {
-		run.KernelForwarded = float64(s1.kernelFwd-s0.kernelFwd) / float64(s1.sent-s0.sent)
+	if kernel != nil {
+		fwd, passed := s1.kernelFwd-s0.kernelFwd, uint64(0)
+		for name, v := range s1.kernelPass {
+			if d := v - s0.kernelPass[name]; d > 0 {
+				if run.KernelPassed == nil {
+					run.KernelPassed = map[string]uint64{}
+				}
+				run.KernelPassed[name] = d
+				passed += d
+			}
+		}
+		if fwd+passed > 0 {
+			run.KernelForwarded = float64(fwd) / float64(fwd+passed)
+		}
 	}
 	secs := s1.at.Sub(s0.at).Seconds()
 	delivered := float64(s1.delivered - s0.delivered)

@@ -43,8 +43,9 @@ const (
 	// BarXDPToPass: at most this multiple of the trivial XDP_PASS
 	// program's cost in the same run.
 	BarXDPToPass = 3
-	// BarKernelForwarded: at least this share of the offered packets
-	// forwarded by the program itself (its fwd counters), not userspace.
+	// BarKernelForwarded: at least this share of the packets the program
+	// saw forwarded by the program itself (fwd ÷ (fwd + passed)), not
+	// passed to userspace.
 	BarKernelForwarded = 0.99
 )
 
@@ -105,11 +106,16 @@ type Run struct {
 	XDPToPassRatio float64 `json:"xdp_to_pass_ratio,omitempty"`
 	// ProgStatsError says why the in-place cost is missing.
 	ProgStatsError string `json:"prog_stats_error,omitempty"`
-	// KernelForwarded is the share of the packets offered in the window
-	// that the relay's XDP program forwarded itself (its fwd counters,
-	// read from the pinned maps); xdp variant only.
+	// KernelForwarded is the share of the packets the relay's XDP
+	// program saw in the window that it forwarded itself: fwd ÷ (fwd +
+	// every pass reason), from the pinned maps' counters; xdp variant
+	// only. Packets lost before they reach the relay (a saturated sender,
+	// a full veth ring) are neither and show as loss.
 	KernelForwarded float64 `json:"kernel_forwarded,omitempty"`
-	Error           string  `json:"error,omitempty"`
+	// KernelPassed counts, by reason, what the program passed to the
+	// stack in the window (the userspace path's share).
+	KernelPassed map[string]uint64 `json:"kernel_passed,omitempty"`
+	Error        string            `json:"error,omitempty"`
 }
 
 // Forwarding is the relay namespace's forwarding state of the run as one
