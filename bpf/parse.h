@@ -136,4 +136,62 @@ static __always_inline int hr_parse(struct xdp_md *ctx, struct hr_pkt *p)
 	return HR_PARSE_OTHER;
 }
 
+/* The ChannelData header (RFC 8656 section 12.4) at the start of a UDP
+ * payload, its two words as stored (network order). */
+struct hr_chandata {
+	__be16 channel;
+	__be16 len;
+};
+
+enum hr_cd_shape {
+	HR_CD_NOT_SHAPED = 0, /* shorter than a header, or the first two bits are not 01 */
+	HR_CD_SHAPED,         /* channel number 0x4000-0x7FFF: worth a channel lookup */
+};
+
+/* Read the ChannelData header of the payload at payload (p->payload_len
+ * bytes, already bounded by the IP and UDP lengths). Returns HR_PARSE_OK
+ * with *shape set, or HR_PARSE_MALFORMED if the frame is shorter than the
+ * UDP length claims. The first two bits 01 tell ChannelData from STUN (00);
+ * RFC 8656 section 12 binds 0x4000-0x4FFF and RFC 5766 section 11 allowed
+ * 0x4000-0x7FFF, so the whole 01 range is shaped and the control plane
+ * decides which numbers it binds. */
+static __always_inline int hr_parse_chandata(const struct hr_pkt *p, const void *payload, const void *end,
+					     struct hr_chandata *cd, enum hr_cd_shape *shape)
+{
+	*shape = HR_CD_NOT_SHAPED;
+	cd->channel = 0;
+	cd->len = 0;
+	if (p->payload_len < HR_CHANNELDATA_HLEN)
+		return HR_PARSE_OK;
+	const __be16 *w = payload;
+	if ((const void *)(w + 2) > end)
+		return HR_PARSE_MALFORMED;
+	cd->channel = w[0];
+	cd->len = w[1];
+	__u16 ch = bpf_ntohs(cd->channel);
+	if (ch >= HR_CHANNEL_MIN && ch <= HR_CHANNEL_MAX)
+		*shape = HR_CD_SHAPED;
+	return HR_PARSE_OK;
+}
+
+/* Check a ChannelData message's length field against the UDP payload
+ * length: the field, not the UDP length, says how much data there is
+ * (RFC 8656 section 12.4), and over UDP at most 3 bytes of padding may
+ * follow (section 12.5). Returns HR_PARSE_OK with the data length and the
+ * number of trailing bytes, or HR_PARSE_MALFORMED (less data than claimed,
+ * or more than padding after it): userspace decides about those. */
+static __always_inline int hr_chandata_len(const struct hr_chandata *cd, __u32 payload_len, __u32 *data_len,
+					   __u32 *trail)
+{
+	__u32 n = bpf_ntohs(cd->len);
+	if (HR_CHANNELDATA_HLEN + n > payload_len)
+		return HR_PARSE_MALFORMED;
+	__u32 t = payload_len - HR_CHANNELDATA_HLEN - n;
+	if (t > HR_MAX_PAD)
+		return HR_PARSE_MALFORMED;
+	*data_len = n;
+	*trail = t;
+	return HR_PARSE_OK;
+}
+
 #endif

@@ -20,6 +20,9 @@
  *    checksum stays zero;
  *  - counters are per-CPU, per-channel usage is in chan_stats.
  *
+ * Both directions (and relay to relay) take one path, hr_forward,
+ * parameterised by what happens to the ChannelData header (enum hr_cd_op).
+ *
  * IP header fields follow RFC 8656 section 14 "preferred behavior": the
  * TTL/hop limit is one less than the incoming value (<= 1: passed to
  * userspace), DSCP and ECN are copied, DF is set as the allocation's
@@ -58,14 +61,20 @@ static __attribute__((noinline)) int hr_pass(enum hr_counter reason)
 	return XDP_PASS;
 }
 
-static __always_inline void hr_chan_count(__u32 slot, const int to_peer, __u64 bytes)
+/* Which half of a channel's usage (struct chan_stats) a packet counts in. */
+enum hr_usage_dir {
+	HR_USAGE_TO_PEER,
+	HR_USAGE_TO_CLIENT,
+};
+
+static __always_inline void hr_chan_count(__u32 slot, const enum hr_usage_dir dir, __u64 bytes)
 {
 	/* Per-CPU slot: both directions of a channel may run on different
 	 * CPUs without sharing a cache line, and no atomics are needed. */
 	struct chan_stats *s = bpf_map_lookup_elem(&chan_usage, &slot);
 	if (!s)
 		return;
-	if (to_peer) {
+	if (dir == HR_USAGE_TO_PEER) {
 		s->to_peer_packets++;
 		s->to_peer_bytes += bytes;
 	} else {
@@ -129,9 +138,9 @@ static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p,
 static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_pkt *p,
 					    const struct egress_entry *eg, __u16 tci,
 					    const void *ip, const struct udphdr *udp,
-					    const __u32 l2, const int v6)
+					    const __u32 l2, const int fam)
 {
-	const __u32 l3 = v6 ? HR_IP6_HLEN : HR_IP4_HLEN;
+	const __u32 l3 = fam == HR_FAMILY_V6 ? HR_IP6_HLEN : HR_IP4_HLEN;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 
@@ -162,74 +171,78 @@ static __always_inline int hr_trim(struct xdp_md *ctx, __u32 want)
 	return 0;
 }
 
-/* Commit a rewrite decided by hr_egress: move the packet start by
- * head_delta (+4 drops the ChannelData header, -4 makes room for one; the
- * headers are rewritten from the stack copies at the new start, never
- * moved in place), cut the packet to want bytes (padding, Ethernet
- * trailer) and write the new headers. Returns 0, or the pass reason if
- * the packet could not be changed: a failed head move leaves it as it
- * was; the later steps cannot fail for a packet that parsed. */
-static __always_inline __u32 hr_commit(struct xdp_md *ctx, const struct hr_pkt *p,
-				       const struct egress_entry *eg, __u16 tci, const void *ip,
-				       const struct udphdr *udp, const __u32 l2, const int v6,
-				       const int head_delta, __u32 want)
+/* What a forward does with the ChannelData header (RFC 8656 section 12.4).
+ * Over UDP padding is optional (section 12.5): the program never sends
+ * any, and cuts what arrives. */
+enum hr_cd_op {
+	HR_CD_STRIP,    /* client -> peer: header and padding removed */
+	HR_CD_RENUMBER, /* relay to relay: header kept with the other channel's number, padding removed */
+	HR_CD_PREPEND,  /* peer -> client: a header is added */
+};
+
+/* How the outgoing IPv4 header's DF bit is set (RFC 8656 section 14). */
+enum hr_df {
+	HR_DF_COPY,  /* toward a client: as it arrived */
+	HR_DF_CLEAR, /* toward a peer, DONT-FRAGMENT not asked */
+	HR_DF_SET,   /* toward a peer, DONT-FRAGMENT asked */
+};
+
+/* Where a forwarded packet goes and how it is counted: the fields of one
+ * c2p or p2c entry (addresses point into the map value). */
+struct hr_target {
+	__u64 expires_ns;
+	const __u8 *saddr; /* new source: relayed or listener address */
+	const __u8 *daddr; /* new destination: peer or client address */
+	__be16 sport;
+	__be16 dport;
+	__be16 channel;    /* the outgoing header's channel number (not HR_CD_STRIP) */
+	__u16 df;          /* enum hr_df */
+	__u32 egress;      /* egress slot of the destination */
+	__u32 slot;        /* usage slot, counted in the op's direction */
+	__u32 other_slot;  /* HR_CD_RENUMBER: the other channel's slot, counted toward its client */
+};
+
+/* The counter pair (packets; bytes at +1) and usage half of each op. */
+static __always_inline __u32 hr_fwd_counter(const enum hr_cd_op op)
 {
-	if (head_delta && bpf_xdp_adjust_head(ctx, head_delta))
-		return head_delta < 0 ? HR_CNT_PASS_HEADROOM : HR_CNT_PASS_MALFORMED;
-	if (hr_trim(ctx, want))
-		return HR_CNT_PASS_MALFORMED;
-	if (hr_write_headers(ctx, p, eg, tci, ip, udp, l2, v6))
-		return HR_CNT_PASS_MALFORMED;
-	return 0;
+	if (op == HR_CD_STRIP)
+		return HR_CNT_FWD_TO_PEER_PACKETS;
+	if (op == HR_CD_RENUMBER)
+		return HR_CNT_FWD_HAIRPIN_PACKETS;
+	return HR_CNT_FWD_TO_CLIENT_PACKETS;
 }
 
-/* Count a forwarded packet (the global counter pair at pkts, pkts + 1 for
- * its bytes; the channel's usage slot) and send it the way hr_egress
- * chose. A device missing from the devmap (never, see hr_egress) would
- * make the redirect hand the rewritten packet to the stack. */
-static __always_inline int hr_send(int action, const struct egress_entry *eg, const __u32 pkts,
-				   __u32 slot, const int to_peer, __u32 bytes)
-{
-	hr_count(pkts, 1);
-	hr_count(pkts + 1, bytes);
-	hr_chan_count(slot, to_peer, bytes);
-	if (action == XDP_REDIRECT)
-		return bpf_redirect_map(&tx_ports, eg->ifindex, XDP_PASS);
-	return action;
-}
-
-/* client -> peer: strip the ChannelData header and padding, rewrite to
- * relay -> peer. w_chan and w_len are the header's two words as stored.
+/* Forward one datagram to t: decide egress, build the new IP and UDP
+ * headers on the stack with incrementally updated checksums (RFC 1624),
+ * then move the packet start, cut the tail, write the headers and the
+ * ChannelData header op asks for, count and send. cd is the arriving
+ * ChannelData header (not HR_CD_PREPEND). Nothing is modified before
+ * egress is decided, and anything not forwarded is passed unmodified,
+ * with its reason counted.
  *
- * Relay-to-relay (HR_F_HAIRPIN): the peer is another allocation of this
- * server whose client has a channel bound to this allocation's relayed
- * address. XDP cannot deliver to the host itself, so instead of relay ->
- * peer the packet becomes that client's ChannelData directly: listener ->
- * other client, the other channel's number, the same data (padding cut,
- * as over UDP it is optional, RFC 8656 section 12.5), counted on both
- * channels. The control plane keeps the entry's expiry at the earlier of
- * the two channels'. */
-static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p,
-				      const struct c2p_val *v, __u16 w_chan, __u16 w_len,
-				      const __u32 l2, const int v6)
+ * IP header fields follow RFC 8656 section 14 "preferred behavior": the
+ * TTL/hop limit is one less (<= 1: passed), DSCP and ECN are copied, DF as
+ * t->df says. */
+static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p, const struct hr_target *t,
+				      const struct hr_chandata *cd, const enum hr_cd_op op, const __u32 l2,
+				      const int fam)
 {
+	const int v6 = fam == HR_FAMILY_V6;
 	const __u32 l3 = v6 ? HR_IP6_HLEN : HR_IP4_HLEN;
 	const __u32 hdrs = l2 + l3 + HR_UDP_HLEN;
+	/* Bytes of ChannelData header before and after the rewrite. */
+	const __u32 cd_in = op == HR_CD_PREPEND ? 0 : HR_CHANNELDATA_HLEN;
+	const __u32 cd_out = op == HR_CD_STRIP ? 0 : HR_CHANNELDATA_HLEN;
 
-	if (bpf_ktime_get_coarse_ns() >= v->expires_ns)
+	if (bpf_ktime_get_coarse_ns() >= t->expires_ns)
 		return hr_pass(HR_CNT_PASS_EXPIRED);
 
-	/* RFC 8656 section 12.4: the length field, not the UDP length, says
-	 * how much data there is; over UDP up to 3 bytes of padding may
-	 * follow (section 12.5). More than that, or less data than claimed,
-	 * is left to userspace. */
-	__u32 cd_len = bpf_ntohs(w_len);
-	if (HR_CHANNELDATA_HLEN + cd_len > p->payload_len)
+	__u32 data_len = p->payload_len;
+	__u32 trail = 0;
+	if (op != HR_CD_PREPEND && hr_chandata_len(cd, p->payload_len, &data_len, &trail) != HR_PARSE_OK)
 		return hr_pass(HR_CNT_PASS_MALFORMED);
-	__u32 trail = p->payload_len - HR_CHANNELDATA_HLEN - cd_len;
-	if (trail > HR_MAX_PAD)
-		return hr_pass(HR_CNT_PASS_MALFORMED);
-	if (cd_len > HR_MAX_DATA)
+	__u32 new_ulen = HR_UDP_HLEN + cd_out + data_len;
+	if (data_len > HR_MAX_DATA || l3 + new_ulen > 0xFFFF)
 		return hr_pass(HR_CNT_PASS_TOO_BIG);
 	__u8 ttl = v6 ? p->ip6.hop_limit : p->ip4.ttl;
 	if (ttl <= 1)
@@ -237,14 +250,14 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 
 	/* The removed padding bytes leave the UDP checksum. */
 	__u64 pad_sub = 0;
-	{
+	if (op != HR_CD_PREPEND) {
 		void *data = (void *)(long)ctx->data;
 		void *end = (void *)(long)ctx->data_end;
 		__u8 *payload = data + hdrs;
 #pragma unroll
 		for (__u32 i = 0; i < HR_MAX_PAD; i++) {
 			if (i < trail) {
-				__u32 off = (HR_CHANNELDATA_HLEN + cd_len + i) & 0x7FFF;
+				__u32 off = (HR_CHANNELDATA_HLEN + data_len + i) & 0x7FFF;
 				__u8 *b = payload + off;
 				if ((void *)(b + 1) > end)
 					return hr_pass(HR_CNT_PASS_MALFORMED);
@@ -252,18 +265,14 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 			}
 		}
 	}
+	/* The outgoing ChannelData header's words, as stored. */
+	const __be16 out_chan = t->channel;
+	const __be16 out_len = bpf_htons(data_len);
 
-	const int hp = v->flags & HR_F_HAIRPIN;
-	const __u8 *src = hp ? v->hp_listener_addr : v->relay_addr;
-	const __u8 *dst = hp ? v->hp_client_addr : v->peer_addr;
-	/* The ChannelData header stays (with the other channel's number)
-	 * on a hairpin, and goes otherwise. */
-	const __u32 kept = hp ? HR_CHANNELDATA_HLEN : 0;
-	__u16 new_ulen = HR_UDP_HLEN + kept + cd_len;
 	struct udphdr u;
 	__builtin_memcpy(&u, &p->udp, sizeof(u));
-	u.source = hp ? v->hp_listener_port : v->relay_port;
-	u.dest = hp ? v->hp_client_port : v->peer_port;
+	u.source = t->sport;
+	u.dest = t->dport;
 	u.len = bpf_htons(new_ulen);
 
 	struct iphdr n4;
@@ -271,21 +280,20 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 	__u64 sum;
 	if (v6) {
 		__builtin_memcpy(&n6, &p->ip6, sizeof(n6));
-		__builtin_memcpy(&n6.saddr, src, 16);
-		__builtin_memcpy(&n6.daddr, dst, 16);
+		__builtin_memcpy(&n6.saddr, t->saddr, 16);
+		__builtin_memcpy(&n6.daddr, t->daddr, 16);
 		n6.payload_len = bpf_htons(new_ulen);
 		n6.hop_limit = ttl - 1;
 		sum = hr_csum_start(p->udp.check);
 		sum = hr_csum_replace(sum, (const __u16 *)&p->ip6.saddr, (const __u16 *)&n6.saddr, 16);
 	} else {
 		__builtin_memcpy(&n4, &p->ip4, sizeof(n4));
-		__builtin_memcpy(&n4.saddr, src, 4);
-		__builtin_memcpy(&n4.daddr, dst, 4);
+		__builtin_memcpy(&n4.saddr, t->saddr, 4);
+		__builtin_memcpy(&n4.daddr, t->daddr, 4);
 		n4.tot_len = bpf_htons(HR_IP4_HLEN + new_ulen);
 		n4.ttl = ttl - 1;
-		/* Toward a client DF is copied, as peer -> client does. */
-		if (!hp)
-			n4.frag_off = (v->flags & HR_F_DONT_FRAGMENT) ? bpf_htons(HR_IP_DF) : 0;
+		if (t->df != HR_DF_COPY)
+			n4.frag_off = t->df == HR_DF_SET ? bpf_htons(HR_IP_DF) : 0;
 		/* n4.check still holds the old value, so it cancels out. */
 		__u64 isum = hr_csum_start(p->ip4.check);
 		isum = hr_csum_replace(isum, (const __u16 *)&p->ip4, (const __u16 *)&n4, 10);
@@ -298,11 +306,18 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 		sum = hr_csum_sub(sum, p->udp.len); /* pseudo-header length */
 		sum = hr_csum_add(sum, u.len);
 		sum = hr_csum_replace(sum, (const __u16 *)&p->udp, (const __u16 *)&u, 3);
-		sum = hr_csum_sub(sum, w_chan);
-		if (hp)
-			sum = hr_csum_add(sum, v->hp_channel); /* same offset, length kept */
-		else
-			sum = hr_csum_sub(sum, w_len);
+		/* Both headers start the payload, at an even offset. */
+		if (op == HR_CD_RENUMBER) {
+			/* The length word stays. */
+			sum = hr_csum_sub(sum, cd->channel);
+			sum = hr_csum_add(sum, out_chan);
+		} else if (op == HR_CD_STRIP) {
+			sum = hr_csum_sub(sum, cd->channel);
+			sum = hr_csum_sub(sum, cd->len);
+		} else {
+			sum = hr_csum_add(sum, out_chan);
+			sum = hr_csum_add(sum, out_len);
+		}
 		sum += pad_sub;
 		u.check = hr_csum_finish(sum);
 		if (u.check == 0)
@@ -312,163 +327,153 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 	const struct egress_entry *eg = 0;
 	__u16 tci = 0;
 	__u32 reason = HR_CNT_PASS_OTHER;
-	int action = hr_egress(ctx, p, hp ? v->hp_egress : v->egress, l3 + new_ulen, &eg, &tci, &reason);
+	int action = hr_egress(ctx, p, t->egress, l3 + new_ulen, &eg, &tci, &reason);
 	if (action == XDP_PASS || !eg)
 		return hr_pass(reason);
-	reason = hr_commit(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6,
-			   hp ? 0 : HR_CHANNELDATA_HLEN, hdrs + kept + cd_len);
-	if (reason)
-		return hr_pass(reason);
-	if (hp) {
+
+	/* Commit. The head moves by the header size difference (+4 drops
+	 * the ChannelData header, -4 makes room for one); the L2-L4 headers
+	 * are rewritten from the stack copies at the new start, never moved
+	 * in place. A failed head move leaves the packet as it was; the
+	 * later steps cannot fail for a packet that parsed. */
+	const int head_delta = (int)cd_in - (int)cd_out;
+	if (head_delta && bpf_xdp_adjust_head(ctx, head_delta))
+		return hr_pass(head_delta < 0 ? HR_CNT_PASS_HEADROOM : HR_CNT_PASS_MALFORMED);
+	if (hr_trim(ctx, hdrs + cd_out + data_len))
+		return hr_pass(HR_CNT_PASS_MALFORMED);
+	if (hr_write_headers(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, fam))
+		return hr_pass(HR_CNT_PASS_MALFORMED);
+	if (op != HR_CD_STRIP) {
 		void *data = (void *)(long)ctx->data;
 		void *end = (void *)(long)ctx->data_end;
-		__u16 *cd = data + hdrs;
-		if ((void *)(cd + 1) > end)
+		__be16 *w = data + hdrs;
+		if ((void *)(w + 2) > end)
 			return hr_pass(HR_CNT_PASS_MALFORMED);
-		cd[0] = v->hp_channel;
-		hr_chan_count(v->hp_slot, 0, cd_len);
-		return hr_send(action, eg, HR_CNT_FWD_HAIRPIN_PACKETS, v->slot, 1, cd_len);
+		w[0] = out_chan;
+		if (op == HR_CD_PREPEND)
+			w[1] = out_len;
 	}
-	return hr_send(action, eg, HR_CNT_FWD_TO_PEER_PACKETS, v->slot, 1, cd_len);
+
+	/* Count (the global pair, the channel's usage; a relay-to-relay
+	 * packet also on the other channel, toward its client) and send the
+	 * way hr_egress chose. A device missing from the devmap (never, see
+	 * hr_egress) would make the redirect hand the rewritten packet to
+	 * the stack. */
+	const __u32 pkts = hr_fwd_counter(op);
+	hr_count(pkts, 1);
+	hr_count(pkts + 1, data_len);
+	if (op == HR_CD_RENUMBER)
+		hr_chan_count(t->other_slot, HR_USAGE_TO_CLIENT, data_len);
+	hr_chan_count(t->slot, op == HR_CD_PREPEND ? HR_USAGE_TO_CLIENT : HR_USAGE_TO_PEER, data_len);
+	if (action == XDP_REDIRECT)
+		return bpf_redirect_map(&tx_ports, eg->ifindex, XDP_PASS);
+	return action;
+}
+
+/* client -> peer: strip the ChannelData header and padding, rewrite to
+ * relay -> peer.
+ *
+ * Relay-to-relay (HR_F_HAIRPIN): the peer is another allocation of this
+ * server whose client has a channel bound to this allocation's relayed
+ * address. XDP cannot deliver to the host itself, so instead of relay ->
+ * peer the packet becomes that client's ChannelData directly: listener ->
+ * other client, the other channel's number, the same data (padding cut),
+ * counted on both channels. The control plane keeps the entry's expiry at
+ * the earlier of the two channels'. */
+static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p, const struct c2p_val *v,
+				      const struct hr_chandata *cd, const __u32 l2, const int fam)
+{
+	struct hr_target t = {.expires_ns = v->expires_ns, .slot = v->slot};
+	if (v->flags & HR_F_HAIRPIN) {
+		t.saddr = v->hp_listener_addr;
+		t.daddr = v->hp_client_addr;
+		t.sport = v->hp_listener_port;
+		t.dport = v->hp_client_port;
+		t.channel = v->hp_channel;
+		t.df = HR_DF_COPY; /* toward a client, as peer -> client does */
+		t.egress = v->hp_egress;
+		t.other_slot = v->hp_slot;
+		return hr_forward(ctx, p, &t, cd, HR_CD_RENUMBER, l2, fam);
+	}
+	t.saddr = v->relay_addr;
+	t.daddr = v->peer_addr;
+	t.sport = v->relay_port;
+	t.dport = v->peer_port;
+	t.df = (v->flags & HR_F_DONT_FRAGMENT) ? HR_DF_SET : HR_DF_CLEAR;
+	t.egress = v->egress;
+	return hr_forward(ctx, p, &t, cd, HR_CD_STRIP, l2, fam);
 }
 
 /* peer -> client: prepend ChannelData(channel, length) and rewrite to
- * listener -> client. No padding: over UDP it is optional (RFC 8656
- * section 12.5). */
-static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt *p,
-					const struct p2c_val *v, const __u32 l2, const int v6)
+ * listener -> client. */
+static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt *p, const struct p2c_val *v,
+					const __u32 l2, const int fam)
 {
-	const __u32 l3 = v6 ? HR_IP6_HLEN : HR_IP4_HLEN;
-	const __u32 hdrs = l2 + l3 + HR_UDP_HLEN;
-
-	if (bpf_ktime_get_coarse_ns() >= v->expires_ns)
-		return hr_pass(HR_CNT_PASS_EXPIRED);
-	__u32 plen = p->payload_len;
-	__u32 new_ulen = HR_UDP_HLEN + HR_CHANNELDATA_HLEN + plen;
-	if (plen > HR_MAX_DATA || l3 + new_ulen > 0xFFFF)
-		return hr_pass(HR_CNT_PASS_TOO_BIG);
-	__u8 ttl = v6 ? p->ip6.hop_limit : p->ip4.ttl;
-	if (ttl <= 1)
-		return hr_pass(HR_CNT_PASS_TTL);
-
-	__u16 w_chan = v->channel;
-	__u16 w_len = bpf_htons(plen);
-
-	struct udphdr u;
-	__builtin_memcpy(&u, &p->udp, sizeof(u));
-	u.source = v->listener_port;
-	u.dest = v->client_port;
-	u.len = bpf_htons(new_ulen);
-
-	struct iphdr n4;
-	struct ipv6hdr n6;
-	__u64 sum;
-	if (v6) {
-		__builtin_memcpy(&n6, &p->ip6, sizeof(n6));
-		__builtin_memcpy(&n6.saddr, v->listener_addr, 16);
-		__builtin_memcpy(&n6.daddr, v->client_addr, 16);
-		n6.payload_len = bpf_htons(new_ulen);
-		n6.hop_limit = ttl - 1;
-		sum = hr_csum_start(p->udp.check);
-		sum = hr_csum_replace(sum, (const __u16 *)&p->ip6.saddr, (const __u16 *)&n6.saddr, 16);
-	} else {
-		__builtin_memcpy(&n4, &p->ip4, sizeof(n4));
-		__builtin_memcpy(&n4.saddr, v->listener_addr, 4);
-		__builtin_memcpy(&n4.daddr, v->client_addr, 4);
-		n4.tot_len = bpf_htons(HR_IP4_HLEN + new_ulen);
-		n4.ttl = ttl - 1;
-		__u64 isum = hr_csum_start(p->ip4.check);
-		isum = hr_csum_replace(isum, (const __u16 *)&p->ip4, (const __u16 *)&n4, 10);
-		n4.check = hr_csum_finish(isum);
-		sum = hr_csum_start(p->udp.check);
-		sum = hr_csum_replace(sum, (const __u16 *)&p->ip4.saddr, (const __u16 *)&n4.saddr, 4);
-	}
-	if (v6 || p->udp.check != 0) {
-		sum = hr_csum_sub(sum, p->udp.len);
-		sum = hr_csum_add(sum, u.len);
-		sum = hr_csum_replace(sum, (const __u16 *)&p->udp, (const __u16 *)&u, 3);
-		/* The inserted header starts the payload at an even offset. */
-		sum = hr_csum_add(sum, w_chan);
-		sum = hr_csum_add(sum, w_len);
-		u.check = hr_csum_finish(sum);
-		if (u.check == 0)
-			u.check = 0xFFFF;
-	}
-
-	const struct egress_entry *eg = 0;
-	__u16 tci = 0;
-	__u32 reason = HR_CNT_PASS_OTHER;
-	int action = hr_egress(ctx, p, v->egress, l3 + new_ulen, &eg, &tci, &reason);
-	if (action == XDP_PASS || !eg)
-		return hr_pass(reason);
-	reason = hr_commit(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, v6,
-			   -HR_CHANNELDATA_HLEN, hdrs + HR_CHANNELDATA_HLEN + plen);
-	if (reason)
-		return hr_pass(reason);
-	{
-		void *data = (void *)(long)ctx->data;
-		void *end = (void *)(long)ctx->data_end;
-		__u16 *cd = data + hdrs;
-		if ((void *)(cd + 2) > end)
-			return hr_pass(HR_CNT_PASS_MALFORMED);
-		cd[0] = w_chan;
-		cd[1] = w_len;
-	}
-	return hr_send(action, eg, HR_CNT_FWD_TO_CLIENT_PACKETS, v->slot, 0, plen);
+	const struct hr_target t = {
+		.expires_ns = v->expires_ns,
+		.saddr = v->listener_addr,
+		.daddr = v->client_addr,
+		.sport = v->listener_port,
+		.dport = v->client_port,
+		.channel = v->channel,
+		.df = HR_DF_COPY,
+		.egress = v->egress,
+		.slot = v->slot,
+	};
+	return hr_forward(ctx, p, &t, 0, HR_CD_PREPEND, l2, fam);
 }
 
-static __always_inline void hr_addr(__u8 *dst, const struct hr_pkt *p, const int v6, const int src)
+/* Which end of the packet an address is copied from. */
+enum hr_end {
+	HR_END_SRC,
+	HR_END_DST,
+};
+
+static __always_inline void hr_addr(__u8 *dst, const struct hr_pkt *p, const int fam, const enum hr_end end)
 {
-	if (v6)
-		__builtin_memcpy(dst, src ? (const void *)&p->ip6.saddr : (const void *)&p->ip6.daddr, 16);
+	if (fam == HR_FAMILY_V6)
+		__builtin_memcpy(dst, end == HR_END_SRC ? (const void *)&p->ip6.saddr : (const void *)&p->ip6.daddr, 16);
 	else
-		__builtin_memcpy(dst, src ? (const void *)&p->ip4.saddr : (const void *)&p->ip4.daddr, 4);
+		__builtin_memcpy(dst, end == HR_END_SRC ? (const void *)&p->ip4.saddr : (const void *)&p->ip4.daddr, 4);
 }
 
 /* Classify a parsed UDP packet: ChannelData for a bound channel, payload
- * from a bound peer, or neither. l2 and v6 are compile time constants so
+ * from a bound peer, or neither. l2 and fam are compile time constants so
  * every header sits at a fixed offset. */
-static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, const __u32 l2, const int v6)
+static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, const __u32 l2, const int fam)
 {
-	const __u32 l3 = v6 ? HR_IP6_HLEN : HR_IP4_HLEN;
+	const __u32 l3 = fam == HR_FAMILY_V6 ? HR_IP6_HLEN : HR_IP4_HLEN;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	__u16 *payload = data + l2 + l3 + HR_UDP_HLEN;
-	__u16 w_chan = 0, w_len = 0;
-	int shaped = 0;
+	struct hr_chandata cd;
+	enum hr_cd_shape shape;
 
-	if (p->payload_len >= HR_CHANNELDATA_HLEN) {
-		if ((void *)(payload + 2) > end)
-			return hr_pass(HR_CNT_PASS_MALFORMED);
-		w_chan = payload[0];
-		w_len = payload[1];
-		__u16 ch = bpf_ntohs(w_chan);
-		shaped = ch >= HR_CHANNEL_MIN && ch <= HR_CHANNEL_MAX;
-	}
-	if (shaped) {
+	if (hr_parse_chandata(p, data + l2 + l3 + HR_UDP_HLEN, end, &cd, &shape) != HR_PARSE_OK)
+		return hr_pass(HR_CNT_PASS_MALFORMED);
+	if (shape == HR_CD_SHAPED) {
 		struct c2p_key k;
 		__builtin_memset(&k, 0, sizeof(k));
-		hr_addr(k.client_addr, p, v6, 1);
-		hr_addr(k.listener_addr, p, v6, 0);
+		hr_addr(k.client_addr, p, fam, HR_END_SRC);
+		hr_addr(k.listener_addr, p, fam, HR_END_DST);
 		k.client_port = p->udp.source;
 		k.listener_port = p->udp.dest;
-		k.channel = w_chan;
-		k.family = v6 ? HR_FAMILY_V6 : HR_FAMILY_V4;
+		k.channel = cd.channel;
+		k.family = fam;
 		struct c2p_val *v = bpf_map_lookup_elem(&c2p_channels, &k);
 		if (v)
-			return hr_to_peer(ctx, p, v, w_chan, w_len, l2, v6);
+			return hr_to_peer(ctx, p, v, &cd, l2, fam);
 	}
 	struct p2c_key pk;
 	__builtin_memset(&pk, 0, sizeof(pk));
-	hr_addr(pk.peer_addr, p, v6, 1);
-	hr_addr(pk.relay_addr, p, v6, 0);
+	hr_addr(pk.peer_addr, p, fam, HR_END_SRC);
+	hr_addr(pk.relay_addr, p, fam, HR_END_DST);
 	pk.peer_port = p->udp.source;
 	pk.relay_port = p->udp.dest;
-	pk.family = v6 ? HR_FAMILY_V6 : HR_FAMILY_V4;
+	pk.family = fam;
 	struct p2c_val *pv = bpf_map_lookup_elem(&p2c_channels, &pk);
 	if (pv)
-		return hr_to_client(ctx, p, pv, l2, v6);
-	return hr_pass(shaped ? HR_CNT_PASS_NO_ENTRY : HR_CNT_PASS_NOT_CHANNELDATA);
+		return hr_to_client(ctx, p, pv, l2, fam);
+	return hr_pass(shape == HR_CD_SHAPED ? HR_CNT_PASS_NO_ENTRY : HR_CNT_PASS_NOT_CHANNELDATA);
 }
 
 SEC("xdp")
@@ -480,10 +485,12 @@ int hybridrelay(struct xdp_md *ctx)
 		return hr_pass(HR_CNT_PASS_MALFORMED);
 	if (rc != HR_PARSE_OK)
 		return hr_pass(HR_CNT_PASS_OTHER);
+	/* One specialisation per L2 length and family: fixed offsets. */
 	if (p.has_vlan)
-		return p.family == HR_FAMILY_V6 ? hr_relay(ctx, &p, HR_ETH_HLEN + HR_VLAN_HLEN, 1)
-						: hr_relay(ctx, &p, HR_ETH_HLEN + HR_VLAN_HLEN, 0);
-	return p.family == HR_FAMILY_V6 ? hr_relay(ctx, &p, HR_ETH_HLEN, 1) : hr_relay(ctx, &p, HR_ETH_HLEN, 0);
+		return p.family == HR_FAMILY_V6 ? hr_relay(ctx, &p, HR_ETH_HLEN + HR_VLAN_HLEN, HR_FAMILY_V6)
+						: hr_relay(ctx, &p, HR_ETH_HLEN + HR_VLAN_HLEN, HR_FAMILY_V4);
+	return p.family == HR_FAMILY_V6 ? hr_relay(ctx, &p, HR_ETH_HLEN, HR_FAMILY_V6)
+					: hr_relay(ctx, &p, HR_ETH_HLEN, HR_FAMILY_V4);
 }
 
 /* Passes everything. Attached to the far end of a veth pair so that
