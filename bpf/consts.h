@@ -81,6 +81,9 @@ enum hr_counter {
 	HR_CNT_PASS_MAP_FULL,        /* userspace: channel left to userspace, table full */
 	HR_CNT_PASS_TTL,             /* TTL/hop limit <= 1 (RFC 8656 section 14) */
 	HR_CNT_PASS_OTHER,           /* not IP/UDP, IPv4 options, fragments, IPv6 ext headers, QinQ */
+	HR_CNT_DROP_BANDWIDTH_PACKETS, /* over the allocation's bandwidth-limit (meter.h): XDP_DROP */
+	HR_CNT_DROP_BANDWIDTH_BYTES,
+	HR_CNT_PASS_METER_BUSY,      /* the meter could not decide (contended): userspace meters it */
 	HR_CNT_MAX,
 };
 

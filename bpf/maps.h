@@ -68,4 +68,15 @@ struct {
 	__uint(max_entries, HR_DEFAULT_MAX_EGRESS);
 } egress SEC(".maps");
 
+/* Bandwidth meters (meter.h), indexed by the entries' meter field; sized
+ * like the entry maps (an offloaded allocation has at least one channel).
+ * Mappable, so that the userspace path meters on the same state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct hr_meter);
+	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
+} meters SEC(".maps");
+
 #endif

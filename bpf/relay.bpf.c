@@ -12,8 +12,10 @@
  *    needs no clocksource read, and the control plane stores expiries
  *    early by the coarse clock's lag, so it is never late);
  *  - everything else is XDP_PASS, unmodified: the program never returns
- *    XDP_DROP or XDP_ABORTED, and it decides egress (the egress slot the
- *    control plane resolved, MTU, devmap) before it touches the packet;
+ *    XDP_ABORTED, and XDP_DROP only for a bound channel's packet over its
+ *    allocation's bandwidth-limit (meter.h), which userspace would drop on
+ *    the same meter; it decides egress (the egress slot the control plane
+ *    resolved, MTU, devmap) before it touches the packet;
  *  - egress never depends on the host forwarding IP: bpf_fib_lookup is
  *    not used (it refuses every lookup when forwarding is off);
  *  - checksums are updated incrementally (RFC 1624); a zero IPv4 UDP
@@ -37,6 +39,7 @@
 #include "maps.h"
 #include "csum.h"
 #include "parse.h"
+#include "meter.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -200,6 +203,7 @@ struct hr_target {
 	__u32 egress;      /* egress slot of the destination */
 	__u32 slot;        /* usage slot, counted in the op's direction */
 	__u32 other_slot;  /* HR_CD_RENUMBER: the other channel's slot, counted toward its client */
+	__u32 meter;       /* the allocation's bandwidth meter; 0: not limited */
 };
 
 /* The counter pair (packets; bytes at +1) and usage half of each op. */
@@ -330,6 +334,18 @@ static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p
 	int action = hr_egress(ctx, p, t->egress, l3 + new_ulen, &eg, &tci, &reason);
 	if (action == XDP_PASS || !eg)
 		return hr_pass(reason);
+	/* bandwidth-limit: the second kind of drop the program may make,
+	 * only of what userspace would drop on the same meter. */
+	if (t->meter) {
+		const enum hr_meter_verdict mv = hr_meter_take(t->meter, data_len);
+		if (mv == HR_METER_OVER) {
+			hr_count(HR_CNT_DROP_BANDWIDTH_PACKETS, 1);
+			hr_count(HR_CNT_DROP_BANDWIDTH_BYTES, data_len);
+			return XDP_DROP;
+		}
+		if (mv == HR_METER_BUSY)
+			return hr_pass(HR_CNT_PASS_METER_BUSY);
+	}
 
 	/* Commit. The head moves by the header size difference (+4 drops
 	 * the ChannelData header, -4 makes room for one); the L2-L4 headers
@@ -383,7 +399,7 @@ static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p
 static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p, const struct c2p_val *v,
 				      const struct hr_chandata *cd, const __u32 l2, const int fam)
 {
-	struct hr_target t = {.expires_ns = v->expires_ns, .slot = v->slot};
+	struct hr_target t = {.expires_ns = v->expires_ns, .slot = v->slot, .meter = v->meter};
 	if (v->flags & HR_F_HAIRPIN) {
 		t.saddr = v->hp_listener_addr;
 		t.daddr = v->hp_client_addr;
@@ -419,6 +435,7 @@ static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt 
 		.df = HR_DF_COPY,
 		.egress = v->egress,
 		.slot = v->slot,
+		.meter = v->meter,
 	};
 	return hr_forward(ctx, p, &t, 0, HR_CD_PREPEND, l2, fam);
 }

@@ -44,6 +44,8 @@ struct c2p_val {
 	__u16 hp_pad;
 	__u32 hp_slot;
 	__u32 hp_egress;
+	__u32 meter; /* index into the meters map; 0: the allocation is not limited */
+	__u32 meter_pad;
 };
 
 /* peer -> client: a datagram arriving at a relayed address. */
@@ -66,6 +68,8 @@ struct p2c_val {
 	__u16 pad;
 	__u32 slot;   /* same slot as the c2p direction of the channel */
 	__u32 egress; /* index into the egress map: the way to the client */
+	__u32 meter;  /* same meter as the c2p direction (one per allocation) */
+	__u32 meter_pad;
 };
 
 /* Per-channel usage, shared by both directions of one channel, one copy
@@ -94,5 +98,22 @@ struct egress_entry {
 	__u32 pass;      /* 0: usable; else the enum hr_counter reason */
 	__u32 pad;
 };
+
+/* A bandwidth meter (meter.h), one per limited allocation. Userspace maps
+ * the array and updates tat_ns with the same compare-and-swap; the other
+ * fields are written by userspace only (drops by the program, atomically).
+ * Slot 0 is never used: meter 0 in an entry means "not limited". */
+struct hr_meter {
+	__u64 tat_ns;       /* theoretical arrival time, CLOCK_MONOTONIC ns */
+	__u64 ps_per_byte;  /* 1e12 / limit (bytes/s); 0: slot unused */
+	__u64 tau_ns;       /* burst tolerance */
+	__u64 drop_packets; /* dropped over the limit by the program */
+	__u64 drop_bytes;
+	/* The allocation the meter belongs to, for re-adoption after a
+	 * restart: client address, listener address (16 bytes each, as in
+	 * c2p_key), client port, listener port (network order), family. */
+	__u8 owner[40];
+};
+
 
 #endif

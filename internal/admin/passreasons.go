@@ -54,6 +54,7 @@ var PassReasons = []PassReason{
 	{"headroom", PassOther, "the driver leaves too little headroom to add the ChannelData header"},
 	{"ttl", PassOther, "TTL or hop limit would expire: the stack answers with ICMP"},
 	{"malformed", PassOther, "not a packet the program parses (fragments, IP options, bad lengths)"},
+	{"meter_busy", PassOther, "the allocation's bandwidth meter was contended by several CPUs at once: userspace meters the packet"},
 	{"other", PassOther, "anything else the program does not fully understand"},
 }
 

@@ -30,6 +30,10 @@ type Channel struct {
 	Expires time.Time
 	// DontFragment sets DF on relayed IPv4 packets to the peer.
 	DontFragment bool
+	// Meter is the allocation's bandwidth meter slot (Meter.Slot), 0 when
+	// the allocation is not limited. Every channel of an allocation has
+	// the same one.
+	Meter uint32
 }
 
 // ChannelStats are the kernel's per-channel usage counters (data bytes,
@@ -351,6 +355,7 @@ func (x *XDP) Len() int {
 func (x *XDP) Reconcile() (removed int, err error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	defer x.meters.reconcile()
 	var errs []error
 	for ck := range x.adopted {
 		if err := x.deleteLocked(ck); err != nil {

@@ -17,52 +17,58 @@ type Counter int
 // one reason; PassMapFull is counted by userspace (a channel the table had
 // no room for), never by the program.
 const (
-	FwdToPeerPackets   = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS)
-	FwdToPeerBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
-	FwdToClientPackets = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS)
-	FwdToClientBytes   = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES)
-	FwdHairpinPackets  = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS)
-	FwdHairpinBytes    = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES)
-	PassNoEntry        = Counter(relayHrCounterHR_CNT_PASS_NO_ENTRY)
-	PassExpired        = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
-	PassTooBig         = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
-	PassNoNeigh        = Counter(relayHrCounterHR_CNT_PASS_NO_NEIGH)
-	PassNoRoute        = Counter(relayHrCounterHR_CNT_PASS_NO_ROUTE)
-	PassLocal          = Counter(relayHrCounterHR_CNT_PASS_LOCAL)
-	PassLinkDown       = Counter(relayHrCounterHR_CNT_PASS_LINK_DOWN)
-	PassNoNextHop      = Counter(relayHrCounterHR_CNT_PASS_NO_NEXTHOP)
-	PassNoEgress       = Counter(relayHrCounterHR_CNT_PASS_NO_EGRESS)
-	PassNotChannelData = Counter(relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA)
-	PassMalformed      = Counter(relayHrCounterHR_CNT_PASS_MALFORMED)
-	PassHeadroom       = Counter(relayHrCounterHR_CNT_PASS_HEADROOM)
-	PassMapFull        = Counter(relayHrCounterHR_CNT_PASS_MAP_FULL)
-	PassTTL            = Counter(relayHrCounterHR_CNT_PASS_TTL)
-	PassOther          = Counter(relayHrCounterHR_CNT_PASS_OTHER)
-	NumCounters        = int(relayHrCounterHR_CNT_MAX)
+	FwdToPeerPackets     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS)
+	FwdToPeerBytes       = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
+	FwdToClientPackets   = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS)
+	FwdToClientBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES)
+	FwdHairpinPackets    = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS)
+	FwdHairpinBytes      = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES)
+	PassNoEntry          = Counter(relayHrCounterHR_CNT_PASS_NO_ENTRY)
+	PassExpired          = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
+	PassTooBig           = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
+	PassNoNeigh          = Counter(relayHrCounterHR_CNT_PASS_NO_NEIGH)
+	PassNoRoute          = Counter(relayHrCounterHR_CNT_PASS_NO_ROUTE)
+	PassLocal            = Counter(relayHrCounterHR_CNT_PASS_LOCAL)
+	PassLinkDown         = Counter(relayHrCounterHR_CNT_PASS_LINK_DOWN)
+	PassNoNextHop        = Counter(relayHrCounterHR_CNT_PASS_NO_NEXTHOP)
+	PassNoEgress         = Counter(relayHrCounterHR_CNT_PASS_NO_EGRESS)
+	PassNotChannelData   = Counter(relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA)
+	PassMalformed        = Counter(relayHrCounterHR_CNT_PASS_MALFORMED)
+	PassHeadroom         = Counter(relayHrCounterHR_CNT_PASS_HEADROOM)
+	PassMapFull          = Counter(relayHrCounterHR_CNT_PASS_MAP_FULL)
+	PassTTL              = Counter(relayHrCounterHR_CNT_PASS_TTL)
+	PassOther            = Counter(relayHrCounterHR_CNT_PASS_OTHER)
+	DropBandwidthPackets = Counter(relayHrCounterHR_CNT_DROP_BANDWIDTH_PACKETS)
+	DropBandwidthBytes   = Counter(relayHrCounterHR_CNT_DROP_BANDWIDTH_BYTES)
+	PassMeterBusy        = Counter(relayHrCounterHR_CNT_PASS_METER_BUSY)
+	NumCounters          = int(relayHrCounterHR_CNT_MAX)
 )
 
 var counterNames = [NumCounters]string{
-	FwdToPeerPackets:   "fwd_to_peer_packets",
-	FwdToPeerBytes:     "fwd_to_peer_bytes",
-	FwdToClientPackets: "fwd_to_client_packets",
-	FwdToClientBytes:   "fwd_to_client_bytes",
-	FwdHairpinPackets:  "fwd_hairpin_packets",
-	FwdHairpinBytes:    "fwd_hairpin_bytes",
-	PassNoEntry:        "pass_no_entry",
-	PassExpired:        "pass_expired",
-	PassTooBig:         "pass_too_big",
-	PassNoNeigh:        "pass_no_neigh",
-	PassNoRoute:        "pass_no_route",
-	PassLocal:          "pass_local",
-	PassLinkDown:       "pass_link_down",
-	PassNoNextHop:      "pass_no_nexthop",
-	PassNoEgress:       "pass_no_egress",
-	PassNotChannelData: "pass_not_channeldata",
-	PassMalformed:      "pass_malformed",
-	PassHeadroom:       "pass_headroom",
-	PassMapFull:        "pass_map_full",
-	PassTTL:            "pass_ttl",
-	PassOther:          "pass_other",
+	FwdToPeerPackets:     "fwd_to_peer_packets",
+	FwdToPeerBytes:       "fwd_to_peer_bytes",
+	FwdToClientPackets:   "fwd_to_client_packets",
+	FwdToClientBytes:     "fwd_to_client_bytes",
+	FwdHairpinPackets:    "fwd_hairpin_packets",
+	FwdHairpinBytes:      "fwd_hairpin_bytes",
+	PassNoEntry:          "pass_no_entry",
+	PassExpired:          "pass_expired",
+	PassTooBig:           "pass_too_big",
+	PassNoNeigh:          "pass_no_neigh",
+	PassNoRoute:          "pass_no_route",
+	PassLocal:            "pass_local",
+	PassLinkDown:         "pass_link_down",
+	PassNoNextHop:        "pass_no_nexthop",
+	PassNoEgress:         "pass_no_egress",
+	PassNotChannelData:   "pass_not_channeldata",
+	PassMalformed:        "pass_malformed",
+	PassHeadroom:         "pass_headroom",
+	PassMapFull:          "pass_map_full",
+	PassTTL:              "pass_ttl",
+	PassOther:            "pass_other",
+	DropBandwidthPackets: "drop_bandwidth_packets",
+	DropBandwidthBytes:   "drop_bandwidth_bytes",
+	PassMeterBusy:        "pass_meter_busy",
 }
 
 // String is the counter's name: fwd_to_peer_packets, pass_no_entry, ...

@@ -44,7 +44,10 @@ func (x *XDP) c2pValue(ck relayC2pKey, own relayC2pVal, probe relayP2cKey) relay
 		return own
 	}
 	y := x.index[yck]
-	if y == nil {
+	// A relay-to-relay packet counts against both allocations' limits;
+	// the program meters one allocation per packet, so a limited one on
+	// either side relays through userspace (pass_local).
+	if y == nil || own.Meter != 0 || y.pv.Meter != 0 {
 		return own
 	}
 	v := own

@@ -83,6 +83,7 @@ func (c Channel) keys(slot uint32, expires uint64) (ck relayC2pKey, cv relayC2pV
 		PeerPort:  wire16(c.Peer.Port()),
 		RelayPort: wire16(c.Relay.Port()),
 		Slot:      slot,
+		Meter:     c.Meter,
 	}
 	if c.DontFragment {
 		cv.Flags |= flagDontFragment
@@ -102,6 +103,7 @@ func (c Channel) keys(slot uint32, expires uint64) (ck relayC2pKey, cv relayC2pV
 		ListenerPort: wire16(c.Listener.Port()),
 		Channel:      wire16(c.Number),
 		Slot:         slot,
+		Meter:        c.Meter,
 	}
 	return ck, cv, pk, pv, nil
 }
@@ -116,6 +118,7 @@ func channelFrom(k relayC2pKey, v relayC2pVal) Channel {
 		Number:       host16(k.Channel),
 		Expires:      TimeFromMonotonic(expiryFromKernel(v.ExpiresNs)),
 		DontFragment: v.Flags&flagDontFragment != 0,
+		Meter:        v.Meter,
 	}
 }
 

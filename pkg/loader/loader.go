@@ -93,6 +93,10 @@ type XDP struct {
 	// it while XDP.mu may be held, so it has a lock of its own.
 	txMu     sync.Mutex
 	transmit map[int]bool
+
+	// meters are the bandwidth meters (meter.go), with a lock of their
+	// own: Meter.Allow runs on the userspace packet path.
+	meters meterTable
 }
 
 // Load loads the program with maps sized from opts, pinned under
@@ -112,7 +116,7 @@ func Load(opts Options) (*XDP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load xdp: read embedded object: %w", err)
 	}
-	for _, name := range []string{relayMapC2pChannels, relayMapP2cChannels, relayMapChanUsage} {
+	for _, name := range []string{relayMapC2pChannels, relayMapP2cChannels, relayMapChanUsage, relayMapMeters} {
 		spec.Maps[name].MaxEntries = uint32(opts.MaxChannels)
 	}
 	// Two destinations per channel (peer, client), plus the reserved
@@ -179,8 +183,14 @@ func Load(opts Options) (*XDP, error) {
 		x.objs.Close()
 		return nil, fmt.Errorf("load xdp: reserve egress slot 0: %w", err)
 	}
+	if err := x.mapMeters(); err != nil {
+		x.closeResolver()
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: %w", err)
+	}
 	if err := x.rebuildIndex(); err != nil {
 		x.closeResolver()
+		x.unmapMeters()
 		x.objs.Close()
 		return nil, err
 	}
@@ -302,6 +312,7 @@ func (x *XDP) Close() error {
 		}
 	}
 	x.closeResolver()
+	x.unmapMeters()
 	if err := x.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close xdp objects: %w", err))
 	}
@@ -325,7 +336,7 @@ func (x *XDP) Unpin() error {
 	}
 	if !x.closed {
 		for _, m := range []*ebpf.Map{x.objs.C2pChannels, x.objs.P2cChannels, x.objs.ChanUsage,
-			x.objs.Counters, x.objs.TxPorts, x.objs.Egress} {
+			x.objs.Counters, x.objs.TxPorts, x.objs.Egress, x.objs.Meters} {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))
 			}
@@ -356,7 +367,7 @@ func (x *XDP) Unpin() error {
 // pinnedMapNames are the maps Load pins by name (bpf/maps.h).
 var pinnedMapNames = map[string]bool{
 	relayMapC2pChannels: true, relayMapP2cChannels: true, relayMapChanUsage: true,
-	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true,
+	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true, relayMapMeters: true,
 }
 
 // linkPin is the pin path of the link on ifindex.

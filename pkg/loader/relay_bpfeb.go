@@ -42,6 +42,8 @@ type relayC2pVal struct {
 	HpPad          uint16
 	HpSlot         uint32
 	HpEgress       uint32
+	Meter          uint32
+	MeterPad       uint32
 }
 
 type relayChanStats struct {
@@ -66,29 +68,42 @@ type relayEgressEntry struct {
 type relayHrCounter uint32
 
 const (
-	relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS   relayHrCounter = 0
-	relayHrCounterHR_CNT_FWD_TO_PEER_BYTES     relayHrCounter = 1
-	relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS relayHrCounter = 2
-	relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES   relayHrCounter = 3
-	relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS   relayHrCounter = 4
-	relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES     relayHrCounter = 5
-	relayHrCounterHR_CNT_PASS_NO_ENTRY         relayHrCounter = 6
-	relayHrCounterHR_CNT_PASS_EXPIRED          relayHrCounter = 7
-	relayHrCounterHR_CNT_PASS_TOO_BIG          relayHrCounter = 8
-	relayHrCounterHR_CNT_PASS_NO_NEIGH         relayHrCounter = 9
-	relayHrCounterHR_CNT_PASS_NO_ROUTE         relayHrCounter = 10
-	relayHrCounterHR_CNT_PASS_LOCAL            relayHrCounter = 11
-	relayHrCounterHR_CNT_PASS_LINK_DOWN        relayHrCounter = 12
-	relayHrCounterHR_CNT_PASS_NO_NEXTHOP       relayHrCounter = 13
-	relayHrCounterHR_CNT_PASS_NO_EGRESS        relayHrCounter = 14
-	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA  relayHrCounter = 15
-	relayHrCounterHR_CNT_PASS_MALFORMED        relayHrCounter = 16
-	relayHrCounterHR_CNT_PASS_HEADROOM         relayHrCounter = 17
-	relayHrCounterHR_CNT_PASS_MAP_FULL         relayHrCounter = 18
-	relayHrCounterHR_CNT_PASS_TTL              relayHrCounter = 19
-	relayHrCounterHR_CNT_PASS_OTHER            relayHrCounter = 20
-	relayHrCounterHR_CNT_MAX                   relayHrCounter = 21
+	relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS    relayHrCounter = 0
+	relayHrCounterHR_CNT_FWD_TO_PEER_BYTES      relayHrCounter = 1
+	relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS  relayHrCounter = 2
+	relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES    relayHrCounter = 3
+	relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS    relayHrCounter = 4
+	relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES      relayHrCounter = 5
+	relayHrCounterHR_CNT_PASS_NO_ENTRY          relayHrCounter = 6
+	relayHrCounterHR_CNT_PASS_EXPIRED           relayHrCounter = 7
+	relayHrCounterHR_CNT_PASS_TOO_BIG           relayHrCounter = 8
+	relayHrCounterHR_CNT_PASS_NO_NEIGH          relayHrCounter = 9
+	relayHrCounterHR_CNT_PASS_NO_ROUTE          relayHrCounter = 10
+	relayHrCounterHR_CNT_PASS_LOCAL             relayHrCounter = 11
+	relayHrCounterHR_CNT_PASS_LINK_DOWN         relayHrCounter = 12
+	relayHrCounterHR_CNT_PASS_NO_NEXTHOP        relayHrCounter = 13
+	relayHrCounterHR_CNT_PASS_NO_EGRESS         relayHrCounter = 14
+	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA   relayHrCounter = 15
+	relayHrCounterHR_CNT_PASS_MALFORMED         relayHrCounter = 16
+	relayHrCounterHR_CNT_PASS_HEADROOM          relayHrCounter = 17
+	relayHrCounterHR_CNT_PASS_MAP_FULL          relayHrCounter = 18
+	relayHrCounterHR_CNT_PASS_TTL               relayHrCounter = 19
+	relayHrCounterHR_CNT_PASS_OTHER             relayHrCounter = 20
+	relayHrCounterHR_CNT_DROP_BANDWIDTH_PACKETS relayHrCounter = 21
+	relayHrCounterHR_CNT_DROP_BANDWIDTH_BYTES   relayHrCounter = 22
+	relayHrCounterHR_CNT_PASS_METER_BUSY        relayHrCounter = 23
+	relayHrCounterHR_CNT_MAX                    relayHrCounter = 24
 )
+
+type relayHrMeter struct {
+	_           structs.HostLayout
+	TatNs       uint64
+	PsPerByte   uint64
+	TauNs       uint64
+	DropPackets uint64
+	DropBytes   uint64
+	Owner       [40]uint8
+}
 
 type relayP2cKey struct {
 	_         structs.HostLayout
@@ -111,6 +126,8 @@ type relayP2cVal struct {
 	Pad          uint16
 	Slot         uint32
 	Egress       uint32
+	Meter        uint32
+	MeterPad     uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -121,6 +138,7 @@ const (
 	relayMapChanUsage    = "chan_usage"
 	relayMapCounters     = "counters"
 	relayMapEgress       = "egress"
+	relayMapMeters       = "meters"
 	relayMapP2cChannels  = "p2c_channels"
 	relayMapTxPorts      = "tx_ports"
 	relayProgHybridrelay = "hybridrelay"
@@ -181,6 +199,7 @@ type relayMapSpecs struct {
 	ChanUsage   *ebpf.MapSpec `ebpf:"chan_usage"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Egress      *ebpf.MapSpec `ebpf:"egress"`
+	Meters      *ebpf.MapSpec `ebpf:"meters"`
 	P2cChannels *ebpf.MapSpec `ebpf:"p2c_channels"`
 	TxPorts     *ebpf.MapSpec `ebpf:"tx_ports"`
 }
@@ -215,6 +234,7 @@ type relayMaps struct {
 	ChanUsage   *ebpf.Map `ebpf:"chan_usage"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Egress      *ebpf.Map `ebpf:"egress"`
+	Meters      *ebpf.Map `ebpf:"meters"`
 	P2cChannels *ebpf.Map `ebpf:"p2c_channels"`
 	TxPorts     *ebpf.Map `ebpf:"tx_ports"`
 }
@@ -225,6 +245,7 @@ func (m *relayMaps) Close() error {
 		m.ChanUsage,
 		m.Counters,
 		m.Egress,
+		m.Meters,
 		m.P2cChannels,
 		m.TxPorts,
 	)
