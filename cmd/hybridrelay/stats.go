@@ -288,6 +288,7 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 		row("kernel to peer", "kernel.fwd_to_peer_packets", "kernel.fwd_to_peer_bytes", k.Counters["fwd_to_peer_packets"], k.Counters["fwd_to_peer_bytes"])
 		row("kernel to client", "kernel.fwd_to_client_packets", "kernel.fwd_to_client_bytes", k.Counters["fwd_to_client_packets"], k.Counters["fwd_to_client_bytes"])
 		row("kernel hairpin", "kernel.fwd_hairpin_packets", "kernel.fwd_hairpin_bytes", k.Counters["fwd_hairpin_packets"], k.Counters["fwd_hairpin_bytes"])
+		row("kernel over limit", "kernel.drop_bandwidth_packets", "kernel.drop_bandwidth_bytes", k.Counters["drop_bandwidth_packets"], k.Counters["drop_bandwidth_bytes"])
 	}
 	if srv := s.Server; srv != nil {
 		row("userspace to peer", "userspace.to_peer.packets", "userspace.to_peer.bytes", srv.UserspaceToPeer.Packets, srv.UserspaceToPeer.Bytes)

@@ -43,6 +43,8 @@ var (
 	dDrops            = desc("drops_total", "Datagrams the control plane dropped, by reason.", "reason")
 	dOffload          = desc("offload_events_total", "Kernel fast path table operations, by event.", "event")
 	dKernelPass       = desc("kernel_pass_total", "Packets the XDP program passed to the kernel stack, by reason; group is normal (userspace's traffic by design), misconfiguration (the host keeps the kernel path from forwarding) or other.", "reason", "group")
+	dKernelDrops      = desc("kernel_drops_total", "Packets the XDP program dropped, by reason (bandwidth: over the allocation's bandwidth-limit).", "reason")
+	dKernelDropBytes  = desc("kernel_drop_bytes_total", "Payload bytes of the packets the XDP program dropped, by reason.", "reason")
 	dKernelChannels   = desc("kernel_channels", "Entries in the kernel channel table.")
 	dKernelMax        = desc("kernel_channels_max", "Capacity of the kernel channel table.")
 	dBatchSize        = desc("rx_batch_size", "Datagrams per receive batch of the userspace datapath.", "datapath")
@@ -59,7 +61,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
-		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass,
+		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass, dKernelDrops, dKernelDropBytes,
 		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples} {
 		ch <- d
 	}
@@ -129,6 +131,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		// another's by the program.
 		counter(dPackets, k.Counters["fwd_hairpin_packets"], "xdp", "hairpin")
 		counter(dBytes, k.Counters["fwd_hairpin_bytes"], "xdp", "hairpin")
+		counter(dKernelDrops, k.Counters["drop_bandwidth_packets"], "bandwidth")
+		counter(dKernelDropBytes, k.Counters["drop_bandwidth_bytes"], "bandwidth")
 		for _, p := range admin.PassCounts(k.Counters) {
 			counter(dKernelPass, p.Packets, p.Name, p.Group)
 		}

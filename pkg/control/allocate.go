@@ -223,6 +223,7 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		// A concurrent Allocate on the same 5-tuple won (parallel UDP
 		// loops): this one is a mismatch.
 		s.closeRelays(relays)
+		a.releaseUnpublished()
 		r.fail(stun.CodeAllocMismatch)
 		return
 	}

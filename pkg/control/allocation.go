@@ -58,7 +58,11 @@ type allocation struct {
 	// section 7.2: same 5-tuple and transaction ID → same response).
 	allocTxID [12]byte
 	allocResp []byte
-	bw        *tokenBucket
+	// bw is the bandwidth-limit (nil: unlimited), meter the kernel's
+	// meter behind it when the allocation has one. Both are set before
+	// the allocation is published and never change.
+	bw    bandwidthLimiter
+	meter BandwidthMeter
 
 	toPeerPkts, toPeerBytes     atomic.Uint64
 	toClientPkts, toClientBytes atomic.Uint64
@@ -103,10 +107,7 @@ func newAllocation(s *Server, t fiveTuple, sink clientSink, user string, now tim
 		chans:      map[uint16]*channel{},
 		chanByPeer: map[netip.AddrPort]*channel{},
 	}
-	if s.cfg.BandwidthLimit > 0 {
-		bl := float64(s.cfg.BandwidthLimit)
-		a.bw = newTokenBucket(bl, bl, now)
-	}
+	a.bw, a.meter = s.newBandwidthLimiter(t, now)
 	return a
 }
 
@@ -141,13 +142,13 @@ func (a *allocation) permittedLocked(ip netip.Addr, now time.Time) bool {
 // exists, the client is on UDP, the peer's IP is not one of our relay IPs
 // (hairpin stays in userspace: XDP_TX cannot deliver to this host, and
 // neither can the kernel path deliver to any local address), the
-// allocation has no bandwidth limit (the kernel path does not meter, and it
-// must never forward what userspace would drop), and the channel, its
-// permission and the allocation are live.
+// allocation has no bandwidth limit or its limit is the kernel's meter (the
+// kernel must never forward what userspace would drop), and the channel,
+// its permission and the allocation are live.
 // Caller holds a.mu.
 func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOffload, bool) {
 	s := a.s
-	if s.off == nil || a.tuple.proto != tUDP || a.bw != nil || a.dead || ch.cooling {
+	if s.off == nil || a.tuple.proto != tUDP || (a.bw != nil && a.meter == nil) || a.dead || ch.cooling {
 		return ChannelOffload{}, false
 	}
 	r := a.relays[famIndex(familyOf(ch.peer.Addr()))]
@@ -173,6 +174,7 @@ func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOfflo
 		Channel:      ch.num,
 		Expires:      exp,
 		DontFragment: a.dontFrag,
+		Meter:        a.meter,
 	}, true
 }
 
@@ -355,6 +357,9 @@ func (a *allocation) release(keepOffload bool) bool {
 	}
 	relays := a.relays
 	a.mu.Unlock()
+	if a.meter != nil && !keepOffload {
+		a.meter.Release() // after its kernel entries; a restart keeps it
+	}
 	s.allocs.CompareAndDelete(a.tuple, a)
 	for _, r := range relays {
 		if r != nil {
@@ -438,6 +443,10 @@ func (a *allocation) info(now time.Time) AllocationInfo {
 		ToPeer:       PathCounters{a.toPeerPkts.Load(), a.toPeerBytes.Load()},
 		ToClient:     PathCounters{a.toClientPkts.Load(), a.toClientBytes.Load()},
 		LastActivity: unixNanoTime(a.lastActivity.Load()),
+	}
+	if a.bw != nil {
+		d := a.bw.drops()
+		ai.BandwidthDropped = &d
 	}
 	for _, r := range a.relays {
 		if r != nil {

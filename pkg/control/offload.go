@@ -31,6 +31,9 @@ type ChannelOffload struct {
 	// DontFragment sets DF on relayed IPv4 packets (DONT-FRAGMENT in the
 	// Allocate request).
 	DontFragment bool
+	// Meter is the allocation's bandwidth meter (Metering), nil when the
+	// allocation is not limited: the kernel limits the channel on it.
+	Meter BandwidthMeter
 }
 
 // ChannelUsage is what the kernel counted for one channel.

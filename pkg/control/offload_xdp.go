@@ -3,6 +3,7 @@ package control
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
@@ -29,10 +30,25 @@ func NewXDPOffload(x *loader.XDP) *XDPOffload {
 }
 
 func toLoaderChannel(c ChannelOffload) loader.Channel {
-	return loader.Channel{
+	lc := loader.Channel{
 		Client: c.Client, Listener: c.Listener, Relay: c.Relay, Peer: c.Peer,
 		Number: c.Channel, Expires: c.Expires, DontFragment: c.DontFragment,
 	}
+	if m, ok := c.Meter.(*loader.Meter); ok {
+		lc.Meter = m.Slot()
+	}
+	return lc
+}
+
+var _ Metering = (*XDPOffload)(nil)
+
+// Meter returns the kernel's bandwidth meter for an allocation.
+func (o *XDPOffload) Meter(client, listener netip.AddrPort, rate, burst uint64) (BandwidthMeter, error) {
+	m, err := o.x.AcquireMeter(client, listener, rate, burst)
+	if err != nil {
+		return nil, fmt.Errorf("xdp offload meter: %w", err)
+	}
+	return m, nil
 }
 
 // Install adds or replaces both directions of c. A full table returns an

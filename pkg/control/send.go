@@ -136,7 +136,7 @@ func (a *allocation) toPeer(tx dataplane.Tx, rs *relaySock, peer netip.AddrPort,
 		s.stats.dropPolicy.Add(1)
 		return
 	}
-	if !a.bw.take(float64(len(payload)), now) {
+	if a.bw != nil && !a.bw.allow(len(payload), now) {
 		s.stats.dropBandwidth.Add(1)
 		return
 	}
@@ -183,7 +183,7 @@ func (a *allocation) fromPeer(tx dataplane.Tx, rs *relaySock, from netip.AddrPor
 		s.stats.dropNoPermission.Add(1)
 		return
 	}
-	if !a.bw.take(float64(len(p)), now) {
+	if a.bw != nil && !a.bw.allow(len(p), now) {
 		s.stats.dropBandwidth.Add(1)
 		return
 	}

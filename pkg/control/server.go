@@ -292,8 +292,8 @@ func (s *Server) Start() error {
 	}
 	s.started = true
 	s.lnMu.Unlock()
-	if s.off != nil && s.cfg.BandwidthLimit > 0 {
-		s.log.Warn("bandwidth-limit is set: channels stay on the userspace path, which meters them; the kernel path does not", "bandwidth_limit", s.cfg.BandwidthLimit)
+	if _, ok := s.off.(Metering); s.off != nil && !ok && s.cfg.BandwidthLimit > 0 {
+		s.log.Warn("bandwidth-limit is set and this kernel path cannot meter: limited channels stay on the userspace path", "bandwidth_limit", s.cfg.BandwidthLimit)
 	}
 
 	// The policy needs the final listener ports, but UDP listeners serve

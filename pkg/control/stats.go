@@ -189,4 +189,7 @@ type AllocationInfo struct {
 	// Userspace packets relayed for this allocation.
 	ToPeer   PathCounters `json:"to_peer"`
 	ToClient PathCounters `json:"to_client"`
+	// BandwidthDropped: datagrams dropped over bandwidth-limit, by the
+	// kernel and userspace together (nil: not limited).
+	BandwidthDropped *PathCounters `json:"bandwidth_dropped,omitempty"`
 }
