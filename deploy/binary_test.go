@@ -122,6 +122,7 @@ type daemon struct {
 	mu      sync.Mutex
 	metrics string // host:port
 	sock    string
+	get     func(ctx context.Context, url string) (int, string)
 }
 
 type lockedWriter struct {
@@ -165,8 +166,15 @@ func freePort(t *testing.T) int {
 // variables) until the metrics endpoint answers; it is stopped at cleanup.
 func startServe(t *testing.T, conf string, env []string, metricsAddr, sock string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{stderr: &bytes.Buffer{}, metrics: metricsAddr, sock: sock}
-	d.cmd = exec.Command(staticBinary(t), append([]string{"serve", "--config", conf}, args...)...)
+	cmd := exec.Command(staticBinary(t), append([]string{"serve", "--config", conf}, args...)...)
+	return runServe(t, cmd, env, metricsAddr, sock, func(ctx context.Context, url string) (int, string) { return httpGet(ctx, url) })
+}
+
+// runServe starts cmd (serve, directly or through `ip netns exec`) and
+// waits until get answers on the metrics endpoint.
+func runServe(t *testing.T, cmd *exec.Cmd, env []string, metricsAddr, sock string, get func(context.Context, string) (int, string)) *daemon {
+	t.Helper()
+	d := &daemon{cmd: cmd, stderr: &bytes.Buffer{}, metrics: metricsAddr, sock: sock, get: get}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "HYBRIDRELAY_") {
 			d.cmd.Env = append(d.cmd.Env, kv)
@@ -193,9 +201,9 @@ func startServe(t *testing.T, conf string, env []string, metricsAddr, sock strin
 			t.Logf("serve stderr:\n%s", d.log())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if code, _ := httpGet(context.Background(), "http://"+metricsAddr+"/"); code == 200 {
+		if code, _ := get(context.Background(), "http://"+metricsAddr+"/"); code == 200 {
 			return d
 		}
 		select {
@@ -204,7 +212,7 @@ func startServe(t *testing.T, conf string, env []string, metricsAddr, sock strin
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("serve's metrics endpoint did not answer within 20 s:\n%s", d.log())
+			t.Fatalf("serve's metrics endpoint did not answer within 30 s:\n%s", d.log())
 		}
 	}
 }
