@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -96,5 +97,53 @@ func TestAllocateFollowsAlternate(t *testing.T) {
 	a.SetAlternateServers(nil)
 	if _, err := newClient(false).Allocate(ctx, AllocateOptions{}); !errors.As(err, &er) || er.Code != stun.CodeAllocQuotaReached {
 		t.Fatalf("draining without alternate: %v", err)
+	}
+}
+
+// TestAllocateRefusesUnsignedRedirect: a 300 without MESSAGE-INTEGRITY to
+// an Allocate that carried credentials is not followed (anyone who sees
+// the request could forge it). The server here is a socket answering by
+// hand: 401 with REALM and NONCE, then an unsigned 300.
+func TestAllocateRefusesUnsignedRedirect(t *testing.T) {
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := srv.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			req := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			if req.Decode() != nil {
+				continue
+			}
+			typ := stun.NewType(req.Type.Method, stun.ClassErrorResponse)
+			var res *stun.Message
+			if !req.Contains(stun.AttrMessageIntegrity) {
+				res = stun.MustBuild(stun.NewTransactionIDSetter(req.TransactionID), typ, stun.CodeUnauthorized,
+					stun.NewRealm(testRealm), stun.NewNonce("n0nce"))
+			} else {
+				res = stun.MustBuild(stun.NewTransactionIDSetter(req.TransactionID), typ, stun.CodeTryAlternate,
+					&stun.AlternateServer{IP: net.IPv4(127, 0, 0, 9), Port: 3478})
+			}
+			srv.WriteToUDP(res.Raw, from)
+		}
+	}()
+	addr := srv.LocalAddr().(*net.UDPAddr).AddrPort()
+	c, err := New(Config{Server: addr, Credentials: Credentials{"alice", "wonderland"}, Local: netip.MustParseAddrPort("127.0.0.1:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = c.Allocate(ctx, AllocateOptions{})
+	var er *ErrorResponse
+	if !errors.As(err, &er) || er.Code != stun.CodeTryAlternate || !strings.Contains(err.Error(), "unauthenticated redirect") || c.Server() != addr {
+		t.Fatalf("unsigned 300: %v, server %v", err, c.Server())
 	}
 }
