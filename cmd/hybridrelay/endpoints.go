@@ -100,9 +100,14 @@ func (d *daemon) SetDraining(on bool) (admin.DrainStatus, error) {
 // are no longer enforced.
 const liveAfter = 10 * time.Second
 
-// live backs /healthz: the process answers and the control plane's loops
-// run.
-func (d *daemon) live() error { return d.srv.Live(liveAfter) }
+// live backs /healthz: the process answers, the control plane's loops run,
+// and a STUN Binding to the first UDP listener is answered (selfCheck).
+func (d *daemon) live() error {
+	if err := d.srv.Live(liveAfter); err != nil {
+		return err
+	}
+	return d.health.check(d.srv.Addrs())
+}
 
 // ready backs /readyz: listeners open and not draining (control.Server
 // Ready), and with the kernel path its maps still answer.

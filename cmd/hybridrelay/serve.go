@@ -206,6 +206,7 @@ type daemon struct {
 	demo    map[string]string // the generated demo user, kept across reloads
 	closer  []func() error    // side endpoints, closed in reverse order
 	started time.Time
+	health  selfCheck // /healthz's Binding round trip
 }
 
 func newDaemon(log *slog.Logger, src settingsSource, s *config.Settings, out io.Writer) *daemon {
