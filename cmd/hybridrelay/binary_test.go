@@ -504,7 +504,7 @@ func TestHelpGolden(t *testing.T) {
 }
 
 // goldenHelpCommands are the commands whose help is pinned.
-var goldenHelpCommands = [][]string{{"serve"}, {"stats"}, {"maps"}, {"maps", "dump"}, {"maps", "dump", "channels"}, {"maps", "dump", "peers"}, {"maps", "dump", "allocations"}, {"maps", "unpin"}, {"probe"}, {"compare"}}
+var goldenHelpCommands = [][]string{{"serve"}, {"stats"}, {"maps"}, {"maps", "dump"}, {"maps", "dump", "channels"}, {"maps", "dump", "peers"}, {"maps", "dump", "allocations"}, {"maps", "unpin"}, {"probe"}, {"compare"}, {"drain"}, {"version"}}
 
 func compareGolden(t *testing.T, path, got string) {
 	t.Helper()

@@ -29,12 +29,12 @@ func (d *daemon) startSideEndpoints() error {
 		}
 	}
 	if addr := d.settings.MetricsListen; addr != "" {
-		m, err := metrics.Listen(addr, d.Snapshot, d.log)
+		m, err := metrics.Listen(addr, d.Snapshot, metrics.Health{Live: d.live, Ready: d.ready}, d.log)
 		if err != nil {
 			return err
 		}
 		d.closer = append(d.closer, m.Close)
-		d.log.Info("metrics endpoint listening", "addr", m.Addr().String(), "path", "/metrics")
+		d.log.Info("metrics endpoint listening", "addr", m.Addr().String(), "paths", []string{"/metrics", metrics.PathHealthz, metrics.PathReadyz})
 		if ap, err := netip.ParseAddrPort(addr); err == nil && !ap.Addr().IsLoopback() {
 			d.log.Warn("the metrics endpoint is not on a loopback address: anyone who can reach it sees the relay's counters", "addr", addr)
 		}
@@ -74,6 +74,53 @@ func (d *daemon) Channels() ([]admin.Channel, error) {
 		return nil, admin.ErrNoKernelPath
 	}
 	return admin.ChannelsFromLoader(d.dp.kernel.x, time.Now())
+}
+
+// SetDraining implements admin.Source (`hybridrelay drain`, SIGUSR1).
+func (d *daemon) SetDraining(on bool) (admin.DrainStatus, error) {
+	changed := d.srv.SetDraining(on)
+	st := d.srv.Stats()
+	ds := admin.DrainStatus{Draining: st.Draining, Since: st.DrainingSince, Changed: changed,
+		Allocations: st.Allocations, AlternateServers: st.AlternateServers}
+	switch {
+	case changed && on:
+		d.log.Info("draining: new allocations are sent to an alternate server (300) or refused (486); existing ones run to their end",
+			"allocations_left", st.Allocations, "alternate_servers", st.AlternateServers)
+		if len(st.AlternateServers) == 0 {
+			d.log.Warn("draining without alternate-server: new clients get 486 Allocation Quota Reached and must find another relay themselves")
+		}
+	case changed:
+		d.log.Info("drain ended: accepting new allocations", "allocations", st.Allocations)
+	}
+	return ds, nil
+}
+
+// liveAfter is how long the control plane's janitor (every 250 ms) may go
+// without running before /healthz fails: a stuck janitor means lifetimes
+// are no longer enforced.
+const liveAfter = 10 * time.Second
+
+// live backs /healthz: the process answers, the control plane's loops run,
+// and a STUN Binding to the first UDP listener is answered (selfCheck).
+func (d *daemon) live() error {
+	if err := d.srv.Live(liveAfter); err != nil {
+		return err
+	}
+	return d.health.check(d.srv.Addrs())
+}
+
+// ready backs /readyz: listeners open and not draining (control.Server
+// Ready), and with the kernel path its maps still answer.
+func (d *daemon) ready() error {
+	if err := d.srv.Ready(); err != nil {
+		return err
+	}
+	if k := d.dp.kernel; k != nil {
+		if _, err := k.x.Counters(); err != nil {
+			return fmt.Errorf("kernel path: %w", err)
+		}
+	}
+	return nil
 }
 
 var _ admin.Source = (*daemon)(nil)

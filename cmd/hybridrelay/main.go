@@ -112,14 +112,6 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 	return usageError{err}
 }
 
-// version is the module version the binary was built from.
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
-}
-
 // run executes the application and returns the process exit code. Every
 // error is printed once, as "hybridrelay: <error>"; a panic in a command is
 // turned into an internal error with exit code 1 instead of a stack trace.

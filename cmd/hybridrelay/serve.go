@@ -41,7 +41,8 @@ a comma-separated list there), and the command line. A repeatable flag given
 on the command line replaces the file's list.
 
 Signals: SIGTERM and SIGINT shut down gracefully; SIGHUP re-reads the
-configuration file and applies users, auth secrets and TLS certificates.`,
+configuration file and applies users, auth secrets, alternate servers and TLS
+certificates; SIGUSR1 starts draining (see hybridrelay drain).`,
 		Flags:  settingFlags(),
 		Action: serveAction,
 	})
@@ -183,7 +184,7 @@ func serveAction(c *cli.Context) error {
 	// it started must reload, not kill it. Signals that arrive during start
 	// wait in the channel.
 	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sig)
 	d := newDaemon(log, src, settings, c.App.Writer)
 	if err := d.start(); err != nil {
@@ -205,6 +206,7 @@ type daemon struct {
 	demo    map[string]string // the generated demo user, kept across reloads
 	closer  []func() error    // side endpoints, closed in reverse order
 	started time.Time
+	health  selfCheck // /healthz's Binding round trip
 }
 
 func newDaemon(log *slog.Logger, src settingsSource, s *config.Settings, out io.Writer) *daemon {
@@ -348,6 +350,12 @@ func (d *daemon) wait(ctx context.Context, sig <-chan os.Signal) error {
 				d.reload()
 				continue
 			}
+			if s == syscall.SIGUSR1 {
+				if _, err := d.SetDraining(true); err != nil {
+					d.log.Error("SIGUSR1: drain", "err", err)
+				}
+				continue
+			}
 			return d.shutdownBounded(s.String())
 		}
 	}
@@ -444,8 +452,14 @@ func (d *daemon) reload() {
 			d.log.Info("reload: TLS certificate reloaded", "tls_cert", prev.TLSCert)
 		}
 	}
+	if err := d.srv.SetAlternateServers(next.AlternateServers); err != nil {
+		d.log.Error("reload: alternate-server not applied", "err", err)
+		next.AlternateServers = prev.AlternateServers
+	} else if !slices.Equal(prev.AlternateServers, next.AlternateServers) {
+		d.log.Info("reload: alternate servers applied", "alternate_servers", next.AlternateServers)
+	}
 	if keys := config.ChangedKeys(prev, next); len(keys) > 0 {
-		restart := slices.DeleteFunc(keys, func(k string) bool { return k == "user" || k == "auth-secret" })
+		restart := slices.DeleteFunc(keys, func(k string) bool { return k == "user" || k == "auth-secret" || k == "alternate-server" })
 		if len(restart) > 0 {
 			d.log.Warn("reload: these settings changed but only apply after a restart", "keys", restart)
 		}
@@ -454,6 +468,7 @@ func (d *daemon) reload() {
 	// compares against what really runs.
 	applied := *prev
 	applied.Users, applied.AuthSecrets = next.Users, next.AuthSecrets
+	applied.AlternateServers = next.AlternateServers
 	d.settings = &applied
 }
 

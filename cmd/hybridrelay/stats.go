@@ -269,6 +269,13 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 		fmt.Fprintf(w, "\nallocations %d   permissions %d   channels %d (%d in the kernel)\n",
 			srv.Allocations, srv.Permissions, srv.Channels, srv.OffloadedChannels)
 		fmt.Fprintf(w, "allocations created %d, expired %d, deleted %d\n", srv.AllocationsCreated, srv.AllocationsExpired, srv.AllocationsDeleted)
+		if srv.Draining {
+			since := ""
+			if srv.DrainingSince != nil {
+				since = fmt.Sprintf(" since %s (%s)", srv.DrainingSince.UTC().Format(time.RFC3339), s.Time.Sub(*srv.DrainingSince).Round(time.Second))
+			}
+			fmt.Fprintf(w, "DRAINING%s: %d allocations left; new clients %s\n", since, srv.Allocations, drainTarget(srv.AlternateServers))
+		}
 	}
 
 	fmt.Fprintln(w)

@@ -22,7 +22,6 @@ import (
 	"github.com/hybridrelay/hybridrelay/internal/admin"
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
-	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
 // TestServeExplicitXDPMissingFeature: --datapath xdp where XDP cannot
@@ -240,34 +239,7 @@ func TestServeNoArguments(t *testing.T) {
 // frames the relay program redirects into the veth are dropped.
 func sendChannelData(t *testing.T, topo *netns.Topology, c *net.UDPConn, channel uint16, port, n int) int {
 	t.Helper()
-	x, err := loader.Load(loader.Options{DisablePin: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Close()
-	for _, end := range []struct {
-		ns    *netns.NS
-		iface string
-	}{{topo.Peer, topo.PeerIf}, {topo.Client, topo.ClientIf}} {
-		// The index is resolved by netlink inside the namespace
-		// (netns.NS.Ifindex reads the root namespace's /sys, which has
-		// its own eth0).
-		var closer interface{ Close() error }
-		var idx int
-		if err := end.ns.Do(func() error {
-			ifc, err := net.InterfaceByName(end.iface)
-			if err != nil {
-				return err
-			}
-			idx = ifc.Index
-			closer, err = x.AttachPass(idx, loader.ModeNative)
-			return err
-		}); err != nil {
-			out, _ := end.ns.IP("-d", "link", "show", end.iface)
-			t.Fatalf("pass program on %s/%s (ifindex %d): %v\n%s", end.ns.Name, end.iface, idx, err, out)
-		}
-		defer closer.Close()
-	}
+	defer attachPassEnds(t, topo)()
 	var peer *net.UDPConn
 	if err := topo.Peer.Do(func() error {
 		var err error

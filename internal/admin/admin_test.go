@@ -58,6 +58,10 @@ func (f fixedSource) Channels() ([]Channel, error) {
 	return []Channel{{Number: 0x4000, Peer: netip.MustParseAddrPort("198.51.100.1:9")}}, nil
 }
 
+func (f fixedSource) SetDraining(on bool) (DrainStatus, error) {
+	return DrainStatus{Draining: on, Changed: true, Allocations: 3}, nil
+}
+
 func listen(t *testing.T, src Source) (*Server, string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "run", "hybridrelay")
@@ -92,6 +96,12 @@ func TestCommands(t *testing.T) {
 	// The same connection carries further requests; errors are answers.
 	if err := c.Call("channels", nil); err == nil || !strings.Contains(err.Error(), "without the kernel fast path") {
 		t.Fatalf("channels without xdp: %v", err)
+	}
+	for _, cmd := range []string{"drain", "undrain"} {
+		var ds DrainStatus
+		if err := c.Call(cmd, &ds); err != nil || ds.Draining != (cmd == "drain") || ds.Allocations != 3 {
+			t.Fatalf("%s: %+v %v", cmd, ds, err)
+		}
 	}
 	if err := c.Call("reboot", nil); err == nil || !strings.Contains(err.Error(), `unknown command "reboot"`) {
 		t.Fatalf("unknown command: %v", err)

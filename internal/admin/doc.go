@@ -6,7 +6,8 @@
 // The protocol is one JSON object per line. A request is {"cmd": NAME}; the
 // answer is {"ok": true, "data": ...} or {"ok": false, "error": "..."}.
 // Commands: "stats" (Snapshot), "allocations" ([]control.AllocationInfo),
-// "channels" ([]Channel, the kernel channel table). A connection may carry
+// "channels" ([]Channel, the kernel channel table), "drain" and "undrain"
+// (DrainStatus; `hybridrelay drain`). A connection may carry
 // several requests in turn; each is bounded in size and time.
 //
 // The types here are also what the CLI prints with --json, so scripts see

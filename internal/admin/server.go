@@ -24,6 +24,9 @@ type Source interface {
 	Allocations() []control.AllocationInfo
 	// Channels returns ErrNoKernelPath without the xdp datapath.
 	Channels() ([]Channel, error)
+	// SetDraining starts (true) or ends draining and returns the state
+	// after the change.
+	SetDraining(on bool) (DrainStatus, error)
 }
 
 const (
@@ -224,8 +227,12 @@ func (s *Server) handle(req Request) Response {
 		data = s.src.Allocations()
 	case "channels":
 		data, err = s.src.Channels()
+	case "drain":
+		data, err = s.src.SetDraining(true)
+	case "undrain":
+		data, err = s.src.SetDraining(false)
 	default:
-		return Response{Error: fmt.Sprintf("unknown command %q (stats, allocations, channels)", req.Cmd)}
+		return Response{Error: fmt.Sprintf("unknown command %q (stats, allocations, channels, drain, undrain)", req.Cmd)}
 	}
 	if err != nil {
 		return Response{Error: err.Error()}

@@ -28,6 +28,17 @@ type Snapshot struct {
 	Kernel *Kernel `json:"kernel,omitempty"`
 }
 
+// DrainStatus answers drain and undrain.
+type DrainStatus struct {
+	Draining bool       `json:"draining"`
+	Since    *time.Time `json:"since,omitempty"`
+	// Changed is false when the daemon already was in the asked state.
+	Changed bool `json:"changed"`
+	// Allocations are the allocations left (they run to their end).
+	Allocations      int              `json:"allocations"`
+	AlternateServers []netip.AddrPort `json:"alternate_servers,omitempty"`
+}
+
 // Kernel is the XDP program's state.
 type Kernel struct {
 	// Source is "daemon" (read by the running serve) or "pinned maps"

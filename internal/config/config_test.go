@@ -236,6 +236,16 @@ func TestLoadValues(t *testing.T) {
 		{name: "admin relative", file: "admin-socket = admin.sock", err: `x.conf:1: key "admin-socket": admin.sock is not an absolute path`},
 		{name: "metrics bad", file: "metrics-listen = localhost:9641", err: `x.conf:1: key "metrics-listen": localhost:9641 is not IP:PORT`},
 		{name: "log level", file: "log-level = verbose", err: `x.conf:1: key "log-level": "verbose" is not one of debug, info, warn, error`},
+		{name: "alternate servers", file: "alternate-server = 198.18.7.1:3478\nalternate-server = [::ffff:198.18.7.2]:3479\nalternate-server = [2001:2::7]:3478", check: func(t *testing.T, s *Settings) {
+			want := []netip.AddrPort{ap("198.18.7.1:3478"), ap("198.18.7.2:3479"), ap("[2001:2::7]:3478")}
+			if !reflect.DeepEqual(s.AlternateServers, want) || !reflect.DeepEqual(s.Control().AlternateServers, want) {
+				t.Fatal(s.AlternateServers)
+			}
+		}},
+		{name: "alternate name", file: "alternate-server = turn2.example.org:3478", err: `x.conf:1: key "alternate-server": turn2.example.org:3478 is not IP:PORT`},
+		{name: "alternate no port", file: "alternate-server = 198.18.7.1", err: `x.conf:1: key "alternate-server": 198.18.7.1 is not IP:PORT`},
+		{name: "alternate port zero", file: "alternate-server = 198.18.7.1:0", err: `x.conf:1: key "alternate-server": 198.18.7.1:0 has port 0`},
+		{name: "alternate unspecified", file: "alternate-server = 0.0.0.0:3478", err: `x.conf:1: key "alternate-server": 0.0.0.0:3478 is unspecified`},
 		{name: "iface bad", file: "xdp-iface = a/b", err: `x.conf:1: key "xdp-iface": a/b is not an interface name`},
 	}
 	for _, tt := range tests {

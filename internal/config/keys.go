@@ -101,10 +101,13 @@ var keys = []Key{
 			return err
 		},
 		reset: func(s *Settings) { s.DenyPeers = nil }},
-	{Name: "max-allocations", Arg: "N", Default: "10000", Usage: "total allocations (0 = unlimited); beyond it Allocate gets 486",
+	{Name: "max-allocations", Arg: "N", Default: "10000", Usage: "total allocations (0 = unlimited); beyond it Allocate gets 300 to an alternate-server, else 486",
 		set: func(s *Settings, v string) error { n, err := parseCount(v); s.MaxAllocations = n; return err }},
 	{Name: "max-allocations-per-user", Arg: "N", Default: "100", Usage: "allocations per username (0 = unlimited); beyond it Allocate gets 486",
 		set: func(s *Settings, v string) error { n, err := parseCount(v); s.MaxAllocationsPerUser = n; return err }},
+	{Name: "alternate-server", Arg: "ADDR:PORT", Repeatable: true, Default: "none",
+		Usage: "send new clients here (300 Try Alternate) while draining or at max-allocations; one of the client's family is picked, round robin (repeatable; reloaded on SIGHUP)",
+		set:   setAlternate, reset: func(s *Settings) { s.AlternateServers = nil }},
 	{Name: "bandwidth-limit", Arg: "RATE", Default: "0 (unlimited)",
 		Usage: "per-allocation limit, both directions summed: bytes/s, or with a unit (500KB, 2MB, 10Mbit)",
 		set:   func(s *Settings, v string) error { n, err := parseRate(v); s.BandwidthLimit = n; return err }},
@@ -409,6 +412,28 @@ func setRelayIP(s *Settings, v string) error {
 		return fmt.Errorf("%s is a multicast address", v)
 	}
 	s.RelayIPs = append(s.RelayIPs, a)
+	return nil
+}
+
+// setAlternate parses an ALTERNATE-SERVER address: an IP and a port, since
+// the attribute carries no name (RFC 8489 section 14.15).
+func setAlternate(s *Settings, v string) error {
+	ap, err := netip.ParseAddrPort(v)
+	if err != nil {
+		return fmt.Errorf("%s is not IP:PORT (such as 203.0.113.20:3478 or [2001:db8::20]:3478; names are not allowed, the attribute carries an address)", quoteIfOdd(v))
+	}
+	a := ap.Addr().Unmap()
+	switch {
+	case ap.Port() == 0:
+		return fmt.Errorf("%s has port 0", v)
+	case a.Zone() != "" || a.IsLinkLocalUnicast():
+		return fmt.Errorf("%s is link-local; clients cannot be sent there", v)
+	case a.IsUnspecified():
+		return fmt.Errorf("%s is unspecified; name the other relay's address", v)
+	case a.IsMulticast():
+		return fmt.Errorf("%s is a multicast address", v)
+	}
+	s.AlternateServers = append(s.AlternateServers, netip.AddrPortFrom(a, ap.Port()))
 	return nil
 }
 

@@ -28,9 +28,12 @@ type Settings struct {
 
 	MaxAllocations        int
 	MaxAllocationsPerUser int
-	BandwidthLimit        int64 // bytes per second per allocation; 0 unlimited
-	UnauthRate            float64
-	UnauthBurst           int
+	// AlternateServers answer new Allocates with 300 Try Alternate while
+	// draining or at MaxAllocations.
+	AlternateServers []netip.AddrPort
+	BandwidthLimit   int64 // bytes per second per allocation; 0 unlimited
+	UnauthRate       float64
+	UnauthBurst      int
 
 	DefaultLifetime time.Duration
 	MaxLifetime     time.Duration
@@ -92,6 +95,7 @@ func (s *Settings) Control() control.Config {
 	c.DenyPeers = append([]netip.Prefix(nil), s.DenyPeers...)
 	c.MaxAllocations = s.MaxAllocations
 	c.MaxAllocationsPerUser = s.MaxAllocationsPerUser
+	c.AlternateServers = append([]netip.AddrPort(nil), s.AlternateServers...)
 	c.BandwidthLimit = s.BandwidthLimit
 	c.UnauthRate, c.UnauthBurst = s.UnauthRate, s.UnauthBurst
 	c.DefaultLifetime, c.MaxLifetime = s.DefaultLifetime, s.MaxLifetime

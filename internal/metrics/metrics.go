@@ -51,6 +51,8 @@ var (
 	dIO               = desc("dataplane_total", "Userspace datapath counters (syscalls, packets, GSO), by counter.", "datapath", "counter")
 	dRateLimitSources = desc("rate_limiter_sources", "Source addresses the unauthenticated-request limiter tracks.")
 	dTrustedTuples    = desc("trusted_tuples", "UDP 5-tuples with their own unauthenticated-request budget (they hold an allocation or authenticated within the nonce lifetime).")
+	dDraining         = desc("draining", "1 while the relay drains: new Allocates are sent to an alternate server (300) or refused (486); hybridrelay_allocations are then the allocations left.")
+	dMaxAllocations   = desc("max_allocations", "The max-allocations quota (0 = unlimited).")
 )
 
 // collector turns a snapshot into metrics at scrape time.
@@ -62,7 +64,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
 		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass, dKernelDrops, dKernelDropBytes,
-		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples} {
+		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples, dDraining, dMaxAllocations} {
 		ch <- d
 	}
 	c.errors.Describe(ch)
@@ -93,6 +95,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dOffloaded, float64(srv.OffloadedChannels))
 		gauge(dRateLimitSources, float64(srv.RateLimiterSources))
 		gauge(dTrustedTuples, float64(srv.TrustedTuples))
+		draining := 0.0
+		if srv.Draining {
+			draining = 1
+		}
+		gauge(dDraining, draining)
+		gauge(dMaxAllocations, float64(srv.MaxAllocations))
 		counter(dAllocEvents, srv.AllocationsCreated, "created")
 		counter(dAllocEvents, srv.AllocationsExpired, "expired")
 		counter(dAllocEvents, srv.AllocationsDeleted, "deleted")
@@ -192,8 +200,9 @@ type slogAdapter struct{ l *slog.Logger }
 
 func (a slogAdapter) Println(v ...any) { a.l.Warn("metrics", "err", fmt.Sprint(v...)) }
 
-// Listen serves /metrics on addr (an IP:PORT; port 0 picks one).
-func Listen(addr string, snap SnapshotFunc, log *slog.Logger) (*Server, error) {
+// Listen serves /metrics, /healthz and /readyz on addr (an IP:PORT; port 0
+// picks one).
+func Listen(addr string, snap SnapshotFunc, health Health, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -203,12 +212,14 @@ func Listen(addr string, snap SnapshotFunc, log *slog.Logger) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", Handler(snap, log))
+	mux.Handle(PathHealthz, probeHandler(health.Live))
+	mux.Handle(PathReadyz, probeHandler(health.Ready))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
 			return
 		}
-		fmt.Fprintln(w, "hybridrelay metrics: /metrics")
+		fmt.Fprintln(w, "hybridrelay: /metrics, /healthz, /readyz")
 	})
 	s := &Server{ln: ln, done: make(chan struct{}), srv: &http.Server{
 		Handler:           mux,

@@ -43,7 +43,7 @@ func TestScrape(t *testing.T) {
 		d := dp.Stats()
 		return admin.Snapshot{Time: time.Now(), Datapath: dp.Name(), Server: &st, Dataplane: &d}, nil
 	}
-	m, err := Listen("127.0.0.1:0", snap, nil)
+	m, err := Listen("127.0.0.1:0", snap, Health{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/stun/v3"
@@ -37,6 +38,10 @@ type Config struct {
 	Timeout time.Duration
 	// Software, when set, is sent as SOFTWARE.
 	Software string
+	// IgnoreAlternate makes a 300 Try Alternate answer to Allocate an
+	// error instead of a redirect (RFC 8656 section 7.3: by default the
+	// client "SHOULD try the same request with the alternate server").
+	IgnoreAlternate bool
 }
 
 // ErrorResponse is an error response from the server (RFC 8489 section
@@ -45,6 +50,10 @@ type ErrorResponse struct {
 	Method stun.Method
 	Code   stun.ErrorCode
 	Reason string
+	// response is the message itself, signed whether the request carried
+	// credentials (for following 300 Try Alternate).
+	response *stun.Message
+	signed   bool
 }
 
 func (e *ErrorResponse) Error() string {
@@ -59,8 +68,11 @@ var ErrTimeout = errors.New("turn transaction timed out")
 // load generator's receive loop), call SetExternalReader(true) and pass every
 // STUN message it reads to Deliver.
 type Client struct {
-	conn    *net.UDPConn
-	server  netip.AddrPort
+	conn *net.UDPConn
+	// server is where requests and data go; an Allocate answered 300 Try
+	// Alternate moves it (atomic: data is sent at line rate).
+	server  atomic.Pointer[netip.AddrPort]
+	noAlt   bool
 	creds   Credentials
 	rto     time.Duration
 	timeout time.Duration
@@ -83,15 +95,17 @@ func New(cfg Config) (*Client, error) {
 	if !cfg.Server.IsValid() {
 		return nil, errors.New("turnclient: server address required")
 	}
+	server := netip.AddrPortFrom(cfg.Server.Addr().Unmap(), cfg.Server.Port())
 	c := &Client{
 		conn:    cfg.Conn,
-		server:  netip.AddrPortFrom(cfg.Server.Addr().Unmap(), cfg.Server.Port()),
+		noAlt:   cfg.IgnoreAlternate,
 		creds:   cfg.Credentials,
 		rto:     cfg.RTO,
 		timeout: cfg.Timeout,
 		soft:    cfg.Software,
 		pending: make(map[[stun.TransactionIDSize]byte]chan *stun.Message),
 	}
+	c.server.Store(&server)
 	if c.rto <= 0 {
 		c.rto = 250 * time.Millisecond
 	}
@@ -100,7 +114,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.conn == nil {
 		network := "udp4"
-		if c.server.Addr().Is6() {
+		if server.Addr().Is6() {
 			network = "udp6"
 		}
 		var laddr *net.UDPAddr
@@ -120,8 +134,9 @@ func New(cfg Config) (*Client, error) {
 // relay; use it (or its file descriptor) for ChannelData.
 func (c *Client) Conn() *net.UDPConn { return c.conn }
 
-// Server is the server address the client talks to.
-func (c *Client) Server() netip.AddrPort { return c.server }
+// Server is the server address the client talks to: the configured one,
+// or the alternate server a 300 Try Alternate sent it to.
+func (c *Client) Server() netip.AddrPort { return *c.server.Load() }
 
 // LocalAddr is the client's own transport address.
 func (c *Client) LocalAddr() netip.AddrPort {
@@ -237,7 +252,7 @@ func (c *Client) Allocate(ctx context.Context, opt AllocateOptions) (Allocation,
 	if opt.Lifetime > 0 {
 		setters = append(setters, lifetime(opt.Lifetime))
 	}
-	res, err := c.request(ctx, stun.MethodAllocate, setters...)
+	res, err := c.allocateFollowing(ctx, setters)
 	if err != nil {
 		return Allocation{}, err
 	}
@@ -330,8 +345,9 @@ func (c *Client) SendChannelData(ch uint16, data []byte) error {
 }
 
 func (c *Client) write(b []byte) error {
-	if _, err := c.conn.WriteToUDPAddrPort(b, c.server); err != nil {
-		return fmt.Errorf("turnclient: send to %v: %w", c.server, err)
+	server := c.Server()
+	if _, err := c.conn.WriteToUDPAddrPort(b, server); err != nil {
+		return fmt.Errorf("turnclient: send to %v: %w", server, err)
 	}
 	return nil
 }
@@ -371,7 +387,7 @@ func (c *Client) request(ctx context.Context, method stun.Method, setters ...stu
 		if err := code.GetFrom(res); err != nil {
 			return nil, fmt.Errorf("%v error response without error-code: %w", method, err)
 		}
-		er := &ErrorResponse{Method: method, Code: code.Code, Reason: string(code.Reason)}
+		er := &ErrorResponse{Method: method, Code: code.Code, Reason: string(code.Reason), response: res, signed: authed}
 		switch code.Code {
 		case stun.CodeUnauthorized, stun.CodeStaleNonce:
 			if c.creds.Username == "" {
@@ -455,7 +471,7 @@ func (c *Client) transact(ctx context.Context, method stun.Method, authed bool, 
 			return nil, fmt.Errorf("%v: %w", method, err)
 		}
 		if !time.Now().Before(deadline) {
-			return nil, fmt.Errorf("%v to %v: %w", method, c.server, ErrTimeout)
+			return nil, fmt.Errorf("%v to %v: %w", method, c.Server(), ErrTimeout)
 		}
 		if err := c.write(m.Raw); err != nil {
 			return nil, err
@@ -541,7 +557,7 @@ func (c *Client) readResponse(ctx context.Context, tid [stun.TransactionIDSize]b
 			}
 			return nil, fmt.Errorf("read: %w", err)
 		}
-		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != c.server || !stun.IsMessage(buf[:n]) {
+		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != c.Server() || !stun.IsMessage(buf[:n]) {
 			continue
 		}
 		m := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}

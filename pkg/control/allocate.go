@@ -96,10 +96,23 @@ func (s *Server) handleAllocate(r *reqCtx) {
 	} else if ok {
 		life = clampLifetime(req, s.cfg.DefaultLifetime, s.cfg.MaxLifetime)
 	}
+	// "At any point, the server MAY choose to reject the request with a
+	// 300 (Try Alternate) error if it wishes to redirect the client to a
+	// different server": a draining server takes no new allocation
+	// (refuseAllocate: 300 with ALTERNATE-SERVER, or 486 without one).
+	if on, _ := s.Draining(); on {
+		r.refuseAllocate()
+		return
+	}
 	// Step 9 (quota): "the server checks if it ... has the resources...
-	// If not, 486 (Allocation Quota Reached)."
+	// If not, 486 (Allocation Quota Reached)." A full server redirects
+	// like a draining one; a user over its own quota gets 486 everywhere.
 	quotaKey := s.creds.Load().quotaKey(r.username)
-	if !s.reserveQuota(quotaKey) {
+	switch s.reserveQuota(quotaKey) {
+	case quotaTotalReached:
+		r.refuseAllocate()
+		return
+	case quotaUserReached:
 		r.fail(stun.CodeAllocQuotaReached)
 		return
 	}
@@ -298,20 +311,29 @@ func (s *Server) relayIPFor(fam byte, preferred netip.Addr) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// quotaResult is reserveQuota's answer.
+type quotaResult uint8
+
+const (
+	quotaReserved quotaResult = iota
+	quotaTotalReached
+	quotaUserReached
+)
+
 // reserveQuota counts a new allocation against the total and per-user
-// quotas (486 when either is reached).
-func (s *Server) reserveQuota(user string) bool {
+// quotas; nothing is counted when either is reached.
+func (s *Server) reserveQuota(user string) quotaResult {
 	s.quotaMu.Lock()
 	defer s.quotaMu.Unlock()
 	if s.cfg.MaxAllocations > 0 && s.quotaTotal >= s.cfg.MaxAllocations {
-		return false
+		return quotaTotalReached
 	}
 	if s.cfg.MaxAllocationsPerUser > 0 && s.perUser[user] >= s.cfg.MaxAllocationsPerUser {
-		return false
+		return quotaUserReached
 	}
 	s.perUser[user]++
 	s.quotaTotal++
-	return true
+	return quotaReserved
 }
 
 func (s *Server) releaseQuota(user string) {

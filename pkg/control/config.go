@@ -46,6 +46,10 @@ type Config struct {
 
 	MaxAllocationsPerUser int // 0: unlimited
 	MaxAllocations        int // 0: unlimited
+	// AlternateServers are where new clients are sent (300 Try Alternate
+	// with ALTERNATE-SERVER) while the server drains or when
+	// MaxAllocations is reached; empty: 486 instead.
+	AlternateServers []netip.AddrPort
 	// BandwidthLimit is bytes per second per allocation, both directions
 	// summed; 0 means unlimited.
 	BandwidthLimit int64

@@ -44,6 +44,14 @@
 //     starve each other).
 //   - The per-user quota counts TURN REST users by the user part of
 //     "expiry:user".
+//   - Draining (SetDraining) and a full server (MaxAllocations) answer a
+//     new Allocate 300 Try Alternate with an ALTERNATE-SERVER of the
+//     client's family from Config.AlternateServers, round robin, signed
+//     like any answer to an authenticated request (RFC 8489 section 10,
+//     RFC 8656 section 7.2); 486 without one. A user over its own quota
+//     gets 486 (another server would not change that). Nothing else
+//     changes while draining (drain.go); Ready and Live back the /readyz
+//     and /healthz endpoints.
 //   - Peers with one of our relay IPs are reachable only on live relay
 //     sockets (hairpin); nothing relayed may reach a listener port on one
 //     of our addresses, whatever the allow list says.

@@ -94,24 +94,28 @@ func fuzzSeeds(f *testing.F) {
 		for _, b := range msgs {
 			f.Add(byte(0), b)
 			f.Add(byte(1), b)
+			f.Add(byte(0x81), b) // signed, draining
 		}
 	}
 	for _, v := range rfc5769 {
 		f.Add(byte(0), unhex(f, v))
 	}
 	f.Add(byte(0), []byte{})
+	f.Add(byte(0x81), []byte{})
 	f.Add(byte(1), []byte{0x40, 0x00, 0xff, 0xff, 1, 2, 3})
 }
 
 // FuzzHandleSTUN runs the whole per-packet handler (demultiplexing, STUN
 // validation, authentication, every TURN method, ChannelData) on arbitrary
 // bytes from a handful of client addresses of one live server. mode bit 0
-// re-signs decodable requests with valid credentials.
+// re-signs decodable requests with valid credentials; bit 7 drains the
+// server (Allocate then redirects to an alternate server).
 func FuzzHandleSTUN(f *testing.F) {
 	fuzzSeeds(f)
 	s := startServer(f, func(c *Config, _ *Options) {
 		c.MaxAllocations = 64
 		c.MinPort, c.MaxPort = 46000, 46999
+		c.AlternateServers = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.9:3478"), netip.MustParseAddrPort("[2001:2::9]:3478")}
 	})
 	udp := s.addr("udp")
 	f.Fuzz(func(t *testing.T, mode byte, b []byte) {
@@ -120,6 +124,7 @@ func FuzzHandleSTUN(f *testing.F) {
 		if mode&1 != 0 {
 			b = signForFuzz(s, client, b)
 		}
+		s.SetDraining(mode&0x80 != 0)
 		sink := &collectSink{}
 		s.handlePacket(nil, sink, tuple, b)
 		if n := s.stats.panics.Load(); n != 0 {

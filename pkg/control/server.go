@@ -112,6 +112,9 @@ type Server struct {
 	offErrLog  atomic.Bool // other offload errors logged once
 
 	state stateWriter
+	drain drainState
+	// janitorTick is when the janitor last ran (unix ns), for Live.
+	janitorTick atomic.Int64
 
 	lnMu      sync.Mutex // guards the fields below
 	started   bool
@@ -170,6 +173,9 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		}
 	}
 	s.relayIPs = relayIPsOf(&cfg)
+	if err := s.SetAlternateServers(cfg.AlternateServers); err != nil {
+		return nil, fmt.Errorf("new server: %w", err)
+	}
 	return s, nil
 }
 
@@ -221,6 +227,9 @@ func normalizeConfig(c *Config) error {
 		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
 			return fmt.Errorf("relay_ips[%d]: %v is not a unicast address", i, a)
 		}
+	}
+	if err := validateAlternates(c.AlternateServers); err != nil {
+		return err
 	}
 	if len(c.RelayIPs) == 0 && len(relayIPsOf(c)) == 0 {
 		return errors.New("relay_ips: required when every listener address is unspecified")
@@ -321,6 +330,7 @@ func (s *Server) Start() error {
 	if err := s.restoreState(); err != nil {
 		s.log.Warn("restore allocation state", "file", s.state.path, "err", err)
 	}
+	s.janitorTick.Store(time.Now().UnixNano())
 	s.wg.Add(2)
 	go s.janitor()
 	go s.runClock()
@@ -511,6 +521,7 @@ func (s *Server) janitor() {
 		case <-s.done:
 			return
 		case now := <-t.C:
+			s.janitorTick.Store(now.UnixNano())
 			s.allocs.Range(func(_, v any) bool {
 				v.(*allocation).expire(now)
 				return true
@@ -596,6 +607,7 @@ func (s *Server) Stats() ServerStats {
 		st.KernelToClient.Bytes += u.ToClientBytes
 		return true
 	})
+	s.drainStats(&st)
 	return st
 }
 

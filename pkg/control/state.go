@@ -203,7 +203,7 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		return errors.New("5-tuple already allocated")
 	}
 	quotaKey := s.creds.Load().quotaKey(sa.Username)
-	if !s.reserveQuota(quotaKey) {
+	if s.reserveQuota(quotaKey) != quotaReserved {
 		return errors.New("allocation quota reached")
 	}
 	var relays [2]*relaySock

@@ -42,7 +42,7 @@ func methodIndex(m stun.Method) int {
 }
 
 // Results counted per method: "ok", "dropped" and the error codes used.
-var resultCodes = [...]int{0, -1, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508}
+var resultCodes = [...]int{0, -1, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508, 300}
 
 const numResults = len(resultCodes)
 
@@ -149,6 +149,16 @@ type ServerStats struct {
 	// unauthenticated requests (they hold an allocation or authenticated
 	// within the nonce lifetime) instead of their source IP's.
 	TrustedTuples int `json:"trusted_tuples"`
+
+	// Draining: new Allocate requests are refused (300 to an alternate
+	// server, else 486) while existing allocations run to their end;
+	// Allocations is then the allocations left.
+	Draining      bool       `json:"draining"`
+	DrainingSince *time.Time `json:"draining_since,omitempty"`
+	// MaxAllocations is the total quota (0 = unlimited).
+	MaxAllocations int `json:"max_allocations"`
+	// AlternateServers are the ALTERNATE-SERVER candidates.
+	AlternateServers []netip.AddrPort `json:"alternate_servers,omitempty"`
 }
 
 // PermissionInfo is one permission of an allocation.
