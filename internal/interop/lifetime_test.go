@@ -188,9 +188,8 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
-// TestQuotaRelease checks that a user's allocation quota (issue 2:
-// "allocations per user", 486 Allocation Quota Reached, RFC 8656 section
-// 7.2) is given back on every way an allocation ends: Refresh(0), the
+// TestQuotaRelease checks that a user's allocation quota (allocations per
+// user, 486 Allocation Quota Reached, RFC 8656 section 7.2) is given back on every way an allocation ends: Refresh(0), the
 // client's TCP connection closing (RFC 8656 section 3.1: the connection is
 // the 5-tuple), and expiry after the client vanished.
 func TestQuotaRelease(t *testing.T) {

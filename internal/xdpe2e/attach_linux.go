@@ -4,14 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync/atomic"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
-	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 	"golang.org/x/sys/unix"
 )
@@ -162,42 +160,6 @@ func (p *Path) Close() error {
 		p.mnt = ""
 	}
 	return errors.Join(errs...)
-}
-
-// nsDatapath opens every socket of a datapath inside a namespace: the
-// server's goroutines run on threads of the root namespace, but sockets
-// keep the namespace they were made in.
-type nsDatapath struct {
-	dataplane.Datapath
-	ns *netns.NS
-}
-
-// InNamespace wraps dp so that Listen and OpenRelay make their sockets in
-// ns.
-func InNamespace(dp dataplane.Datapath, ns *netns.NS) dataplane.Datapath {
-	return &nsDatapath{Datapath: dp, ns: ns}
-}
-
-func (d *nsDatapath) Listen(addr netip.AddrPort, h dataplane.Handler) (c dataplane.Conn, err error) {
-	derr := d.ns.Do(func() error {
-		c, err = d.Datapath.Listen(addr, h)
-		return nil
-	})
-	if derr != nil {
-		return nil, derr
-	}
-	return c, err
-}
-
-func (d *nsDatapath) OpenRelay(addr netip.AddrPort, h dataplane.Handler) (c dataplane.Conn, err error) {
-	derr := d.ns.Do(func() error {
-		c, err = d.Datapath.OpenRelay(addr, h)
-		return nil
-	})
-	if derr != nil {
-		return nil, derr
-	}
-	return c, err
 }
 
 // ifindex asks the namespace's own kernel view (netlink) for name.

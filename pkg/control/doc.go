@@ -72,7 +72,7 @@
 // reported to the client. Hairpin channels (peer = one of our relay
 // addresses) always stay in userspace: XDP_TX cannot deliver to the host.
 //
-// # Restart without dropping media (issue 4)
+// # Restart without dropping media (docs/design.md, Kernel-path invariant 8)
 //
 // With Options.StateFile set, allocation state of UDP clients (5-tuple,
 // username, relay addresses, absolute expiries, permissions, channels,

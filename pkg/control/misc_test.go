@@ -23,6 +23,7 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -481,5 +482,5 @@ func TestNoLeakAfterClose(t *testing.T) {
 	for _, c := range conns {
 		c.conn.Close()
 	}
-	waitFor(t, 3*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= base })
+	testutil.WaitFor(t, 3*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= base })
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -253,7 +254,7 @@ func TestOffloadExpiryRemoves(t *testing.T) {
 	if r := c.do(methodChannelBind, channelAttr(0x4002), peerAttr(netip.MustParseAddrPort("127.0.0.2:7102"))); code(r) != 0 {
 		t.Fatal(code(r))
 	}
-	waitFor(t, 3*time.Second, "remove after channel expiry", func() bool { return off.count("remove") == 1 })
+	testutil.WaitFor(t, 3*time.Second, "remove after channel expiry", func() bool { return off.count("remove") == 1 })
 	if len(s.Allocations()[0].Channels) != 0 {
 		t.Error("expired channel still listed")
 	}
@@ -370,8 +371,8 @@ func TestOffloadCloseRemovesAll(t *testing.T) {
 	}
 }
 
-// TestRestartKeepsAllocations is the control-plane half of issue 4's
-// "restart without dropping media": Shutdown(true) leaves the kernel
+// TestRestartKeepsAllocations is the control-plane half of a restart that
+// keeps media flowing (docs/design.md, Kernel-path invariants, 8): Shutdown(true) leaves the kernel
 // entries, the state file carries the allocations to a new Server, which
 // re-opens the relay ports, reinstalls the entries and keeps relaying on
 // the same addresses.
@@ -500,12 +501,12 @@ func TestStateWrittenOnChange(t *testing.T) {
 		}
 		return st
 	}
-	waitFor(t, 5*time.Second, "state with the channel", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "state with the channel", func() bool {
 		st := read()
 		return len(st.Allocations) == 1 && len(st.Allocations[0].Channels) == 1 && st.Allocations[0].Channels[0].Number == 0x4567
 	})
 	if r := c.do(methodRefresh, lifetimeAttr(0)); code(r) != 0 {
 		t.Fatal(code(r))
 	}
-	waitFor(t, 5*time.Second, "state without the allocation", func() bool { return len(read().Allocations) == 0 })
+	testutil.WaitFor(t, 5*time.Second, "state without the allocation", func() bool { return len(read().Allocations) == 0 })
 }

@@ -52,7 +52,7 @@ func (b *tokenBucket) full(now time.Time) bool {
 }
 
 // ipLimiter rate-limits unauthenticated requests per source IP (the 401
-// amplification problem, issue 2 "Operator safety"). It is sharded so the
+// amplification problem; docs/design.md, Security defaults). It is sharded so the
 // per-packet path takes no global lock, and bounded: at most maxEntries
 // sources are remembered; when a shard is full, new sources are refused
 // until the janitor prunes refilled buckets.

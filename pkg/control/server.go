@@ -162,22 +162,13 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
 	s.creds.Store(newCredentials(cfg.Users, cfg.AuthSecrets))
-	if needsTLS(cfg.Listeners) {
+	if NeedsTLS(cfg.Listeners) {
 		if err := s.ReloadTLS(); err != nil {
 			return nil, fmt.Errorf("new server: %w", err)
 		}
 	}
 	s.relayIPs = relayIPsOf(&cfg)
 	return s, nil
-}
-
-func needsTLS(ls []ListenerSpec) bool {
-	for _, l := range ls {
-		if l.Network == "tls" {
-			return true
-		}
-	}
-	return false
 }
 
 // relayIPsOf returns cfg.RelayIPs, or the specified listener addresses.
@@ -274,7 +265,7 @@ func normalizeConfig(c *Config) error {
 	if c.MaxAttributeCount < 8 {
 		return fmt.Errorf("max_attribute_count: %d below 8", c.MaxAttributeCount)
 	}
-	if needsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
+	if NeedsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
 		return errors.New("tls_cert_file/tls_key_file: required by a tls listener")
 	}
 	return nil

@@ -19,8 +19,8 @@ const stateSaveInterval = time.Second
 // stateVersion is bumped when the file format changes incompatibly.
 const stateVersion = 1
 
-// stateWriter persists allocation state (issue 4, "Restart without
-// dropping media"). Changes only mark it dirty; the janitor writes at most
+// stateWriter persists allocation state so a restart keeps media flowing
+// (docs/design.md, Kernel-path invariants, 8). Changes only mark it dirty; the janitor writes at most
 // once per stateSaveInterval, and Shutdown writes unconditionally.
 type stateWriter struct {
 	path  string
