@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane/udpsys"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -237,7 +239,7 @@ func TestGSOSendMixed(t *testing.T) {
 // gsoCmsg is the control message a sender adds to sendmsg for UDP GSO.
 func gsoCmsg(seg uint16) []byte {
 	b := make([]byte, unix.CmsgSpace(2))
-	putGSOCmsg(b, seg)
+	udpsys.PutGSOCmsg(b, seg)
 	return b
 }
 

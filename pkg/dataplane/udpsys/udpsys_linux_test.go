@@ -1,4 +1,4 @@
-package dataplane
+package udpsys
 
 import (
 	"encoding/binary"
@@ -42,7 +42,7 @@ func TestParseRxCmsgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			seg, drops, has := parseRxCmsgs(tt.in)
+			seg, drops, has := ParseRxCmsgs(tt.in)
 			if seg != tt.seg || drops != tt.drops || has != tt.hasDrops {
 				t.Fatalf("got %d %d %v, want %d %d %v", seg, drops, has, tt.seg, tt.drops, tt.hasDrops)
 			}
@@ -55,7 +55,7 @@ func FuzzParseRxCmsgs(f *testing.F) {
 	f.Add(cmsg(unix.SOL_UDP, unix.UDP_GRO, u32(1200)))
 	f.Add(append(cmsg(unix.SOL_SOCKET, unix.SO_RXQ_OVFL, u32(1)), 0xff, 0xff))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		parseRxCmsgs(b)
+		ParseRxCmsgs(b)
 	})
 }
 
@@ -72,19 +72,19 @@ func TestSockaddrRoundTrip(t *testing.T) {
 		{unix.AF_INET6, "[2001:2::1]:65535", true, "[2001:2::1]:65535"},
 		{unix.AF_INET6, "198.18.1.1:1", true, "198.18.1.1:1"}, // sent as ::ffff:198.18.1.1, read back unmapped
 	} {
-		var b sockaddrBuf
-		n := putSockaddr(&b, tc.family, netip.MustParseAddrPort(tc.dst))
+		var b Sockaddr
+		n := PutSockaddr(&b, tc.family, netip.MustParseAddrPort(tc.dst))
 		if (n != 0) != tc.ok {
 			t.Fatalf("%s on family %d: length %d", tc.dst, tc.family, n)
 		}
 		if tc.ok {
-			if got := getSockaddr(&b); got.String() != tc.back {
+			if got := GetSockaddr(&b); got.String() != tc.back {
 				t.Fatalf("%s: read back %v, want %s", tc.dst, got, tc.back)
 			}
 		}
 	}
-	var b sockaddrBuf
-	if putSockaddr(&b, unix.AF_INET, netip.AddrPort{}) != 0 {
+	var b Sockaddr
+	if PutSockaddr(&b, unix.AF_INET, netip.AddrPort{}) != 0 {
 		t.Fatal("invalid address encoded")
 	}
 }
