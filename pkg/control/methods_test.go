@@ -764,9 +764,7 @@ func TestReservationExpires(t *testing.T) {
 		t.Fatal("no free even port pair")
 	}
 	s := startServer(t, func(c *Config, _ *Options) { c.MinPort, c.MaxPort = base, base+1 })
-	s.ports.mu.Lock()
-	s.ports.reservationLifetime = 300 * time.Millisecond
-	s.ports.mu.Unlock()
+	s.ports.setReservationLifetime(300 * time.Millisecond)
 	c := dialRaw(t, "udp", s.addr("udp"))
 	resp := c.do(methodAllocate, udpTransport(), attr{stun.AttrEvenPort, []byte{0x80}})
 	tok, ok, _ := getReservationToken(resp)

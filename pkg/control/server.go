@@ -154,7 +154,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.ports.init()
+	s.ports.init(cfg.MinPort, cfg.MaxPort, s.openRelay, s.releaseRelay)
 	s.clock.Store(time.Now().UnixNano())
 	s.state.path = opts.StateFile
 	var err error
