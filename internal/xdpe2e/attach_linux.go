@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
-	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 	"golang.org/x/sys/unix"
 )
@@ -35,7 +34,6 @@ type Path struct {
 	pinDir, mnt         string
 	relayCli, relayPeer int
 	passes              []interface{ Close() error }
-	offload             *control.XDPOffload
 }
 
 var mountSeq atomic.Uint32
@@ -116,12 +114,12 @@ func (p *Path) load() error {
 		return fmt.Errorf("xdp path: %w", err)
 	}
 	p.X = x
-	p.offload = control.NewXDPOffload(x)
 	return nil
 }
 
-// Offload is the control.Offload of the current program.
-func (p *Path) Offload() *control.XDPOffload { return p.offload }
+// Offload is the kernel channel table of the current program, for
+// control.Options.Offload (it implements control.KernelChannels).
+func (p *Path) Offload() *loader.XDP { return p.X }
 
 // Restart does what a restarting daemon does: close this process's
 // handles without unpinning (the program keeps forwarding), then load

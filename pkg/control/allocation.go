@@ -59,8 +59,10 @@ type channel struct {
 	// at bind; the policy is fixed after Start).
 	ownPeer bool
 
+	// offloaded: off is what the kernel table was last told (Bind
+	// succeeded); the table's owner keeps what is installed.
 	offloaded bool
-	off       ChannelOffload
+	off       ChannelBinding
 
 	// Activity, written under the read lock, hence atomics: the last
 	// datagram either path relayed on this channel (the kernel path is
@@ -203,8 +205,9 @@ func unixNanoTime(n int64) time.Time {
 }
 
 // counts returns the numbers of live permissions, live channels and
-// offloaded channels, and the kernel usage of the offloaded ones.
-func (a *allocation) counts(now time.Time) (perms, chans, offl int, u ChannelUsage) {
+// offloaded channels, and the kernel usage of the offloaded ones (from
+// usage, one snapshot of the table).
+func (a *allocation) counts(now time.Time, usage UsageSnapshot) (perms, chans, offl int, u ChannelUsage) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	for _, exp := range a.perms {
@@ -219,18 +222,15 @@ func (a *allocation) counts(now time.Time) (perms, chans, offl int, u ChannelUsa
 		chans++
 		if ch.offloaded {
 			offl++
-			if cu, err := a.s.off.Usage(ch.off); err == nil {
-				u.ToPeerPackets += cu.ToPeerPackets
-				u.ToPeerBytes += cu.ToPeerBytes
-				u.ToClientPackets += cu.ToClientPackets
-				u.ToClientBytes += cu.ToClientBytes
+			if cu, ok := usage.Of(ch.off); ok {
+				u.Add(cu)
 			}
 		}
 	}
 	return
 }
 
-func (a *allocation) info(now time.Time) AllocationInfo {
+func (a *allocation) info(now time.Time, usage UsageSnapshot) AllocationInfo {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	ai := AllocationInfo{
@@ -263,9 +263,7 @@ func (a *allocation) info(now time.Time) AllocationInfo {
 		ci := ChannelInfo{Number: ch.num, Peer: ch.peer, Expires: ch.expires, Offloaded: ch.offloaded,
 			LastActivity: unixNanoTime(ch.lastActivity.Load())}
 		if ch.offloaded {
-			if u, err := a.s.off.Usage(ch.off); err == nil {
-				ci.Kernel = u
-			}
+			ci.Kernel, _ = usage.Of(ch.off)
 		}
 		ai.Channels = append(ai.Channels, ci)
 	}

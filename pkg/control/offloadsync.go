@@ -6,28 +6,30 @@ import (
 	"time"
 )
 
-// Keeping the kernel's channel entries in line with the allocations
+// Keeping the kernel channel table in line with the allocations
 // (docs/design.md, Kernel-path invariants 1-3): which channels the kernel
-// may forward, installing, refreshing and removing them, and reading back
-// what the kernel forwarded.
+// may forward and until when, declared to the table (KernelChannels) when
+// that changes, and what the kernel forwarded, read back one snapshot at a
+// time.
 
-// wantOffload reports whether ch may be forwarded by the kernel: an offload
-// exists, the client is on UDP, the peer's IP is not one of our relay IPs
-// (hairpin stays in userspace: XDP_TX cannot deliver to this host, and
-// neither can the kernel path deliver to any local address), the
+// wantOffload reports whether ch may be forwarded by the kernel, and the
+// binding to declare: a kernel table exists, the client is on UDP, the
 // allocation has no bandwidth limit (the kernel path does not meter, and it
 // must never forward what userspace would drop), and the channel, its
-// permission and the allocation are live.
+// permission and the allocation are live. A peer that is another of this
+// server's relayed addresses is declared like any other: whether the
+// kernel forwards it relay to relay or passes it to userspace is the
+// table's decision (docs/design.md, Relay to relay).
 // Caller holds a.mu.
-func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOffload, bool) {
+func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelBinding, bool) {
 	s := a.s
 	if s.off == nil || a.tuple.proto != tUDP || a.bw != nil || a.dead || ch.cooling {
-		return ChannelOffload{}, false
+		return ChannelBinding{}, false
 	}
 	r := a.relays[famIndex(familyOf(ch.peer.Addr()))]
 	pexp, ok := a.perms[ch.peer.Addr()]
 	if r == nil || !ok {
-		return ChannelOffload{}, false
+		return ChannelBinding{}, false
 	}
 	exp := ch.expires
 	if pexp.Before(exp) {
@@ -37,14 +39,14 @@ func (a *allocation) wantOffloadLocked(ch *channel, now time.Time) (ChannelOfflo
 		exp = a.expires
 	}
 	if !now.Before(exp) {
-		return ChannelOffload{}, false
+		return ChannelBinding{}, false
 	}
-	return ChannelOffload{
+	return ChannelBinding{
 		Client:       a.tuple.client,
 		Listener:     s.offloadListener(a.tuple.server, familyOf(a.tuple.client.Addr())),
 		Relay:        r.addr,
 		Peer:         ch.peer,
-		Channel:      ch.num,
+		Number:       ch.num,
 		Expires:      exp,
 		DontFragment: a.dontFrag,
 	}, true
@@ -66,12 +68,16 @@ func (s *Server) offloadListener(l netip.AddrPort, fam byte) netip.AddrPort {
 	return l
 }
 
-// syncOffloadLocked brings the kernel entry of ch in line with the
-// control-plane state (docs/design.md "Kernel-path invariants" 1-3): install when it becomes
-// eligible, refresh when the expiry moved, remove when it is no longer
-// eligible. Offload errors never reach the client: the channel stays on the
-// userspace path and the error is counted (and logged once). Caller holds
-// a.mu for writing, which also orders the calls for one channel.
+// syncOffloadLocked brings the kernel table in line with ch
+// (docs/design.md, Kernel-path invariants 1-3): Bind when ch becomes
+// eligible or its binding's expiry moved, Unbind when it is no longer
+// eligible. Another peer or relayed address is a new binding: the old one
+// is withdrawn first, so what it counted is retired with it. Table errors
+// never reach the client: the channel stays on the userspace path and the
+// error is counted (and logged once); a failed update withdraws the
+// channel, so the kernel never forwards past what the control plane
+// allows. Caller holds a.mu for writing, which also orders the calls for
+// one channel.
 func (a *allocation) syncOffloadLocked(ch *channel, now time.Time) {
 	s := a.s
 	if s.off == nil {
@@ -80,7 +86,7 @@ func (a *allocation) syncOffloadLocked(ch *channel, now time.Time) {
 	want, ok := a.wantOffloadLocked(ch, now)
 	switch {
 	case ok && !ch.offloaded:
-		if err := s.off.Install(want); err != nil {
+		if err := s.off.Bind(want); err != nil {
 			s.stats.offloadInstallErrors.Add(1)
 			if errors.Is(err, ErrOffloadFull) {
 				s.stats.offloadFull.Add(1)
@@ -103,7 +109,7 @@ func (a *allocation) syncOffloadLocked(ch *channel, now time.Time) {
 			a.syncOffloadLocked(ch, now)
 			return
 		}
-		if err := s.off.Refresh(want); err != nil {
+		if err := s.off.Bind(want); err != nil {
 			s.stats.offloadRefreshErrors.Add(1)
 			if !s.offErrLog.Swap(true) {
 				s.log.Warn("offload refresh failed: channel moves to the userspace path", "err", err)
@@ -117,20 +123,19 @@ func (a *allocation) syncOffloadLocked(ch *channel, now time.Time) {
 	}
 }
 
-// removeOffloadLocked deletes the kernel entry of ch, keeping what it
+// removeOffloadLocked withdraws ch from the kernel table, keeping what it
 // counted. Caller holds a.mu for writing.
 func (a *allocation) removeOffloadLocked(ch *channel) {
 	if !ch.offloaded {
 		return
 	}
 	s := a.s
-	if u, err := s.off.Usage(ch.off); err == nil {
-		s.stats.retiredToPeerPackets.Add(u.ToPeerPackets)
-		s.stats.retiredToPeerBytes.Add(u.ToPeerBytes)
-		s.stats.retiredToClientPackets.Add(u.ToClientPackets)
-		s.stats.retiredToClientBytes.Add(u.ToClientBytes)
-	}
-	if err := s.off.Remove(ch.off); err != nil {
+	u, err := s.off.Unbind(ch.off)
+	s.stats.retiredToPeerPackets.Add(u.ToPeerPackets)
+	s.stats.retiredToPeerBytes.Add(u.ToPeerBytes)
+	s.stats.retiredToClientPackets.Add(u.ToClientPackets)
+	s.stats.retiredToClientBytes.Add(u.ToClientBytes)
+	if err != nil {
 		s.stats.offloadRemoveErrors.Add(1)
 		if !s.offErrLog.Swap(true) {
 			s.log.Warn("offload remove failed", "err", err)
@@ -139,7 +144,7 @@ func (a *allocation) removeOffloadLocked(ch *channel) {
 		s.stats.offloadRemoves.Add(1)
 	}
 	ch.offloaded = false
-	ch.off = ChannelOffload{}
+	ch.off = ChannelBinding{}
 }
 
 // syncAllOffloadLocked re-evaluates every channel (after an allocation or
@@ -153,24 +158,51 @@ func (a *allocation) syncAllOffloadLocked(now time.Time) {
 	}
 }
 
+// kernelUsage is one snapshot of the kernel table's usage (nil without a
+// table, or when it cannot be read: the kernel numbers are then missing
+// from what is reported, never wrong).
+func (s *Server) kernelUsage() UsageSnapshot {
+	if s.off == nil {
+		return nil
+	}
+	u, err := s.off.Usage()
+	if err != nil {
+		if !s.offErrLog.Swap(true) {
+			s.log.Warn("offload usage read failed", "err", err)
+		}
+		return nil
+	}
+	return u
+}
+
+// pollKernel reads the kernel table's usage once and marks the channels
+// whose counters moved since the last poll as active (janitor).
+func (s *Server) pollKernel(now time.Time) {
+	usage := s.kernelUsage()
+	if usage == nil {
+		return
+	}
+	s.allocs.Range(func(_, v any) bool {
+		v.(*allocation).pollKernel(now, usage)
+		return true
+	})
+}
+
 // pollKernel marks offloaded channels whose kernel counters moved since the
 // last poll as active: a channel the kernel forwards is as alive as one
 // userspace forwards, although userspace never sees its packets.
-func (a *allocation) pollKernel(now time.Time) {
-	if a.s.off == nil {
-		return
-	}
+func (a *allocation) pollKernel(now time.Time, usage UsageSnapshot) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	for _, ch := range a.chans {
 		if !ch.offloaded {
 			continue
 		}
-		u, err := a.s.off.Usage(ch.off)
-		if err != nil {
+		u, ok := usage.Of(ch.off)
+		if !ok {
 			continue
 		}
-		if n := u.ToPeerPackets + u.ToClientPackets; n != ch.kernelSeen.Load() {
+		if n := u.Packets(); n != ch.kernelSeen.Load() {
 			ch.kernelSeen.Store(n)
 			ch.lastActivity.Store(now.UnixNano())
 			a.lastActivity.Store(now.UnixNano())

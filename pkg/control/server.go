@@ -20,9 +20,9 @@ import (
 type Options struct {
 	// Datapath serves the UDP listeners and the relay sockets. Required.
 	Datapath dataplane.Datapath
-	// Offload is the kernel fast path; nil means every packet takes the
-	// userspace path.
-	Offload Offload
+	// Offload is the kernel channel table (the XDP fast path); nil means
+	// every packet takes the userspace path.
+	Offload KernelChannels
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// StateFile, when set, is where allocation state is persisted so a
@@ -85,7 +85,7 @@ func (s *Server) runClock() {
 type Server struct {
 	cfg      Config
 	dp       dataplane.Datapath
-	off      Offload
+	off      KernelChannels
 	log      *slog.Logger
 	relayIPs []netip.Addr
 	nonces   *nonceSource
@@ -507,10 +507,7 @@ func (s *Server) janitor() {
 			s.ports.expireReservations(now)
 			if now.Sub(lastPrune) > 5*time.Second {
 				s.limiter.prune(now)
-				s.allocs.Range(func(_, v any) bool {
-					v.(*allocation).pollKernel(now)
-					return true
-				})
+				s.pollKernel(now)
 				lastPrune = now
 			}
 			// State is rewritten whole, so at most once per second.
@@ -570,9 +567,10 @@ func (s *Server) Stats() ServerStats {
 	st.KernelToPeer = PathCounters{c.retiredToPeerPackets.Load(), c.retiredToPeerBytes.Load()}
 	st.KernelToClient = PathCounters{c.retiredToClientPackets.Load(), c.retiredToClientBytes.Load()}
 	now := time.Now()
+	usage := s.kernelUsage()
 	s.allocs.Range(func(_, v any) bool {
 		a := v.(*allocation)
-		perms, chans, offl, u := a.counts(now)
+		perms, chans, offl, u := a.counts(now, usage)
 		st.Allocations++
 		st.Permissions += perms
 		st.Channels += chans
@@ -590,8 +588,9 @@ func (s *Server) Stats() ServerStats {
 func (s *Server) Allocations() []AllocationInfo {
 	var out []AllocationInfo
 	now := time.Now()
+	usage := s.kernelUsage()
 	s.allocs.Range(func(_, v any) bool {
-		out = append(out, v.(*allocation).info(now))
+		out = append(out, v.(*allocation).info(now, usage))
 		return true
 	})
 	slices.SortFunc(out, func(a, b AllocationInfo) int { return a.Client.Compare(b.Client) })

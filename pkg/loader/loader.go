@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 )
 
 // DefaultPinDir is where maps and links are pinned unless Options say
@@ -23,10 +25,10 @@ const DefaultMaxChannels = 1024
 var (
 	// ErrFull means the channel maps have no room; the channel stays on
 	// the userspace path (and the map-full counter counts it).
-	ErrFull = errors.New("xdp channel table full")
+	ErrFull = kchan.ErrFull
 	// ErrUnsupported means the channel cannot be forwarded by the program
 	// (mixed address families, ...); it stays on the userspace path.
-	ErrUnsupported = errors.New("channel not supported by the xdp path")
+	ErrUnsupported = kchan.ErrUnsupported
 	// ErrNotFound is returned for operations on a channel not installed.
 	ErrNotFound = errors.New("xdp channel not installed")
 )
