@@ -313,7 +313,7 @@ func enableGRO(t *testing.T, topo *netns.Topology) {
 // on the relay's links, where gso reads merged datagrams and splits them.
 func TestRelayBytesEqual(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo := newTopology(t)
+	topo := netns.ForTest(t, netns.TopologyOptions{})
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		quiet = slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -422,7 +422,7 @@ func normalize(d Datagram) []byte {
 // checksums, IPv4 and IPv6, without and with GRO on the relay's links.
 func TestTURNBytesEqual(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo := newTopology(t)
+	topo := netns.ForTest(t, netns.TopologyOptions{})
 	for _, tc := range []struct {
 		v6, gro bool
 	}{{false, false}, {true, false}, {false, true}, {true, true}} {

@@ -100,11 +100,7 @@ func newEnvMax(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int,
 func newEnvDP(t *testing.T, to netns.TopologyOptions, v6 bool, maxChannels int, dp dataplane.Datapath, mod func(*control.Config)) *env {
 	t.Helper()
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo, err := netns.NewTopologyWith(to)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { topo.Close() })
+	topo := netns.ForTest(t, to)
 	p, err := Attach(topo, Options{MaxChannels: maxChannels})
 	if err != nil {
 		t.Fatalf("%+v", err)

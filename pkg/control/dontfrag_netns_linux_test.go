@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -21,25 +20,6 @@ import (
 	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
-
-// newTopology builds the client/relay/peer namespaces, removed at the end
-// of the test (a veth name taken by a concurrent test binary is retried).
-func newTopology(t *testing.T) *netns.Topology {
-	t.Helper()
-	var err error
-	for range 5 {
-		var topo *netns.Topology
-		if topo, err = netns.NewTopology(); err == nil {
-			t.Cleanup(func() { topo.Close() })
-			return topo
-		}
-		if !strings.Contains(err.Error(), "File exists") {
-			break
-		}
-	}
-	t.Fatal(err)
-	return nil
-}
 
 // sendSegmented sends frames (all of one size) as one UDP_SEGMENT sendmsg
 // on the connected c, so they reach the relay back to back and are read in
@@ -64,7 +44,7 @@ func sendSegmented(c *net.UDPConn, frames [][]byte) error {
 // (counted in Stats.Drops) when it was.
 func TestDontFragmentOnTheWire(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool")
-	topo := newTopology(t)
+	topo := netns.ForTest(t, netns.TopologyOptions{})
 	for _, name := range []string{"plain", "gso"} {
 		for _, df := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/dont-fragment=%v", name, df), func(t *testing.T) {

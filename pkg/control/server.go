@@ -106,9 +106,10 @@ type Server struct {
 	quotaMu    sync.Mutex // guards perUser and quotaTotal
 	perUser    map[string]int
 	quotaTotal int
-	ports      portPool
-	offFull    atomic.Bool // ErrOffloadFull logged once
-	offErrLog  atomic.Bool // other offload errors logged once
+
+	ports     portPool    // relay ports; locks itself
+	offFull   atomic.Bool // ErrOffloadFull logged once
+	offErrLog atomic.Bool // other offload errors logged once
 
 	state stateWriter
 

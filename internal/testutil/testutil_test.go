@@ -1,9 +1,13 @@
 package testutil
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
+	"math/big"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -62,5 +66,25 @@ func TestWaitFor(t *testing.T) {
 	WaitFor(t, 10*time.Second, "the third poll", func() bool { n++; return n >= 3 })
 	if n != 3 {
 		t.Fatalf("polled %d times, want 3", n)
+	}
+}
+
+func TestWriteSelfSignedCert(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	WriteSelfSignedCert(t, cert, key, "test", big.NewInt(42))
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SerialNumber.Int64() != 42 || c.Subject.CommonName != "test" {
+		t.Fatalf("serial %v, cn %q", c.SerialNumber, c.Subject.CommonName)
+	}
+	if err := c.VerifyHostname("127.0.0.1"); err != nil {
+		t.Fatal(err)
 	}
 }
