@@ -228,3 +228,40 @@ func entryOf(t *testing.T, x *XDP, n uint16) ChannelEntry {
 	}
 	return *found
 }
+
+// BenchmarkChannelUsage compares reading every channel's usage in one
+// batched pass (Usage, what the control plane does per janitor tick and
+// per stats call) with one lookup per channel (ChannelCounters for each,
+// what it did before), on a full table of 1024 channels. Run with -count
+// to alternate the two; compare medians.
+func BenchmarkChannelUsage(b *testing.B) {
+	e := newProgEnv(b, 1024)
+	var all []kchan.Binding
+	for i := 0; e.x.Len() < e.x.MaxChannels(); i++ {
+		c := kchan.Binding(chV4)
+		c.Client = netip.AddrPortFrom(c.Client.Addr(), uint16(10000+i))
+		c.Number = uint16(0x4000 + i%0x3000)
+		c.Expires = hour()
+		if err := e.x.Bind(c); err != nil {
+			b.Fatal(err)
+		}
+		all = append(all, c)
+	}
+	b.Run("snapshot", func(b *testing.B) {
+		for b.Loop() {
+			s, err := e.x.Usage()
+			if err != nil || len(s) != len(all) {
+				b.Fatalf("%d entries, %v", len(s), err)
+			}
+		}
+	})
+	b.Run("per-channel", func(b *testing.B) {
+		for b.Loop() {
+			for _, c := range all {
+				if _, err := e.x.ChannelCounters(Channel(c)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
