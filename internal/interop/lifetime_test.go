@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/logging"
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 )
 
@@ -221,16 +221,8 @@ func TestQuotaRelease(t *testing.T) {
 			base = turn.NewSTUNConn(c)
 		}
 		tap := &tapConn{PacketConn: base, user: testUser, pass: testPass}
-		lf := logging.NewDefaultLoggerFactory()
-		lf.DefaultLogLevel = logging.LogLevelError
-		client, err := turn.NewClient(&turn.ClientConfig{
-			STUNServerAddr: tgt.lt4.String(), TURNServerAddr: tgt.lt4.String(), Conn: tap,
-			Username: testUser, Password: testPass, Realm: testRealm, LoggerFactory: lf,
-		})
+		client, err := turntest.StartPion(turntest.PionConfig{Conn: tap, Server: tgt.lt4, User: testUser, Pass: testPass, Realm: testRealm})
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := client.Listen(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { client.Close(); _ = tap.Close() })

@@ -1,6 +1,7 @@
 package turntest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -30,10 +31,11 @@ type PionClient struct {
 	Relay  net.PacketConn // the allocation's relayed transport address
 }
 
-// NewPionClient starts a client on cfg.Conn and allocates; any failure
-// fails the test. Relay, client and connection are closed at cleanup.
-func NewPionClient(t testing.TB, cfg PionConfig) *PionClient {
-	t.Helper()
+// StartPion starts a pion client on cfg.Conn (NewClient, then Listen)
+// without allocating, for tests that look at the Allocate itself. On error
+// it closes what it opened, cfg.Conn included; otherwise the caller closes
+// the client and cfg.Conn.
+func StartPion(cfg PionConfig) (*turn.Client, error) {
 	lf := logging.NewDefaultLoggerFactory()
 	lf.DefaultLogLevel = logging.LogLevelError
 	cc := &turn.ClientConfig{
@@ -49,19 +51,30 @@ func NewPionClient(t testing.TB, cfg PionConfig) *PionClient {
 		n, err := stdnet.NewNet()
 		if err != nil {
 			cfg.Conn.Close()
-			t.Fatalf("pion network: %v", err)
+			return nil, fmt.Errorf("pion network: %w", err)
 		}
 		cc.Net = anyFamilyNet{n}
 	}
 	c, err := turn.NewClient(cc)
 	if err != nil {
 		cfg.Conn.Close()
-		t.Fatalf("turn.NewClient: %v", err)
+		return nil, fmt.Errorf("new pion client: %w", err)
 	}
 	if err := c.Listen(); err != nil {
 		c.Close()
 		cfg.Conn.Close()
-		t.Fatalf("pion client listen: %v", err)
+		return nil, fmt.Errorf("pion client listen: %w", err)
+	}
+	return c, nil
+}
+
+// NewPionClient starts a client on cfg.Conn and allocates; any failure
+// fails the test. Relay, client and connection are closed at cleanup.
+func NewPionClient(t testing.TB, cfg PionConfig) *PionClient {
+	t.Helper()
+	c, err := StartPion(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
 	relay, err := c.Allocate()
 	if err != nil {
