@@ -136,6 +136,7 @@ func (x *XDP) PutChannel(c Channel) error {
 	}
 	if old == nil {
 		x.free = x.free[:len(x.free)-1]
+		x.slotGen[slot]++
 	}
 	e := &entry{cv: cv, pk: pk, pv: pv, probe: hpProbe, written: written}
 	x.index[ck] = e

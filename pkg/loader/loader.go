@@ -83,6 +83,9 @@ type XDP struct {
 	byP2c   map[relayP2cKey]relayC2pKey
 	deps    map[relayP2cKey]map[relayC2pKey]bool
 	free    []uint32 // free slots of chan_usage
+	// slotGen[slot] counts the slot's owners: a usage read made without
+	// x.mu held is kept only for slots whose owner did not change (table.go).
+	slotGen []uint32
 	adopted map[relayC2pKey]bool
 	links   map[int]xdpLink // by ifindex, the relay program's links
 	// redirect is the devmap's set (SetRedirectIfaces).
@@ -126,6 +129,7 @@ func Load(opts Options) (*XDP, error) {
 		max:      opts.MaxChannels,
 		log:      log,
 		index:    map[relayC2pKey]*entry{},
+		slotGen:  make([]uint32, opts.MaxChannels),
 		byP2c:    map[relayP2cKey]relayC2pKey{},
 		deps:     map[relayP2cKey]map[relayC2pKey]bool{},
 		adopted:  map[relayC2pKey]bool{},

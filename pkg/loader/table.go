@@ -88,37 +88,71 @@ const usageChunk = 256
 // Usage reads the usage of every installed channel in one pass over the
 // per-CPU usage array (batched lookups of usageChunk slots; one lookup per
 // installed slot where the kernel has no batch operations, before 5.6).
+// x.mu is not held during the read, so Bind and Unbind do not wait for it;
+// a channel whose slot changed owner meanwhile is left out of the
+// snapshot rather than shown with another channel's counts.
 func (x *XDP) Usage() (kchan.Snapshot, error) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	// x.mu keeps the slots from changing owner while they are read.
-	snap := make(kchan.Snapshot, len(x.index))
-	if len(x.index) == 0 {
-		return snap, nil
-	}
-	bySlot := make(map[uint32]relayC2pKey, len(x.index))
-	for ck, e := range x.index {
-		bySlot[e.cv.Slot] = ck
-	}
-	err := x.batchUsage(func(slot uint32, u kchan.Usage) {
-		if ck, ok := bySlot[slot]; ok {
-			snap[keyOf(ck)] = u
-		}
-	})
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		for slot, ck := range bySlot {
-			u, err := x.slotUsage(slot)
-			if err != nil {
-				return nil, fmt.Errorf("channel usage: %w", err)
-			}
-			snap[keyOf(ck)] = u
-		}
-		return snap, nil
-	}
+	owners := x.slotOwners()
+	read, err := x.readSlots(owners)
 	if err != nil {
 		return nil, fmt.Errorf("channel usage: %w", err)
 	}
-	return snap, nil
+	return x.snapshotOf(owners, read), nil
+}
+
+// slotOwner is who held a usage slot when Usage started.
+type slotOwner struct {
+	ck  relayC2pKey
+	gen uint32 // x.slotGen of the slot then
+}
+
+func (x *XDP) slotOwners() map[uint32]slotOwner {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	owners := make(map[uint32]slotOwner, len(x.index))
+	for ck, e := range x.index {
+		owners[e.cv.Slot] = slotOwner{ck, x.slotGen[e.cv.Slot]}
+	}
+	return owners
+}
+
+// readSlots reads the usage of the slots in owners, without x.mu.
+func (x *XDP) readSlots(owners map[uint32]slotOwner) (map[uint32]kchan.Usage, error) {
+	read := make(map[uint32]kchan.Usage, len(owners))
+	if len(owners) == 0 {
+		return read, nil
+	}
+	err := x.batchUsage(func(slot uint32, u kchan.Usage) {
+		if _, ok := owners[slot]; ok {
+			read[slot] = u
+		}
+	})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for slot := range owners {
+			u, err := x.slotUsage(slot)
+			if err != nil {
+				return nil, err
+			}
+			read[slot] = u
+		}
+		return read, nil
+	}
+	return read, err
+}
+
+// snapshotOf keys what was read by channel, keeping only the slots whose
+// owner is still the one slotOwners saw.
+func (x *XDP) snapshotOf(owners map[uint32]slotOwner, read map[uint32]kchan.Usage) kchan.Snapshot {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	snap := make(kchan.Snapshot, len(read))
+	for slot, u := range read {
+		o := owners[slot]
+		if e := x.index[o.ck]; e != nil && e.cv.Slot == slot && x.slotGen[slot] == o.gen {
+			snap[keyOf(o.ck)] = u
+		}
+	}
+	return snap
 }
 
 // batchUsage calls fn with every slot of the usage array, summed over the

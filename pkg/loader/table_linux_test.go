@@ -167,6 +167,63 @@ func TestTableBindUnbindUsage(t *testing.T) {
 	}
 }
 
+// TestUsageSlotChangesOwner: a slot that changes owner while its usage is
+// being read (Usage does not hold the table's lock during the read) is
+// left out, never reported with the previous owner's counts, even when
+// the new owner is the same channel bound again; a channel that only moved
+// its expiry stays in.
+func TestUsageSlotChangesOwner(t *testing.T) {
+	e := newProgEnv(t, 4)
+	a, b, c := kchan.Binding(chV4), kchan.Binding(chV4DF), kchan.Binding(chV6)
+	for _, ch := range []*kchan.Binding{&a, &b, &c} {
+		ch.Expires = hour()
+		if err := e.x.Bind(*ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ret, _, err := e.run(e.x.Program(), c2pIn(chV4, seq(100), nil, nil), e.rc0); err != nil || ret != xdpRedirect {
+		t.Fatalf("c2p: %d %v", ret, err)
+	}
+	owners := e.x.slotOwners()
+	read, err := e.x.readSlots(owners)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile: a is unbound (its counts retired with it) and bound again
+	// into the same slot, from zero; b only has its expiry moved; c is
+	// unbound.
+	if _, err := e.x.Unbind(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.x.Bind(a); err != nil {
+		t.Fatal(err)
+	}
+	if owners2 := e.x.slotOwners(); len(owners2) != 3 {
+		t.Fatalf("%d owners", len(owners2))
+	}
+	b.Expires = hour().Add(time.Hour)
+	if err := e.x.Bind(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.x.Unbind(c); err != nil {
+		t.Fatal(err)
+	}
+	snap := e.x.snapshotOf(owners, read)
+	if _, ok := snap.Of(a); ok {
+		t.Fatal("a re-bound channel got the counts of its previous binding")
+	}
+	if _, ok := snap.Of(c); ok {
+		t.Fatal("an unbound channel is in the snapshot")
+	}
+	if _, ok := snap.Of(b); !ok || len(snap) != 1 {
+		t.Fatalf("snapshot %v, want only the refreshed channel", snap)
+	}
+	// The next Usage sees a again, from zero.
+	if u, ok := mustUsage(t, e.x).Of(a); !ok || u != (kchan.Usage{}) {
+		t.Fatalf("re-bound channel: %+v %v", u, ok)
+	}
+}
+
 // TestOpenPinnedReadOnly: the CLI's access to a daemon's pins sees the
 // daemon's channels and usage and cannot change them.
 func TestOpenPinnedReadOnly(t *testing.T) {
