@@ -80,9 +80,9 @@ type XDP struct {
 	index map[relayC2pKey]*entry
 	// byP2c finds an installed channel by its p2c key, deps the channels
 	// whose relay-to-relay target would have a p2c key (hairpin.go).
-	byP2c   map[relayP2cKey]relayC2pKey
-	deps    map[relayP2cKey]map[relayC2pKey]bool
-	free    []uint32 // free slots of chan_usage
+	byP2c map[relayP2cKey]relayC2pKey
+	deps  map[relayP2cKey]map[relayC2pKey]bool
+	free  []uint32 // free slots of chan_usage
 	// slotGen[slot] counts the slot's owners: a usage read made without
 	// x.mu held is kept only for slots whose owner did not change (table.go).
 	slotGen []uint32
