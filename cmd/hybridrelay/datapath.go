@@ -348,7 +348,7 @@ func xdpSummary(f hostFacts, mode string) string {
 type datapathSet struct {
 	name, reason string
 	dp           dataplane.Datapath
-	offload      control.Offload
+	offload      control.KernelChannels
 	kernel       *xdpPath // nil unless xdp
 }
 

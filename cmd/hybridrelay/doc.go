@@ -9,5 +9,5 @@
 // by datapath.go (the decision probe.go shares), starts the control server,
 // and serves the admin socket and metrics (endpoints.go); xdp.go loads and
 // attaches the kernel fast path. stats.go and maps.go read a daemon through
-// its admin socket (internal/admin) or the pinned maps (pinned.go).
+// its admin socket (internal/admin) or the pinned maps (loader.OpenPinned).
 package main

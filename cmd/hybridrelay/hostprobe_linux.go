@@ -13,11 +13,10 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/hybridrelay/hybridrelay/internal/xdppass"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -218,18 +217,7 @@ func describeRoute(r nlRoute, ifname func(int) string) string {
 
 // passProgram loads `r0 = XDP_PASS; exit`.
 func passProgram() (*ebpf.Program, error) {
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-	_ = rlimit.RemoveMemlock()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "hr_probe",
-		Type:         ebpf.XDP,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load XDP program: %w", err)
-	}
-	return prog, nil
+	return xdppass.Load("hr_probe")
 }
 
 func probeXDP(prog *ebpf.Program, name, mode, bpffs string) ifaceXDP {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hybridrelay/hybridrelay/internal/admin"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
+	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
 func init() {
@@ -107,13 +108,13 @@ func mapsDumpAction(c *cli.Context, what string) error {
 // daemon when nothing is pinned (its pins may be private to its mount
 // namespace).
 func readChannels(pins, sock string) ([]admin.Channel, string, error) {
-	x, err := openPinned(pins)
+	x, err := loader.OpenPinned(pins)
 	if err == nil {
 		defer x.Close()
 		chans, err := admin.ChannelsFromLoader(x, time.Now())
 		return chans, "pinned maps in " + pins, err
 	}
-	if !errors.Is(err, errNoPins) {
+	if !errors.Is(err, loader.ErrNoPins) {
 		return nil, "", err
 	}
 	cl, derr := admin.Dial(sock)
@@ -260,9 +261,9 @@ func mapsUnpinAction(c *cli.Context) error {
 		cl.Close()
 		return fmt.Errorf("a daemon answers on %s; stop it first (its own shutdown unpins)", c.String("admin-socket"))
 	}
-	x, err := openPinned(dir)
+	x, err := loader.OpenPinned(dir)
 	if err != nil {
-		if errors.Is(err, errNoPins) {
+		if errors.Is(err, loader.ErrNoPins) {
 			if _, serr := os.Stat(dir); serr == nil {
 				// Links without maps (an interrupted run): remove them too.
 				if err := os.RemoveAll(dir); err != nil {

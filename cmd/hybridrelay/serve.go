@@ -441,7 +441,7 @@ func (d *daemon) reload() {
 		"users", len(users), "users_added", added, "users_removed", removed, "passwords_changed", changed,
 		"auth_secrets", len(next.AuthSecrets), "auth_secrets_added", countNew(prev.AuthSecrets, next.AuthSecrets),
 		"auth_secrets_removed", countNew(next.AuthSecrets, prev.AuthSecrets))
-	if hasTLS(next.Listeners) {
+	if control.NeedsTLS(next.Listeners) {
 		if next.TLSCert != prev.TLSCert || next.TLSKey != prev.TLSKey {
 			d.log.Warn("reload: tls-cert/tls-key paths changed; the running server re-reads the old paths until restart",
 				"tls_cert", prev.TLSCert, "tls_key", prev.TLSKey)
@@ -477,15 +477,6 @@ func effectiveUsers(s *config.Settings, d *daemon) map[string]string {
 		return d.demo
 	}
 	return s.Users
-}
-
-func hasTLS(ls []control.ListenerSpec) bool {
-	for _, l := range ls {
-		if l.Network == "tls" {
-			return true
-		}
-	}
-	return false
 }
 
 // diffUsers names users added and removed and counts changed passwords; the

@@ -94,9 +94,9 @@ func (s *statsSource) snapshot() (admin.Snapshot, error) {
 			s.client = nil
 			return admin.Snapshot{}, err
 		}
-		x, err := openPinned(s.pins)
+		x, err := loader.OpenPinned(s.pins)
 		if err != nil {
-			if errors.Is(err, errNoPins) {
+			if errors.Is(err, loader.ErrNoPins) {
 				return admin.Snapshot{}, fmt.Errorf("no daemon answers on %s and %v", s.sock, err)
 			}
 			return admin.Snapshot{}, err

@@ -14,9 +14,10 @@ import (
 
 // xdpPath is the loaded and attached kernel fast path.
 type xdpPath struct {
-	log     *slog.Logger
-	x       *loader.XDP
-	offload *control.XDPOffload
+	log *slog.Logger
+	x   *loader.XDP
+	// offload is x as the control plane's kernel channel table.
+	offload control.KernelChannels
 	ifaces  []string
 	// keepPinned: on Close leave maps and links pinned (a restart with a
 	// state file re-adopts them); otherwise unpin, which detaches.
@@ -64,7 +65,7 @@ func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, e
 	if err := x.SetRedirectIfaces(idx); err != nil {
 		return fail(err)
 	}
-	p.offload = control.NewXDPOffload(x)
+	p.offload = x
 	log.Info("xdp attached", "ifaces", names, "mode", string(mode), "pin_dir", x.PinDir(), "max_channels", x.MaxChannels(),
 		"readopted_channels", x.Len())
 	return p, nil
@@ -104,7 +105,7 @@ func (p *xdpPath) kernelCounters() (map[string]uint64, error) {
 // afterStart deletes kernel entries re-adopted from a previous process that
 // the restored control plane did not install again.
 func (p *xdpPath) afterStart() {
-	n, err := p.offload.Reconcile()
+	n, err := p.x.Reconcile()
 	if err != nil {
 		p.log.Warn("xdp: reconcile re-adopted channels", "err", err)
 		return

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
@@ -73,11 +74,10 @@ type Channel struct {
 	DontFragment bool    `json:"dont_fragment"`
 	Slot         uint32  `json:"slot"`
 	// PeerEntry: the peer->client direction is installed too.
-	PeerEntry       bool   `json:"peer_entry"`
-	ToPeerPackets   uint64 `json:"to_peer_packets"`
-	ToPeerBytes     uint64 `json:"to_peer_bytes"`
-	ToClientPackets uint64 `json:"to_client_packets"`
-	ToClientBytes   uint64 `json:"to_client_bytes"`
+	PeerEntry bool `json:"peer_entry"`
+	// The kernel's counters for the channel (flattened into the JSON
+	// object: to_peer_packets, ...).
+	kchan.Usage
 }
 
 // ChannelFromEntry converts a loader entry, computing the remaining
@@ -87,8 +87,7 @@ func ChannelFromEntry(e loader.ChannelEntry, now time.Time) Channel {
 		Client: e.Client, Listener: e.Listener, Relay: e.Relay, Peer: e.Peer, Number: e.Number,
 		ExpiresIn:    e.Expires.Sub(now).Seconds(),
 		DontFragment: e.DontFragment, Slot: e.Slot, PeerEntry: e.PeerEntry,
-		ToPeerPackets: e.Stats.ToPeerPackets, ToPeerBytes: e.Stats.ToPeerBytes,
-		ToClientPackets: e.Stats.ToClientPackets, ToClientBytes: e.Stats.ToClientBytes,
+		Usage: e.Usage,
 	}
 }
 

@@ -6,8 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -664,19 +662,11 @@ func (r *relayProc) stop() {
 }
 
 // openPinnedReadOnly opens the maps a relay pinned in dir for reading its
-// counters (the relay is their one writer); their size is read from the
-// pinned channel map, which Load must match.
+// counters (the relay is their one writer).
 func openPinnedReadOnly(dir string) (*loader.XDP, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "c2p_channels"), &ebpf.LoadPinOptions{ReadOnly: true})
+	x, err := loader.OpenPinned(dir)
 	if err != nil {
 		return nil, fmt.Errorf("harness: the xdp relay's pinned maps: %w", err)
-	}
-	size := int(m.MaxEntries())
-	m.Close()
-	x, err := loader.Load(loader.Options{MaxChannels: size, PinDir: dir, ReadOnly: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return nil, fmt.Errorf("harness: open the xdp relay's pinned maps: %w", err)
 	}
 	return x, nil
 }

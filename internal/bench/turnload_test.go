@@ -8,6 +8,7 @@ import (
 
 	"github.com/pion/turn/v4"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/internal/turnclient"
 )
 
@@ -108,9 +109,6 @@ func TestTURNLoadBothDirections(t *testing.T) {
 	}
 }
 
-func waitFor(cond func() bool) {
-	deadline := time.Now().Add(3 * time.Second)
-	for !cond() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor gives cond 3 s to hold; the caller then checks and says what
+// arrived.
+func waitFor(cond func() bool) { testutil.Poll(3*time.Second, cond) }

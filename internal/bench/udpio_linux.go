@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane/udpsys"
 )
 
 // batchConn does batched I/O on one UDP socket through its RawConn, so the
@@ -26,7 +28,7 @@ type batchConn struct {
 	rmsgs  []unix.Mmsghdr
 	riovs  []unix.Iovec
 	rbufs  [][]byte
-	rnames []unix.RawSockaddrInet6
+	rnames []udpsys.Sockaddr
 	rctl   [][]byte // UDP_GRO control messages, when enabled
 	out    []datagram
 
@@ -35,7 +37,7 @@ type batchConn struct {
 	oob    []byte
 	smsgs  []unix.Mmsghdr
 	siovs  []unix.Iovec
-	sname  unix.RawSockaddrInet6
+	sname  udpsys.Sockaddr
 	Stats  IOStats
 	sockFa int
 }
@@ -49,7 +51,7 @@ func newBatchConn(c *net.UDPConn, batch, bufSize int) (*batchConn, error) {
 	b.rmsgs = make([]unix.Mmsghdr, batch)
 	b.riovs = make([]unix.Iovec, batch)
 	b.rbufs = make([][]byte, batch)
-	b.rnames = make([]unix.RawSockaddrInet6, batch)
+	b.rnames = make([]udpsys.Sockaddr, batch)
 	b.out = make([]datagram, 0, batch)
 	for i := range b.rmsgs {
 		b.rbufs[i] = make([]byte, bufSize)
@@ -59,11 +61,7 @@ func newBatchConn(c *net.UDPConn, batch, bufSize int) (*batchConn, error) {
 		b.rmsgs[i].Hdr.SetIovlen(1)
 		b.rmsgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.rnames[i]))
 	}
-	b.oob = make([]byte, unix.CmsgSpace(2))
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&b.oob[0]))
-	h.Level = unix.SOL_UDP
-	h.Type = unix.UDP_SEGMENT
-	h.SetLen(unix.CmsgLen(2))
+	b.oob = make([]byte, udpsys.GSOCtrlLen)
 	b.smsgs = make([]unix.Mmsghdr, maxGSOSegments)
 	b.siovs = make([]unix.Iovec, maxGSOSegments)
 	b.sockFa = unix.AF_INET6
@@ -86,12 +84,8 @@ func setBuffers(c *net.UDPConn, bytes int) {
 		return
 	}
 	_ = rc.Control(func(fd uintptr) {
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bytes) != nil {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, bytes)
-		}
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, bytes) != nil {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, bytes)
-		}
+		_ = udpsys.SetBuffer(int(fd), unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, bytes)
+		_ = udpsys.SetBuffer(int(fd), unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, bytes)
 	})
 }
 
@@ -108,29 +102,10 @@ func (b *batchConn) enableGRO() bool {
 	}
 	b.rctl = make([][]byte, len(b.rmsgs))
 	for i := range b.rmsgs {
-		b.rctl[i] = make([]byte, unix.CmsgSpace(4))
+		b.rctl[i] = make([]byte, udpsys.RxCtrlLen)
 		b.rmsgs[i].Hdr.Control = &b.rctl[i][0]
 	}
 	return true
-}
-
-// groSize returns the segment size of a coalesced read (0: one datagram).
-func groSize(ctl []byte) int {
-	for len(ctl) >= unix.SizeofCmsghdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
-		if h.Len < unix.SizeofCmsghdr || int(h.Len) > len(ctl) {
-			return 0
-		}
-		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && int(h.Len) >= unix.CmsgLen(2) {
-			data := ctl[unix.CmsgLen(0):h.Len]
-			if len(data) >= 4 {
-				return int(*(*int32)(unsafe.Pointer(&data[0])))
-			}
-			return int(*(*uint16)(unsafe.Pointer(&data[0])))
-		}
-		ctl = ctl[unix.CmsgSpace(int(h.Len)-unix.CmsgLen(0)):]
-	}
-	return 0
 }
 
 // ReadBatch waits for at least one datagram and returns up to a batch of
@@ -139,21 +114,21 @@ func (b *batchConn) ReadBatch() ([]datagram, error) {
 	var n int
 	var serr error
 	for i := range b.rmsgs {
-		b.rmsgs[i].Hdr.Namelen = uint32(unsafe.Sizeof(b.rnames[i]))
+		b.rmsgs[i].Hdr.Namelen = udpsys.SockaddrLen
 		b.rmsgs[i].Hdr.Flags = 0
 		if b.rctl != nil {
 			b.rmsgs[i].Hdr.SetControllen(len(b.rctl[i]))
 		}
 	}
 	err := b.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rmsgs[0])), uintptr(len(b.rmsgs)), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
+		r, e := udpsys.Recvmmsg(fd, b.rmsgs)
+		if e == unix.EAGAIN {
 			return false
 		}
 		if e != 0 {
 			serr = e
 		}
-		n = int(r)
+		n = r
 		return true
 	})
 	if err != nil {
@@ -166,10 +141,10 @@ func (b *batchConn) ReadBatch() ([]datagram, error) {
 	b.out = b.out[:0]
 	for i := 0; i < n; i++ {
 		d := b.rbufs[i][:b.rmsgs[i].Len]
-		from := rawToAddrPort(&b.rnames[i])
+		from := udpsys.GetSockaddr(&b.rnames[i])
 		seg := 0
 		if b.rctl != nil && b.rmsgs[i].Hdr.Controllen > 0 {
-			seg = groSize(b.rctl[i][:b.rmsgs[i].Hdr.Controllen])
+			seg, _, _ = udpsys.ParseRxCmsgs(b.rctl[i][:b.rmsgs[i].Hdr.Controllen])
 		}
 		if seg <= 0 || seg >= len(d) {
 			b.out = append(b.out, datagram{b: d, from: from})
@@ -182,37 +157,18 @@ func (b *batchConn) ReadBatch() ([]datagram, error) {
 	return b.out, nil
 }
 
-func rawToAddrPort(r *unix.RawSockaddrInet6) netip.AddrPort {
-	switch r.Family {
-	case unix.AF_INET:
-		r4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(r))
-		p := (*[2]byte)(unsafe.Pointer(&r4.Port))
-		return netip.AddrPortFrom(netip.AddrFrom4(r4.Addr), uint16(p[0])<<8|uint16(p[1]))
-	case unix.AF_INET6:
-		p := (*[2]byte)(unsafe.Pointer(&r.Port))
-		return netip.AddrPortFrom(netip.AddrFrom16(r.Addr).Unmap(), uint16(p[0])<<8|uint16(p[1]))
-	}
-	return netip.AddrPort{}
-}
-
 // putName fills b.sname with dst in the socket's family and returns its
-// pointer and length; a zero dst means "connected socket, no name".
-func (b *batchConn) putName(dst netip.AddrPort) (*byte, uint32) {
+// pointer and length; a zero dst means "connected socket, no name". A dst
+// the socket's family cannot reach (IPv6 on an IPv4 socket) is an error.
+func (b *batchConn) putName(dst netip.AddrPort) (*byte, uint32, error) {
 	if !dst.IsValid() {
-		return nil, 0
+		return nil, 0, nil
 	}
-	port := dst.Port()
-	if b.sockFa == unix.AF_INET && dst.Addr().Unmap().Is4() {
-		r4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&b.sname))
-		*r4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.Addr().Unmap().As4()}
-		p := (*[2]byte)(unsafe.Pointer(&r4.Port))
-		p[0], p[1] = byte(port>>8), byte(port)
-		return (*byte)(unsafe.Pointer(r4)), unix.SizeofSockaddrInet4
+	n := udpsys.PutSockaddr(&b.sname, b.sockFa, dst)
+	if n == 0 {
+		return nil, 0, fmt.Errorf("destination %v: not reachable from this socket's address family", dst)
 	}
-	b.sname = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: dst.Addr().As16()}
-	p := (*[2]byte)(unsafe.Pointer(&b.sname.Port))
-	p[0], p[1] = byte(port>>8), byte(port)
-	return (*byte)(unsafe.Pointer(&b.sname)), unix.SizeofSockaddrInet6
+	return (*byte)(unsafe.Pointer(&b.sname)), n, nil
 }
 
 // WriteSegments sends buf as len(buf)/segSize datagrams (the last may be
@@ -224,9 +180,12 @@ func (b *batchConn) putName(dst netip.AddrPort) (*byte, uint32) {
 // queue is the point of a flood.
 func (b *batchConn) WriteSegments(buf []byte, segSize int, dst netip.AddrPort) (int, error) {
 	nseg := (len(buf) + segSize - 1) / segSize
-	name, namelen := b.putName(dst)
+	name, namelen, err := b.putName(dst)
+	if err != nil {
+		return 0, err
+	}
 	if b.gso && nseg > 1 {
-		*(*uint16)(unsafe.Pointer(&b.oob[unix.CmsgLen(0)])) = uint16(segSize)
+		udpsys.PutGSOCmsg(b.oob, uint16(segSize))
 		var iov unix.Iovec
 		iov.Base = &buf[0]
 		iov.SetLen(len(buf))
@@ -235,8 +194,8 @@ func (b *batchConn) WriteSegments(buf []byte, segSize int, dst netip.AddrPort) (
 		msg.SetControllen(len(b.oob))
 		var serr syscall.Errno
 		err := b.rc.Write(func(fd uintptr) bool {
-			_, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
-			if e == unix.EAGAIN || e == unix.EINTR {
+			e := udpsys.Sendmsg(fd, &msg)
+			if e == unix.EAGAIN {
 				return false
 			}
 			serr = e
@@ -245,13 +204,13 @@ func (b *batchConn) WriteSegments(buf []byte, segSize int, dst netip.AddrPort) (
 		if err != nil {
 			return 0, err
 		}
-		switch serr {
-		case 0:
+		switch {
+		case serr == 0:
 			b.Stats.GSOSends++
 			return nseg, nil
-		case unix.ENOBUFS:
+		case serr == unix.ENOBUFS:
 			return 0, nil
-		case unix.EIO, unix.EINVAL, unix.ENOPROTOOPT, unix.EOPNOTSUPP:
+		case udpsys.IsGSOUnsupported(serr):
 			b.gso = false
 			b.Stats.GSOFailure = fmt.Sprintf("sendmsg with UDP_SEGMENT: %v; using sendmmsg", serr)
 		default:
@@ -284,12 +243,12 @@ func (b *batchConn) writeMmsg(buf []byte, segSize, nseg int, name *byte, namelen
 		var n int
 		var serr syscall.Errno
 		err := b.rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.smsgs[sent])), uintptr(nseg-sent), unix.MSG_DONTWAIT, 0, 0)
-			if e == unix.EAGAIN || e == unix.EINTR {
+			r, e := udpsys.Sendmmsg(fd, b.smsgs[sent:nseg])
+			if e == unix.EAGAIN {
 				return false
 			}
 			serr = e
-			n = int(r)
+			n = r
 			return true
 		})
 		if err != nil {

@@ -25,7 +25,7 @@ import (
 //	go test -run '^$' -bench RelaySendVeth -count 6 ./internal/dpe2e
 func BenchmarkRelaySendVeth(b *testing.B) {
 	privtest.Need(b, "ip", "ethtool", "ping")
-	topo := newTopology(b)
+	topo := netns.ForTest(b, netns.TopologyOptions{})
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, size := range []int{120, 1200} {
 		for _, name := range []string{"plain", "gso"} {

@@ -2,12 +2,13 @@ package dpe2e
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 )
 
 // Datagram is one UDP datagram as captured on a link.
@@ -33,40 +34,8 @@ func (d Datagram) Payload() []byte { return d.UDP[8:] }
 // when it does not verify. A zero checksum is an error too: the kernel
 // always fills it in for the datapaths under test, and IPv6 requires it.
 func (d Datagram) VerifyChecksum() error {
-	if len(d.UDP) < 8 {
-		return errors.New("short udp datagram")
-	}
-	if binary.BigEndian.Uint16(d.UDP[6:8]) == 0 {
-		return fmt.Errorf("%v -> %v: zero udp checksum", d.Src, d.Dst)
-	}
-	var sum uint32
-	add := func(b []byte) {
-		for len(b) >= 2 {
-			sum += uint32(binary.BigEndian.Uint16(b))
-			b = b[2:]
-		}
-		if len(b) == 1 {
-			sum += uint32(b[0]) << 8
-		}
-	}
-	src, dst := d.Src.Addr(), d.Dst.Addr()
-	if src.Is4() {
-		s4, d4 := src.As4(), dst.As4()
-		add(s4[:])
-		add(d4[:])
-		sum += unix.IPPROTO_UDP + uint32(len(d.UDP))
-	} else {
-		s16, d16 := src.As16(), dst.As16()
-		add(s16[:])
-		add(d16[:])
-		sum += uint32(len(d.UDP)) + unix.IPPROTO_UDP
-	}
-	add(d.UDP)
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	if sum != 0xffff {
-		return fmt.Errorf("%v -> %v: bad udp checksum %#04x (sum %#04x)", d.Src, d.Dst, binary.BigEndian.Uint16(d.UDP[6:8]), sum)
+	if err := testutil.VerifyUDP(d.Src.Addr(), d.Dst.Addr(), d.UDP); err != nil {
+		return fmt.Errorf("%v -> %v: %w", d.Src, d.Dst, err)
 	}
 	return nil
 }

@@ -1,8 +1,8 @@
 // Package dpe2e holds the end-to-end equality tests of the userspace
 // datapaths: the same traffic relayed through the plain and the gso
 // datapath, inside network namespaces made by internal/netns, must leave
-// the relay as the same bytes with valid UDP checksums (issue 3: "the same
-// bytes leave the relay whichever datapath is used"). It also holds the
+// the relay as the same bytes with valid UDP checksums (docs/design.md,
+// Packet flows: a miss is always safe). It also holds the
 // packet capture those tests verify with (AF_PACKET, independent checksum
 // computation), which other end-to-end tests may reuse.
 //

@@ -290,6 +290,32 @@ func snmpCsumErrors(t *testing.T, ns *netns.NS) (v4, v6 uint64) {
 	return v4, v6
 }
 
+// forEachVariant runs fn as a subtest for IPv4 and IPv6, first without and
+// then with GRO on the relay's links (GRO stays on once enabled), and
+// fails it when the client's or the peer's UDP InCsumErrors grew: the
+// receiving kernels verify every checksum as well.
+func forEachVariant(t *testing.T, topo *netns.Topology, fn func(t *testing.T, v6, gro bool)) {
+	for _, tc := range []struct {
+		v6, gro bool
+	}{{false, false}, {true, false}, {false, true}, {true, true}} {
+		name := map[bool]string{false: "ipv4", true: "ipv6"}[tc.v6] + map[bool]string{false: "", true: "-gro"}[tc.gro]
+		if tc.gro {
+			enableGRO(t, topo)
+		}
+		t.Run(name, func(t *testing.T) {
+			c4, c6 := snmpCsumErrors(t, topo.Client)
+			p4, p6 := snmpCsumErrors(t, topo.Peer)
+			fn(t, tc.v6, tc.gro)
+			if c4b, c6b := snmpCsumErrors(t, topo.Client); c4b != c4 || c6b != c6 {
+				t.Fatalf("client InCsumErrors grew: %d/%d -> %d/%d", c4, c6, c4b, c6b)
+			}
+			if p4b, p6b := snmpCsumErrors(t, topo.Peer); p4b != p4 || p6b != p6 {
+				t.Fatalf("peer InCsumErrors grew: %d/%d -> %d/%d", p4, p6, p4b, p6b)
+			}
+		})
+	}
+}
+
 // enableGRO puts the relay's veth ends in NAPI mode with GRO, as physical
 // NICs are by default: veth merges only in NAPI mode, which it enters when
 // GRO is switched on (it is reported on but inactive until then), so it is
@@ -313,96 +339,79 @@ func enableGRO(t *testing.T, topo *netns.Topology) {
 // on the relay's links, where gso reads merged datagrams and splits them.
 func TestRelayBytesEqual(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo := newTopology(t)
+	topo := netns.ForTest(t, netns.TopologyOptions{})
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		quiet = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	for _, tc := range []struct {
-		v6, gro bool
-	}{{false, false}, {true, false}, {false, true}, {true, true}} {
-		name := map[bool]string{false: "ipv4", true: "ipv6"}[tc.v6] + map[bool]string{false: "", true: "-gro"}[tc.gro]
-		v6 := tc.v6
-		if tc.gro {
-			enableGRO(t, topo)
+	forEachVariant(t, topo, func(t *testing.T, v6, gro bool) {
+		plain := runDatapath(t, topo, dataplane.NewPlain(), v6)
+		gdp, err := dataplane.NewGSO(dataplane.GSOOptions{Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Run(name, func(t *testing.T) {
-			c4, c6 := snmpCsumErrors(t, topo.Client)
-			p4, p6 := snmpCsumErrors(t, topo.Peer)
-			plain := runDatapath(t, topo, dataplane.NewPlain(), v6)
-			gdp, err := dataplane.NewGSO(dataplane.GSOOptions{Logger: quiet})
-			if err != nil {
-				t.Fatal(err)
-			}
-			gso := runDatapath(t, topo, gdp, v6)
+		gso := runDatapath(t, topo, gdp, v6)
 
-			for _, dir := range []struct {
-				name       string
-				plain, gso []Datagram
-			}{{"client->peer", plain.toPeer, gso.toPeer}, {"peer->client", plain.toClient, gso.toClient}} {
-				want := 2 // the 3000-byte datagram leaves as 3 fragments
-				for _, b := range traffic('u') {
-					want += len(b)
+		for _, dir := range []struct {
+			name       string
+			plain, gso []Datagram
+		}{{"client->peer", plain.toPeer, gso.toPeer}, {"peer->client", plain.toClient, gso.toClient}} {
+			want := 2 // the 3000-byte datagram leaves as 3 fragments
+			for _, b := range traffic('u') {
+				want += len(b)
+			}
+			if len(dir.plain) != want || len(dir.gso) != want {
+				t.Fatalf("%s: captured %d (plain) and %d (gso) frames, want %d", dir.name, len(dir.plain), len(dir.gso), want)
+			}
+			frags := 0
+			for i := range dir.plain {
+				a, b := dir.plain[i], dir.gso[i]
+				if a.Fragment != nil || b.Fragment != nil {
+					frags++
+					if !bytes.Equal(a.L3, b.L3) || !bytes.Equal(a.Fragment, b.Fragment) {
+						t.Fatalf("%s frame %d: fragments differ:\nplain %x\ngso   %x", dir.name, i, a.L3, b.L3)
+					}
+					continue
 				}
-				if len(dir.plain) != want || len(dir.gso) != want {
-					t.Fatalf("%s: captured %d (plain) and %d (gso) frames, want %d", dir.name, len(dir.plain), len(dir.gso), want)
-				}
-				frags := 0
-				for i := range dir.plain {
-					a, b := dir.plain[i], dir.gso[i]
-					if a.Fragment != nil || b.Fragment != nil {
-						frags++
-						if !bytes.Equal(a.L3, b.L3) || !bytes.Equal(a.Fragment, b.Fragment) {
-							t.Fatalf("%s frame %d: fragments differ:\nplain %x\ngso   %x", dir.name, i, a.L3, b.L3)
-						}
-						continue
-					}
-					for _, d := range []Datagram{a, b} {
-						if err := d.VerifyChecksum(); err != nil {
-							t.Fatalf("%s datagram %d: %v", dir.name, i, err)
-						}
-					}
-					if a.Src != b.Src || a.Dst != b.Dst || !bytes.Equal(a.UDP, b.UDP) {
-						t.Fatalf("%s datagram %d differs:\nplain %v->%v %x\ngso   %v->%v %x", dir.name, i, a.Src, a.Dst, a.UDP[:min(24, len(a.UDP))], b.Src, b.Dst, b.UDP[:min(24, len(b.UDP))])
-					}
-					if !bytes.Equal(a.L3, b.L3) {
-						t.Fatalf("%s datagram %d: ip header differs:\nplain %x\ngso   %x", dir.name, i, a.L3, b.L3)
-					}
-					// A relay socket without DONT-FRAGMENT never sets DF,
-					// like the kernel path (RFC 8656 section 14).
-					if !v6 && dir.name == "client->peer" && a.L3[6]&0x40 != 0 {
-						t.Fatalf("%s datagram %d: DF set without DONT-FRAGMENT", dir.name, i)
+				for _, d := range []Datagram{a, b} {
+					if err := d.VerifyChecksum(); err != nil {
+						t.Fatalf("%s datagram %d: %v", dir.name, i, err)
 					}
 				}
-				if frags != 3 {
-					t.Fatalf("%s: %d fragments, want 3", dir.name, frags)
+				if a.Src != b.Src || a.Dst != b.Dst || !bytes.Equal(a.UDP, b.UDP) {
+					t.Fatalf("%s datagram %d differs:\nplain %v->%v %x\ngso   %v->%v %x", dir.name, i, a.Src, a.Dst, a.UDP[:min(24, len(a.UDP))], b.Src, b.Dst, b.UDP[:min(24, len(b.UDP))])
 				}
-				// The checksum check must be able to fail.
-				bad := dir.gso[0]
-				bad.UDP = bytes.Clone(bad.UDP)
-				bad.UDP[len(bad.UDP)-1] ^= 1
-				if bad.VerifyChecksum() == nil {
-					t.Fatal("a corrupted datagram verifies")
+				if !bytes.Equal(a.L3, b.L3) {
+					t.Fatalf("%s datagram %d: ip header differs:\nplain %x\ngso   %x", dir.name, i, a.L3, b.L3)
+				}
+				// A relay socket without DONT-FRAGMENT never sets DF,
+				// like the kernel path (RFC 8656 section 14).
+				if !v6 && dir.name == "client->peer" && a.L3[6]&0x40 != 0 {
+					t.Fatalf("%s datagram %d: DF set without DONT-FRAGMENT", dir.name, i)
 				}
 			}
-			if c4b, c6b := snmpCsumErrors(t, topo.Client); c4b != c4 || c6b != c6 {
-				t.Fatalf("client InCsumErrors grew: %d/%d -> %d/%d", c4, c6, c4b, c6b)
+			if frags != 3 {
+				t.Fatalf("%s: %d fragments, want 3", dir.name, frags)
 			}
-			if p4b, p6b := snmpCsumErrors(t, topo.Peer); p4b != p4 || p6b != p6 {
-				t.Fatalf("peer InCsumErrors grew: %d/%d -> %d/%d", p4, p6, p4b, p6b)
+			// The checksum check must be able to fail.
+			bad := dir.gso[0]
+			bad.UDP = bytes.Clone(bad.UDP)
+			bad.UDP[len(bad.UDP)-1] ^= 1
+			if bad.VerifyChecksum() == nil {
+				t.Fatal("a corrupted datagram verifies")
 			}
-			st := gso.stats
-			t.Logf("gso: %d read calls (%d GRO) for %d datagrams; %d GSO sends (%d segments), %d sendmmsg (%d datagrams), %d single",
-				st.ReadCalls, st.RxGROReads, st.RxPackets, st.TxGSOSends, st.TxGSOSegments, st.TxMmsgCalls, st.TxMmsgPackets, st.TxSingleSends)
-			if st.TxGSOSends == 0 || st.TxGSOSegments < 100 || st.GSOFallbacks != 0 || st.TxErrors != 0 {
-				t.Fatalf("gso did not coalesce: %+v", st)
-			}
-			if tc.gro && st.RxGROReads == 0 {
-				t.Fatalf("no GRO read with GRO on the relay's links: %+v", st)
-			}
-			if plain.stats.TxPackets != gso.stats.TxPackets {
-				t.Fatalf("sent %d (plain) vs %d (gso)", plain.stats.TxPackets, gso.stats.TxPackets)
-			}
-		})
-	}
+		}
+		st := gso.stats
+		t.Logf("gso: %d read calls (%d GRO) for %d datagrams; %d GSO sends (%d segments), %d sendmmsg (%d datagrams), %d single",
+			st.ReadCalls, st.RxGROReads, st.RxPackets, st.TxGSOSends, st.TxGSOSegments, st.TxMmsgCalls, st.TxMmsgPackets, st.TxSingleSends)
+		if st.TxGSOSends == 0 || st.TxGSOSegments < 100 || st.GSOFallbacks != 0 || st.TxErrors != 0 {
+			t.Fatalf("gso did not coalesce: %+v", st)
+		}
+		if gro && st.RxGROReads == 0 {
+			t.Fatalf("no GRO read with GRO on the relay's links: %+v", st)
+		}
+		if plain.stats.TxPackets != gso.stats.TxPackets {
+			t.Fatalf("sent %d (plain) vs %d (gso)", plain.stats.TxPackets, gso.stats.TxPackets)
+		}
+	})
 }

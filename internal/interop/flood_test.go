@@ -307,7 +307,7 @@ func heapAfterGC() uint64 {
 // its own 5-tuple. Afterwards the allocations must still relay byte-exact
 // both ways, the server's goroutines and heap must be back to their
 // baseline, no handler may have panicked, and the counters must show the
-// rejects. This is issue 2's "Done when" robustness condition.
+// rejects.
 func TestMalformedFlood(t *testing.T) {
 	if referenceMode() {
 		t.Skip("the flood checks read hybridrelay's in-process counters")

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/logging"
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 )
 
@@ -188,9 +188,8 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
-// TestQuotaRelease checks that a user's allocation quota (issue 2:
-// "allocations per user", 486 Allocation Quota Reached, RFC 8656 section
-// 7.2) is given back on every way an allocation ends: Refresh(0), the
+// TestQuotaRelease checks that a user's allocation quota (allocations per
+// user, 486 Allocation Quota Reached, RFC 8656 section 7.2) is given back on every way an allocation ends: Refresh(0), the
 // client's TCP connection closing (RFC 8656 section 3.1: the connection is
 // the 5-tuple), and expiry after the client vanished.
 func TestQuotaRelease(t *testing.T) {
@@ -222,16 +221,8 @@ func TestQuotaRelease(t *testing.T) {
 			base = turn.NewSTUNConn(c)
 		}
 		tap := &tapConn{PacketConn: base, user: testUser, pass: testPass}
-		lf := logging.NewDefaultLoggerFactory()
-		lf.DefaultLogLevel = logging.LogLevelError
-		client, err := turn.NewClient(&turn.ClientConfig{
-			STUNServerAddr: tgt.lt4.String(), TURNServerAddr: tgt.lt4.String(), Conn: tap,
-			Username: testUser, Password: testPass, Realm: testRealm, LoggerFactory: lf,
-		})
+		client, err := turntest.StartPion(turntest.PionConfig{Conn: tap, Server: tgt.lt4, User: testUser, Pass: testPass, Realm: testRealm})
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := client.Listen(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { client.Close(); _ = tap.Close() })

@@ -40,15 +40,7 @@ type netnsRelay struct {
 // it and removes the namespaces. mods adjust the configuration.
 func startNetnsRelay(t *testing.T, mods ...func(*control.Config)) *netnsRelay {
 	t.Helper()
-	topo, err := netns.NewTopology()
-	if err != nil {
-		t.Fatalf("netns topology: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("remove namespaces: %v", err)
-		}
-	})
+	topo := netns.ForTest(t, netns.TopologyOptions{})
 	const port = 3478
 	cfg := control.DefaultConfig()
 	cfg.Listeners = []control.ListenerSpec{

@@ -18,6 +18,7 @@ import (
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 )
 
@@ -105,34 +106,18 @@ func newPionSessionTap(t *testing.T, network string, server netip.AddrPort, tap 
 // openPion starts a pion client on tap and allocates a UDP relay. On error
 // everything opened is closed again.
 func openPion(server netip.AddrPort, tap *tapConn) (*pionSession, error) {
-	pionServer := server.String()
+	pionServer := server
 	if server.Addr().Is6() {
 		// See tapConn.realServer: pion only resolves "udp4" addresses.
 		// The stand-in is the server's own IPv4 listener, so even a
 		// write that bypassed the tap would stay on loopback.
 		tap.realServer = net.UDPAddrFromAddrPort(server)
-		tap.fakeServer = net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo4, server.Port()))
-		pionServer = tap.fakeServer.String()
+		pionServer = netip.AddrPortFrom(lo4, server.Port())
+		tap.fakeServer = net.UDPAddrFromAddrPort(pionServer)
 	}
-	lf := logging.NewDefaultLoggerFactory()
-	lf.DefaultLogLevel = logging.LogLevelError
-	client, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: pionServer,
-		TURNServerAddr: pionServer,
-		Conn:           tap,
-		Username:       testUser,
-		Password:       testPass,
-		Realm:          testRealm,
-		LoggerFactory:  lf,
-	})
+	client, err := turntest.StartPion(turntest.PionConfig{Conn: tap, Server: pionServer, User: testUser, Pass: testPass, Realm: testRealm})
 	if err != nil {
-		_ = tap.Close()
-		return nil, fmt.Errorf("new pion client: %w", err)
-	}
-	if err := client.Listen(); err != nil {
-		client.Close()
-		_ = tap.Close()
-		return nil, fmt.Errorf("pion listen: %w", err)
+		return nil, err
 	}
 	relay, err := client.Allocate()
 	if err != nil {

@@ -19,7 +19,8 @@ import (
 // unauthAllocate is the first message of every TURN client: an Allocate
 // without credentials, which the server must answer with 401, REALM and
 // NONCE (RFC 8489 section 9.2.4). A flood of them from a spoofed source
-// is the 401 amplification problem; issue 2 asks for a per-source limit.
+// is the 401 amplification problem, which the server bounds with a
+// per-source limit (docs/design.md, Security defaults).
 func unauthAllocate() *stun.Message {
 	return stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest),
 		requestedTransportUDP, stun.Fingerprint)

@@ -15,9 +15,9 @@ import (
 // TestUclient runs coturn's turnutils_uclient against the server with
 // turnutils_peer (an echo server) as the peer: every message the client
 // sends goes client -> relay -> peer -> relay -> client, so "all received"
-// means both directions worked. The matrix is the one issue 2 asks for:
-// UDP and TCP transport to the server (RFC 8656 section 3.1), ChannelData
-// (section 12) and Send/Data indications (section 11), long-term
+// means both directions worked. The matrix: UDP and TCP transport to the
+// server (RFC 8656 section 3.1), ChannelData (section 12) and Send/Data
+// indications (section 11), long-term
 // credentials and TURN REST API credentials (-W, coturn's
 // static-auth-secret), plus an RTCP pair (EVEN-PORT with the R bit and
 // RESERVATION-TOKEN, sections 7.2 and 18.6-18.9) and an IPv6 relay

@@ -51,11 +51,7 @@ func testNetnsXDP(t *testing.T, bin string, to netns.TopologyOptions) {
 	}
 	t.Cleanup(func() { _ = unix.Unmount(bpfDir, unix.MNT_DETACH) })
 
-	topo, err := netns.NewTopologyWith(to)
-	if err != nil {
-		t.Fatalf("netns topology: %v", err)
-	}
-	t.Cleanup(func() { _ = topo.Close() })
+	topo := netns.ForTest(t, to)
 	attachXDPPass(t, topo)
 	// A second peer address, for traffic from a peer without permission.
 	strayV4 := netip.MustParseAddr("198.18.1.3")

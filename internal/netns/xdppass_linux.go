@@ -3,9 +3,9 @@ package netns
 import (
 	"fmt"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	ebpflink "github.com/cilium/ebpf/link"
+
+	"github.com/hybridrelay/hybridrelay/internal/xdppass"
 )
 
 // AttachXDPPass attaches a two-instruction XDP_PASS program to the client's
@@ -17,16 +17,9 @@ import (
 // packet the client and the peer receive. Closing the returned links
 // detaches it; on error nothing stays attached.
 func (t *Topology) AttachXDPPass() ([]ebpflink.Link, error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.XDP,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, 2), // XDP_PASS
-			asm.Return(),
-		},
-	})
+	prog, err := xdppass.Load("hr_veth_pass")
 	if err != nil {
-		return nil, fmt.Errorf("load xdp_pass: %w", err)
+		return nil, err
 	}
 	defer prog.Close() // the links hold their own reference
 	var links []ebpflink.Link

@@ -73,47 +73,8 @@ func TestClientAgainstPionServer(t *testing.T) {
 			if !a.Relayed.IsValid() || a.Lifetime <= 0 || a.Mapped != c.LocalAddr() {
 				t.Fatalf("allocation %+v, local %v", a, c.LocalAddr())
 			}
-			peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer peer.Close()
-			peerAddr := peer.LocalAddr().(*net.UDPAddr).AddrPort()
-
-			// Send indication after CreatePermission.
-			if err := c.CreatePermission(ctx, peerAddr.Addr()); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.SendIndication(peerAddr, []byte("via send")); err != nil {
-				t.Fatal(err)
-			}
-			expectAt(t, peer, "via send", a.Relayed)
-
-			// Peer -> client without a channel: Data indication.
-			if _, err := peer.WriteToUDPAddrPort([]byte("back as data"), a.Relayed); err != nil {
-				t.Fatal(err)
-			}
-			b := readClient(t, c)
-			p, data, err := ParseDataIndication(b)
-			if err != nil || p != peerAddr || string(data) != "back as data" {
-				t.Fatalf("data indication: %v %v %q", err, p, data)
-			}
-
-			// ChannelData both ways.
-			if err := c.ChannelBind(ctx, 0x4001, peerAddr); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.SendChannelData(0x4001, []byte("via channel")); err != nil {
-				t.Fatal(err)
-			}
-			expectAt(t, peer, "via channel", a.Relayed)
-			if _, err := peer.WriteToUDPAddrPort([]byte("back on channel"), a.Relayed); err != nil {
-				t.Fatal(err)
-			}
-			ch, data, err := ParseChannelData(readClient(t, c))
-			if err != nil || ch != 0x4001 || string(data) != "back on channel" {
-				t.Fatalf("channeldata: %v %x %q", err, ch, data)
-			}
+			peer := loopbackPeer(t)
+			relayBothWays(ctx, t, c, a, peer, 0x4001)
 
 			// Refresh while an external reader owns the socket.
 			stop := make(chan struct{})
@@ -227,6 +188,60 @@ func TestClientTimeout(t *testing.T) {
 	defer c.Close()
 	if _, err := c.Binding(context.Background()); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("binding to a silent socket: %v", err)
+	}
+}
+
+// loopbackPeer is a peer's UDP socket on 127.0.0.1, closed at cleanup.
+func loopbackPeer(t *testing.T) *net.UDPConn {
+	t.Helper()
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	return peer
+}
+
+// relayBothWays exchanges data with peer through allocation a, each way
+// the client can: a Send indication after CreatePermission, the peer's
+// answer as a Data indication, then ChannelData both ways on channel ch
+// (RFC 8656 sections 11 and 12).
+func relayBothWays(ctx context.Context, t *testing.T, c *Client, a Allocation, peer *net.UDPConn, ch uint16) {
+	t.Helper()
+	peerAddr := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+
+	// Send indication after CreatePermission.
+	if err := c.CreatePermission(ctx, peerAddr.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendIndication(peerAddr, []byte("via send")); err != nil {
+		t.Fatal(err)
+	}
+	expectAt(t, peer, "via send", a.Relayed)
+
+	// Peer -> client without a channel: Data indication.
+	if _, err := peer.WriteToUDPAddrPort([]byte("back as data"), a.Relayed); err != nil {
+		t.Fatal(err)
+	}
+	p, data, err := ParseDataIndication(readClient(t, c))
+	if err != nil || p != peerAddr || string(data) != "back as data" {
+		t.Fatalf("data indication: %v %v %q", err, p, data)
+	}
+
+	// ChannelData both ways.
+	if err := c.ChannelBind(ctx, ch, peerAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendChannelData(ch, []byte("via channel")); err != nil {
+		t.Fatal(err)
+	}
+	expectAt(t, peer, "via channel", a.Relayed)
+	if _, err := peer.WriteToUDPAddrPort([]byte("back on channel"), a.Relayed); err != nil {
+		t.Fatal(err)
+	}
+	got, data, err := ParseChannelData(readClient(t, c))
+	if err != nil || got != ch || string(data) != "back on channel" {
+		t.Fatalf("channeldata: %v %x %q", err, got, data)
 	}
 }
 

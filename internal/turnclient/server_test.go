@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -62,38 +61,7 @@ func TestClientAgainstHybridrelay(t *testing.T) {
 			if a.Relayed.Addr() != netip.MustParseAddr("127.0.0.1") || a.Mapped != c.LocalAddr() {
 				t.Fatalf("allocation %+v", a)
 			}
-			peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer peer.Close()
-			pa := peer.LocalAddr().(*net.UDPAddr).AddrPort()
-			if err := c.CreatePermission(ctx, pa.Addr()); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.SendIndication(pa, []byte("send")); err != nil {
-				t.Fatal(err)
-			}
-			expectAt(t, peer, "send", a.Relayed)
-			if _, err := peer.WriteToUDPAddrPort([]byte("data"), a.Relayed); err != nil {
-				t.Fatal(err)
-			}
-			if p, d, err := ParseDataIndication(readClient(t, c)); err != nil || p != pa || string(d) != "data" {
-				t.Fatalf("data indication %v %v %q", err, p, d)
-			}
-			if err := c.ChannelBind(ctx, 0x4abc, pa); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.SendChannelData(0x4abc, []byte("chan")); err != nil {
-				t.Fatal(err)
-			}
-			expectAt(t, peer, "chan", a.Relayed)
-			if _, err := peer.WriteToUDPAddrPort([]byte("back"), a.Relayed); err != nil {
-				t.Fatal(err)
-			}
-			if ch, d, err := ParseChannelData(readClient(t, c)); err != nil || ch != 0x4abc || string(d) != "back" {
-				t.Fatalf("channeldata %v %x %q", err, ch, d)
-			}
+			relayBothWays(ctx, t, c, a, loopbackPeer(t), 0x4abc)
 			// Below the 600 s default the server grants the default (RFC
 			// 8656 section 7.2); between default and maximum, what was asked.
 			if lt, err := c.Refresh(ctx, 1200*time.Second); err != nil || lt != 1200*time.Second {

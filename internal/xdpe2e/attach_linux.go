@@ -4,14 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync/atomic"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
-	"github.com/hybridrelay/hybridrelay/pkg/control"
-	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 	"golang.org/x/sys/unix"
 )
@@ -37,7 +34,6 @@ type Path struct {
 	pinDir, mnt         string
 	relayCli, relayPeer int
 	passes              []interface{ Close() error }
-	offload             *control.XDPOffload
 }
 
 var mountSeq atomic.Uint32
@@ -118,12 +114,12 @@ func (p *Path) load() error {
 		return fmt.Errorf("xdp path: %w", err)
 	}
 	p.X = x
-	p.offload = control.NewXDPOffload(x)
 	return nil
 }
 
-// Offload is the control.Offload of the current program.
-func (p *Path) Offload() *control.XDPOffload { return p.offload }
+// Offload is the kernel channel table of the current program, for
+// control.Options.Offload (it implements control.KernelChannels).
+func (p *Path) Offload() *loader.XDP { return p.X }
 
 // Restart does what a restarting daemon does: close this process's
 // handles without unpinning (the program keeps forwarding), then load
@@ -162,42 +158,6 @@ func (p *Path) Close() error {
 		p.mnt = ""
 	}
 	return errors.Join(errs...)
-}
-
-// nsDatapath opens every socket of a datapath inside a namespace: the
-// server's goroutines run on threads of the root namespace, but sockets
-// keep the namespace they were made in.
-type nsDatapath struct {
-	dataplane.Datapath
-	ns *netns.NS
-}
-
-// InNamespace wraps dp so that Listen and OpenRelay make their sockets in
-// ns.
-func InNamespace(dp dataplane.Datapath, ns *netns.NS) dataplane.Datapath {
-	return &nsDatapath{Datapath: dp, ns: ns}
-}
-
-func (d *nsDatapath) Listen(addr netip.AddrPort, h dataplane.Handler) (c dataplane.Conn, err error) {
-	derr := d.ns.Do(func() error {
-		c, err = d.Datapath.Listen(addr, h)
-		return nil
-	})
-	if derr != nil {
-		return nil, derr
-	}
-	return c, err
-}
-
-func (d *nsDatapath) OpenRelay(addr netip.AddrPort, h dataplane.Handler) (c dataplane.Conn, err error) {
-	derr := d.ns.Do(func() error {
-		c, err = d.Datapath.OpenRelay(addr, h)
-		return nil
-	})
-	if derr != nil {
-		return nil, derr
-	}
-	return c, err
 }
 
 // ifindex asks the namespace's own kernel view (netlink) for name.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
@@ -40,7 +41,7 @@ func TestBandwidthLimitInKernel(t *testing.T) {
 	pr := newPeer(t, e, 0)
 	c := newRaw(t, e, user, pass)
 	c.bind(t, channel, pr.addr())
-	waitFor(t, 3*time.Second, "the limited channel offloaded", func() bool { return offloadedChannels(e.srv) == 1 })
+	testutil.WaitFor(t, 3*time.Second, "the limited channel offloaded", func() bool { return offloadedChannels(e.srv) == 1 })
 
 	// Senders at 3x the limit (each direction on its own), paced in 1 ms
 	// ticks; receivers count payload bytes.

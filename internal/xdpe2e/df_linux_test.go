@@ -13,6 +13,7 @@ import (
 
 	"github.com/hybridrelay/hybridrelay/internal/dpe2e"
 	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/internal/turnclient"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
@@ -132,7 +133,7 @@ func testDFSameOnKernelAndUserspacePath(t *testing.T, to netns.TopologyOptions) 
 				c := &rawClient{Client: tc, relayed: relayed}
 				ch := uint16(0x4000 + i)
 				c.bind(t, ch, pr.addr())
-				waitFor(t, 3*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == i+1 })
+				testutil.WaitFor(t, 3*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == i+1 })
 
 				send := func(tag string) dpe2e.Datagram {
 					t.Helper()

@@ -8,7 +8,7 @@
 //	p, err := xdpe2e.Attach(topo, xdpe2e.Options{MaxChannels: 4096})
 //	defer p.Close()
 //	srv, _ := control.NewServer(cfg, control.Options{
-//		Datapath: xdpe2e.InNamespace(dataplane.NewPlain(), topo.Relay),
+//		Datapath: turntest.InNamespace(dataplane.NewPlain(), topo.Relay), // internal/testutil/turntest
 //		Offload:  p.Offload(),
 //	})
 //	topo.Relay.Do(srv.Start)

@@ -14,13 +14,12 @@ import (
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/internal/turnclient"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
-	"github.com/pion/logging"
 	"github.com/pion/stun/v3"
-	"github.com/pion/transport/v4/stdnet"
 	"github.com/pion/turn/v4"
 )
 
@@ -119,11 +118,7 @@ func newEnvWith(t *testing.T, o envOptions) *env {
 	t.Helper()
 	to, v6, maxChannels, dp, mod := o.topo, o.v6, o.maxChannels, o.dp, o.mod
 	privtest.Need(t, "ip", "ethtool", "ping")
-	topo, err := netns.NewTopologyWith(to)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { topo.Close() })
+	topo := netns.ForTest(t, to)
 	p, err := Attach(topo, Options{MaxChannels: maxChannels})
 	if err != nil {
 		t.Fatalf("%+v", err)
@@ -150,7 +145,7 @@ func newEnvWith(t *testing.T, o envOptions) *env {
 	}
 	e.cfg = cfg
 	e.opts = control.Options{
-		Datapath:  InNamespace(dp, topo.Relay),
+		Datapath:  turntest.InNamespace(dp, topo.Relay),
 		Offload:   p.Offload(),
 		Logger:    testLogger(t),
 		StateFile: filepath.Join(t.TempDir(), "state.json"),
@@ -219,56 +214,12 @@ func newPion(t *testing.T, e *env) *pionClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lf := logging.NewDefaultLoggerFactory()
-	lf.DefaultLogLevel = logging.LogLevelError
-	n, err := stdnet.NewNet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := turn.NewClient(&turn.ClientConfig{
-		Net:            anyFamilyNet{n},
-		STUNServerAddr: e.listener().String(),
-		TURNServerAddr: e.listener().String(),
-		Username:       user,
-		Password:       pass,
-		Realm:          realm,
-		Conn:           conn,
-		LoggerFactory:  lf,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	relay, err := c.Allocate()
-	if err != nil {
-		c.Close()
-		conn.Close()
-		t.Fatalf("allocate: %v", err)
-	}
-	t.Cleanup(func() {
-		relay.Close()
-		c.Close()
-		conn.Close()
-	})
-	return &pionClient{c: c, relay: relay}
+	p := turntest.NewPionClient(t, turntest.PionConfig{Conn: conn, Server: e.listener(), User: user, Pass: pass, Realm: realm, AnyFamily: true})
+	return &pionClient{c: p.Client, relay: p.Relay}
 }
 
 func (p *pionClient) relayAddr() netip.AddrPort {
 	return p.relay.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
-// anyFamilyNet resolves "udp4" as "udp": pion/turn v4's client resolves
-// the server address with "udp4" unconditionally, which would rule out an
-// IPv6 server; everything else is the standard library network.
-type anyFamilyNet struct{ *stdnet.Net }
-
-func (n anyFamilyNet) ResolveUDPAddr(network, address string) (*net.UDPAddr, error) {
-	if network == "udp4" {
-		network = "udp"
-	}
-	return n.Net.ResolveUDPAddr(network, address)
 }
 
 // exchange sends n payloads client -> peer and n replies peer -> client,
@@ -306,17 +257,6 @@ func exchange(t *testing.T, pc *pionClient, pr *peer, n int, tag string) {
 		if ap := src.(*net.UDPAddr).AddrPort(); netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) != pr.addr() {
 			t.Fatalf("%s: reply from %v, want %v", tag, src, pr.addr())
 		}
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

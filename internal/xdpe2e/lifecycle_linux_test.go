@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/control"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
@@ -54,7 +55,7 @@ func testKernelEntryGoneFallsBackToUserspace(t *testing.T, to netns.TopologyOpti
 	const ch = 0x4000
 	c.bind(t, ch, pr.addr())
 	bound := time.Now()
-	waitFor(t, 3*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == 1 })
+	testutil.WaitFor(t, 3*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == 1 })
 
 	x := e.path.X
 	k0 := counters(t, x)
@@ -85,7 +86,7 @@ func testKernelEntryGoneFallsBackToUserspace(t *testing.T, to netns.TopologyOpti
 	// Re-bind (a refresh): the control plane installs the entry again.
 	c.bind(t, ch, pr.addr())
 	bound = time.Now()
-	waitFor(t, 3*time.Second, "re-installed entry", func() bool { return x.Len() == 1 })
+	testutil.WaitFor(t, 3*time.Second, "re-installed entry", func() bool { return x.Len() == 1 })
 	roundTrip(t, c, ch, pr, "kernel again")
 	k3 := counters(t, x)
 	if k3.Get(loader.FwdToPeerPackets)-k2.Get(loader.FwdToPeerPackets) != 1 {
@@ -104,7 +105,7 @@ func testKernelEntryGoneFallsBackToUserspace(t *testing.T, to netns.TopologyOpti
 	if k4.Get(loader.FwdToPeerPackets) != k3.Get(loader.FwdToPeerPackets) {
 		t.Fatal("the kernel forwarded on an expired channel")
 	}
-	waitFor(t, 5*time.Second, "expired entry deleted", func() bool { return x.Len() == 0 && offloadedChannels(e.srv) == 0 })
+	testutil.WaitFor(t, 5*time.Second, "expired entry deleted", func() bool { return x.Len() == 0 && offloadedChannels(e.srv) == 0 })
 
 	// The permission outlives the channel: Send and Data indications
 	// still carry data, in userspace.
@@ -233,7 +234,7 @@ func testRestartKeepsMediaFlowing(t *testing.T, to netns.TopologyOptions) {
 	c := newRaw(t, e, user, pass)
 	const ch = 0x4123
 	c.bind(t, ch, pr.addr())
-	waitFor(t, 3*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == 1 })
+	testutil.WaitFor(t, 3*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == 1 })
 	c.SetExternalReader(true)
 
 	var toPeer, toClient, sentP, sentC atomic.Uint64
@@ -373,7 +374,7 @@ func testFullTableLeavesChannelInUserspace(t *testing.T, to netns.TopologyOption
 	a := newRaw(t, e, user, pass)
 	b := newRaw(t, e, "bob", "builder")
 	a.bind(t, 0x4000, pr.addr())
-	waitFor(t, 3*time.Second, "first channel offloaded", func() bool { return offloadedChannels(e.srv) == 1 })
+	testutil.WaitFor(t, 3*time.Second, "first channel offloaded", func() bool { return offloadedChannels(e.srv) == 1 })
 	b.bind(t, 0x4000, pr.addr())
 	k0 := counters(t, e.path.X)
 	u0 := e.srv.Stats()

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hybridrelay/hybridrelay/internal/netns"
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
@@ -38,7 +39,7 @@ func testPionThroughXDP(t *testing.T, to netns.TopologyOptions) {
 			// The first datagrams go as Send indications while pion binds
 			// a channel in the background.
 			exchange(t, pc, pr, 3, "warmup")
-			waitFor(t, 5*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == 1 })
+			testutil.WaitFor(t, 5*time.Second, "offloaded channel", func() bool { return offloadedChannels(e.srv) == 1 })
 
 			before := counters(t, e.path.X)
 			usBefore := e.srv.Stats()

@@ -2,28 +2,19 @@ package control
 
 import (
 	"net/netip"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 	"sync/atomic"
 	"time"
 )
 
 // BandwidthMeter is one allocation's bandwidth-limit budget kept by the
-// kernel path, which meters the allocation's offloaded channels on it; the
-// userspace path charges what it relays to the same budget (Allow), so the
-// allocation has one limit whichever path carries its bytes
-// (docs/design.md "Bandwidth limit").
-type BandwidthMeter interface {
-	// Allow charges n bytes about to be relayed in userspace and reports
-	// whether they conform (what does not is counted as dropped).
-	Allow(n int) bool
-	// Drops is what was dropped over the limit, by both paths.
-	Drops() (packets, bytes uint64)
-	// Release gives the meter back once the allocation's kernel entries
-	// are gone.
-	Release()
-}
+// kernel channel table (docs/design.md "Bandwidth limit").
+type BandwidthMeter = kchan.Meter
 
-// Metering is implemented by an Offload that can enforce bandwidth-limit
-// itself. Without it, a limited allocation stays on the userspace path.
+// Metering is implemented by a KernelChannels that can enforce
+// bandwidth-limit itself (pkg/loader's XDP). Without it, a limited
+// allocation stays on the userspace path.
 type Metering interface {
 	// Meter returns the meter of the allocation whose client sends from
 	// client to listener, limited to rate bytes/s with bursts of burst

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 )
 
 // The files testdata/*.hex hold client->server datagrams of real TURN
@@ -206,7 +208,7 @@ func TestCaptureRealClients(t *testing.T) {
 		peer := newPeer(t, "127.0.0.1:0")
 		pc := newPionClient(t, "udp", proxy.addr(), testUser, testPass)
 		exchange(t, pc, peer, 3, "capture")
-		waitFor(t, 3*time.Second, "channel", func() bool {
+		testutil.WaitFor(t, 3*time.Second, "channel", func() bool {
 			as := s.Allocations()
 			return len(as) == 1 && len(as[0].Channels) == 1
 		})

@@ -12,6 +12,17 @@ type ListenerSpec struct {
 	Addr    netip.AddrPort
 }
 
+// NeedsTLS reports whether any of ls is a TLS listener, which needs a
+// certificate and key (loaded by NewServer, re-read by ReloadTLS).
+func NeedsTLS(ls []ListenerSpec) bool {
+	for _, l := range ls {
+		if l.Network == "tls" {
+			return true
+		}
+	}
+	return false
+}
+
 // Config is everything the control plane needs to run. The zero value is not
 // usable; start from DefaultConfig.
 type Config struct {

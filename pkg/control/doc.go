@@ -3,9 +3,11 @@
 // long-term and TURN REST credentials, nonces, allocations, permissions,
 // channels, lifetimes, quotas, the peer policy and rate limits.
 //
-// It tells an [Offload] (the XDP fast path) which channel bindings it may
-// forward in the kernel and when they stop being valid; without one every
-// packet takes the userspace path, which produces the same bytes.
+// It declares to a [KernelChannels] table (the XDP fast path, implemented
+// by pkg/loader and wired in by cmd/hybridrelay: this package does not
+// import the loader) which channel bindings the kernel may forward and
+// until when; without one every packet takes the userspace path, which
+// produces the same bytes.
 //
 // # Using it
 //
@@ -21,8 +23,9 @@
 // ChannelData in both directions). attrs.go encodes the TURN attributes
 // pion/stun does not know; auth.go holds credentials, nonces and
 // MESSAGE-INTEGRITY-SHA256; policy.go the peer policy; ratelimit.go the
-// token buckets; allocation.go lifetimes, relay ports and offload sync;
-// transport.go the TCP/TLS framing; state.go persistence.
+// token buckets; allocation.go allocation lifetimes; relayports.go relay
+// sockets and the port pool; offload.go and offloadsync.go what the kernel
+// table is told; transport.go the TCP/TLS framing; state.go persistence.
 //
 // # Choices where the RFCs leave room (or real clients disagree)
 //
@@ -69,25 +72,30 @@
 //
 // # Kernel offload (docs/design.md "Kernel-path invariants" 1-3)
 //
-// A channel of a UDP client whose peer is not one of this server's relay
-// addresses is installed with Offload.Install before the ChannelBind
-// success response is sent. Its Expires is the earliest of the channel's,
-// the permission's and the allocation's expiry, and Offload.Refresh moves
-// it whenever one of them is refreshed. Offload.Remove is called when the
-// channel, its permission or the allocation expires, on Refresh with
-// lifetime 0, and on Close. Any offload error leaves the channel on the
-// userspace path; it is counted in ServerStats, logged once, and never
-// reported to the client. Hairpin channels (peer = one of our relay
-// addresses) always stay in userspace: XDP_TX cannot deliver to the host.
+// A channel of a UDP client (of an allocation without a bandwidth limit)
+// is declared with KernelChannels.Bind before the ChannelBind success
+// response is sent. Its Expires is the earliest of the channel's, the
+// permission's and the allocation's expiry, and Bind is called again
+// whenever that moves. Unbind is called when the channel, its permission
+// or the allocation expires, on Refresh with lifetime 0, and on Close; it
+// returns what the kernel counted, which ServerStats keeps. Any table
+// error leaves the channel on the userspace path; it is counted in
+// ServerStats, logged once, and never reported to the client. A channel
+// whose peer is another of this server's relayed addresses is declared
+// like any other: the table forwards it relay to relay when the other
+// side has a channel back, and passes it to userspace otherwise
+// (docs/design.md, Relay to relay). Kernel usage is read once per janitor
+// pass and once per Stats or Allocations call (KernelChannels.Usage), not
+// per channel.
 //
-// # Restart without dropping media (issue 4)
+// # Restart without dropping media (docs/design.md, Kernel-path invariant 8)
 //
 // With Options.StateFile set, allocation state of UDP clients (5-tuple,
 // username, relay addresses, absolute expiries, permissions, channels,
 // DONT-FRAGMENT) is written as JSON to that file (temporary file + rename,
 // mode 0600) at most once a second after a change, and at shutdown. Start
 // restores every allocation that has not expired: relay sockets are opened
-// again on the same ports and offload entries are installed again (Install
+// again on the same ports and their channels are bound again (Bind
 // replaces the entry the old process left). TCP/TLS allocations die with
 // their connection and are not saved.
 //
@@ -99,6 +107,6 @@
 // (= Shutdown(false)) removes the kernel entries; the state file is still
 // written, so allocations also survive a plain stop/start, minus the media
 // that arrived in between. Kernel entries that belong to no restored
-// allocation are the offload's to reconcile when it re-adopts its pinned
-// maps.
+// allocation are the table's to reconcile when it re-adopts its pinned
+// maps (loader.XDP.Reconcile, called by cmd/hybridrelay after Start).
 package control

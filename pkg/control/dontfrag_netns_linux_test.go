@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -17,49 +16,10 @@ import (
 	"github.com/hybridrelay/hybridrelay/internal/dpe2e"
 	"github.com/hybridrelay/hybridrelay/internal/netns"
 	"github.com/hybridrelay/hybridrelay/internal/privtest"
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
+	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
-
-// nsDatapath opens every socket of a datapath inside a namespace: the
-// server's goroutines run on threads of the root namespace, but a socket
-// keeps the namespace it was made in.
-type nsDatapath struct {
-	dataplane.Datapath
-	ns *netns.NS
-}
-
-func (d *nsDatapath) Listen(addr netip.AddrPort, h dataplane.Handler) (c dataplane.Conn, err error) {
-	if derr := d.ns.Do(func() error { c, err = d.Datapath.Listen(addr, h); return nil }); derr != nil {
-		return nil, derr
-	}
-	return c, err
-}
-
-func (d *nsDatapath) OpenRelay(addr netip.AddrPort, h dataplane.Handler) (c dataplane.Conn, err error) {
-	if derr := d.ns.Do(func() error { c, err = d.Datapath.OpenRelay(addr, h); return nil }); derr != nil {
-		return nil, derr
-	}
-	return c, err
-}
-
-// newTopology builds the client/relay/peer namespaces, removed at the end
-// of the test (a veth name taken by a concurrent test binary is retried).
-func newTopology(t *testing.T) *netns.Topology {
-	t.Helper()
-	var err error
-	for range 5 {
-		var topo *netns.Topology
-		if topo, err = netns.NewTopology(); err == nil {
-			t.Cleanup(func() { topo.Close() })
-			return topo
-		}
-		if !strings.Contains(err.Error(), "File exists") {
-			break
-		}
-	}
-	t.Fatal(err)
-	return nil
-}
 
 // sendSegmented sends frames (all of one size) as one UDP_SEGMENT sendmsg
 // on the connected c, so they reach the relay back to back and are read in
@@ -84,7 +44,7 @@ func sendSegmented(c *net.UDPConn, frames [][]byte) error {
 // (counted in Stats.Drops) when it was.
 func TestDontFragmentOnTheWire(t *testing.T) {
 	privtest.Need(t, "ip", "ethtool")
-	topo := newTopology(t)
+	topo := netns.ForTest(t, netns.TopologyOptions{})
 	for _, name := range []string{"plain", "gso"} {
 		for _, df := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/dont-fragment=%v", name, df), func(t *testing.T) {
@@ -108,7 +68,7 @@ func dfOnTheWire(t *testing.T, topo *netns.Topology, dp dataplane.Datapath, df b
 	cfg.RelayIPs = []netip.Addr{topo.RelayPeerV4}
 	cfg.MinPort, cfg.MaxPort = 50000, 50099
 	cfg.AllowPeers = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}
-	s, err := NewServer(cfg, Options{Datapath: &nsDatapath{Datapath: dp, ns: topo.Relay}, Logger: testLogger(t)})
+	s, err := NewServer(cfg, Options{Datapath: turntest.InNamespace(dp, topo.Relay), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +147,7 @@ func dfOnTheWire(t *testing.T, topo *netns.Topology, dp dataplane.Datapath, df b
 		t.Fatalf("peer received %v (size: count), want %v", got, want)
 	}
 	if df {
-		waitFor(t, 3*time.Second, "the oversize datagram counted as a drop", func() bool { return dp.Stats().Drops >= 1 })
+		testutil.WaitFor(t, 3*time.Second, "the oversize datagram counted as a drop", func() bool { return dp.Stats().Drops >= 1 })
 	} else if d := dp.Stats().Drops; d != 0 {
 		t.Fatalf("%d drops without DONT-FRAGMENT", d)
 	}

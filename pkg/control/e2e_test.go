@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/logging"
 	"github.com/pion/turn/v4"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
+	"github.com/hybridrelay/hybridrelay/internal/testutil/turntest"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -38,35 +39,8 @@ func newPionClient(t *testing.T, network string, server netip.AddrPort, user, pa
 	if err != nil {
 		t.Fatalf("client socket: %v", err)
 	}
-	lf := logging.NewDefaultLoggerFactory()
-	lf.DefaultLogLevel = logging.LogLevelError
-	c, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: server.String(),
-		TURNServerAddr: server.String(),
-		Username:       user,
-		Password:       pass,
-		Realm:          testRealm,
-		Conn:           conn,
-		LoggerFactory:  lf,
-	})
-	if err != nil {
-		t.Fatalf("turn.NewClient: %v", err)
-	}
-	if err := c.Listen(); err != nil {
-		t.Fatalf("client Listen: %v", err)
-	}
-	relay, err := c.Allocate()
-	if err != nil {
-		c.Close()
-		conn.Close()
-		t.Fatalf("Allocate: %v", err)
-	}
-	t.Cleanup(func() {
-		relay.Close()
-		c.Close()
-		conn.Close()
-	})
-	return &pionClient{c: c, relay: relay}
+	p := turntest.NewPionClient(t, turntest.PionConfig{Conn: conn, Server: server, User: user, Pass: pass, Realm: testRealm})
+	return &pionClient{c: p.Client, relay: p.Relay}
 }
 
 func (p *pionClient) relayAddr() netip.AddrPort {
@@ -146,7 +120,7 @@ func pionEndToEnd(t *testing.T, s *Server, network string) {
 	// The first datagrams go as Send indications while pion binds
 	// a channel in the background; later ones as ChannelData.
 	exchange(t, pc, peer, 5, "warmup")
-	waitFor(t, 3*time.Second, "channel binding", func() bool {
+	testutil.WaitFor(t, 3*time.Second, "channel binding", func() bool {
 		as := s.Allocations()
 		return len(as) == 1 && len(as[0].Channels) == 1
 	})

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 )
 
 func TestBinding(t *testing.T) {
@@ -625,7 +627,7 @@ func TestStreamCloseDeletesAllocation(t *testing.T) {
 		t.Fatal("no allocation")
 	}
 	c.conn.Close()
-	waitFor(t, 2*time.Second, "allocation deleted", func() bool { return len(s.Allocations()) == 0 })
+	testutil.WaitFor(t, 2*time.Second, "allocation deleted", func() bool { return len(s.Allocations()) == 0 })
 }
 
 // TestExpiry: allocations, permissions and channels go away after their
@@ -641,15 +643,15 @@ func TestExpiry(t *testing.T) {
 	if r := c.do(methodChannelBind, channelAttr(0x4000), peerAttr(netip.MustParseAddrPort("127.0.0.1:9"))); code(r) != 0 {
 		t.Fatal(code(r))
 	}
-	waitFor(t, 3*time.Second, "permission expiry", func() bool {
+	testutil.WaitFor(t, 3*time.Second, "permission expiry", func() bool {
 		a := s.Allocations()
 		return len(a) == 1 && len(a[0].Permissions) == 0
 	})
-	waitFor(t, 3*time.Second, "channel expiry", func() bool {
+	testutil.WaitFor(t, 3*time.Second, "channel expiry", func() bool {
 		a := s.Allocations()
 		return len(a) == 1 && len(a[0].Channels) == 0
 	})
-	waitFor(t, 3*time.Second, "allocation expiry", func() bool { return len(s.Allocations()) == 0 })
+	testutil.WaitFor(t, 3*time.Second, "allocation expiry", func() bool { return len(s.Allocations()) == 0 })
 	if st := s.Stats(); st.AllocationsExpired != 1 {
 		t.Errorf("expired counter %d", st.AllocationsExpired)
 	}
@@ -762,9 +764,7 @@ func TestReservationExpires(t *testing.T) {
 		t.Fatal("no free even port pair")
 	}
 	s := startServer(t, func(c *Config, _ *Options) { c.MinPort, c.MaxPort = base, base+1 })
-	s.ports.mu.Lock()
-	s.ports.reservationLifetime = 300 * time.Millisecond
-	s.ports.mu.Unlock()
+	s.ports.setReservationLifetime(300 * time.Millisecond)
 	c := dialRaw(t, "udp", s.addr("udp"))
 	resp := c.do(methodAllocate, udpTransport(), attr{stun.AttrEvenPort, []byte{0x80}})
 	tok, ok, _ := getReservationToken(resp)
@@ -776,7 +776,7 @@ func TestReservationExpires(t *testing.T) {
 	if r := c2.do(methodAllocate, udpTransport()); code(r) != 508 {
 		t.Fatalf("reserved port handed out: code %d", code(r))
 	}
-	waitFor(t, 3*time.Second, "reserved port released", func() bool {
+	testutil.WaitFor(t, 3*time.Second, "reserved port released", func() bool {
 		c3 := dialRaw(t, "udp", s.addr("udp"))
 		r := c3.do(methodAllocate, udpTransport())
 		return code(r) == 0 && relayedAddrs(t, r)[0].Port() == base+1

@@ -2,14 +2,8 @@ package control
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
@@ -23,6 +17,7 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -240,29 +235,13 @@ func TestBandwidthLimit(t *testing.T) {
 	}
 }
 
+// writeSelfSigned writes a self-signed certificate for 127.0.0.1 with a
+// random serial into dir (cert.pem, key.pem).
 func writeSelfSigned(t *testing.T, dir, cn string) (certFile, keyFile string, serial *big.Int) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	serial = big.NewInt(mrand.Int64())
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	testutil.WriteSelfSignedCert(t, certFile, keyFile, cn, serial)
 	return certFile, keyFile, serial
 }
 
@@ -481,5 +460,5 @@ func TestNoLeakAfterClose(t *testing.T) {
 	for _, c := range conns {
 		c.conn.Close()
 	}
-	waitFor(t, 3*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= base })
+	testutil.WaitFor(t, 3*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= base })
 }

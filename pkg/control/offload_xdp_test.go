@@ -13,20 +13,21 @@ import (
 	"github.com/hybridrelay/hybridrelay/pkg/loader"
 )
 
-func xdpChannel(i int) ChannelOffload {
-	return ChannelOffload{
+func xdpChannel(i int) ChannelBinding {
+	return ChannelBinding{
 		Client:   netip.MustParseAddrPort(fmt.Sprintf("198.18.0.1:%d", 50000+i)),
 		Listener: netip.MustParseAddrPort("198.18.0.2:3478"),
 		Relay:    netip.MustParseAddrPort(fmt.Sprintf("198.18.1.2:%d", 49152+i)),
 		Peer:     netip.MustParseAddrPort("198.18.1.1:40000"),
-		Channel:  uint16(0x4000 + i),
+		Number:   uint16(0x4000 + i),
 		Expires:  time.Now().Add(time.Minute),
 	}
 }
 
-// TestXDPOffloadLifecycle drives the real maps through the Offload
-// interface: install, refresh, usage, remove, a full table, and channels
-// the program cannot forward.
+// TestXDPOffloadLifecycle drives the real maps (pkg/loader's table)
+// through the KernelChannels interface the control plane uses: install,
+// refresh, usage, remove, a full table, and channels the program cannot
+// forward.
 func TestXDPOffloadLifecycle(t *testing.T) {
 	privtest.Need(t)
 	x, err := loader.Load(loader.Options{MaxChannels: 2, DisablePin: true})
@@ -34,16 +35,16 @@ func TestXDPOffloadLifecycle(t *testing.T) {
 		t.Fatalf("%+v", err)
 	}
 	defer x.Close()
-	o := NewXDPOffload(x)
+	var o KernelChannels = x
 
 	a, b, c := xdpChannel(1), xdpChannel(2), xdpChannel(3)
 	a.DontFragment = true
-	for _, ch := range []ChannelOffload{a, b} {
-		if err := o.Install(ch); err != nil {
+	for _, ch := range []ChannelBinding{a, b} {
+		if err := o.Bind(ch); err != nil {
 			t.Fatal(err)
 		}
 	}
-	err = o.Install(c)
+	err = o.Bind(c)
 	if !errors.Is(err, ErrOffloadFull) {
 		t.Fatalf("third install into a 2-entry table: %v, want ErrOffloadFull", err)
 	}
@@ -63,7 +64,7 @@ func TestXDPOffloadLifecycle(t *testing.T) {
 	if len(seen) != 2 {
 		t.Fatalf("%d channels in the map, want 2", len(seen))
 	}
-	ea := seen[a.Channel]
+	ea := seen[a.Number]
 	if ea.Client != a.Client || ea.Listener != a.Listener || ea.Relay != a.Relay || ea.Peer != a.Peer ||
 		!ea.DontFragment || !ea.PeerEntry {
 		t.Fatalf("entry %+v does not match %+v", ea, a)
@@ -72,14 +73,14 @@ func TestXDPOffloadLifecycle(t *testing.T) {
 		t.Fatalf("expiry read back %v off", d)
 	}
 
-	// Refresh moves the expiry in place.
+	// A later expiry on the same route moves the expiry in place.
 	a.Expires = a.Expires.Add(time.Hour)
-	if err := o.Refresh(a); err != nil {
+	if err := o.Bind(a); err != nil {
 		t.Fatal(err)
 	}
 	var after uint64
 	x.IterateChannels(func(e loader.ChannelEntry) bool {
-		if e.Number == a.Channel {
+		if e.Number == a.Number {
 			after = e.ExpiresNs
 		}
 		return true
@@ -87,29 +88,38 @@ func TestXDPOffloadLifecycle(t *testing.T) {
 	if d := time.Duration(int64(after) - int64(loader.MonotonicNanos(a.Expires))); d < -time.Millisecond || d > time.Millisecond {
 		t.Fatalf("refreshed expiry %v off", d)
 	}
-	if u, err := o.Usage(a); err != nil || u != (ChannelUsage{}) {
-		t.Fatalf("usage of an idle channel: %+v %v", u, err)
-	}
-
-	// Remove frees the slot; removing again is no error.
-	if err := o.Remove(a); err != nil {
+	snap, err := o.Usage()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := o.Remove(a); err != nil {
-		t.Fatalf("second remove: %v", err)
+	if u, ok := snap.Of(a); !ok || u != (ChannelUsage{}) {
+		t.Fatalf("usage of an idle channel: %+v (present %v)", u, ok)
 	}
-	if err := o.Install(c); err != nil {
+	if len(snap) != 2 {
+		t.Fatalf("usage of %d channels, want 2", len(snap))
+	}
+
+	// Unbind frees the slot; unbinding again is no error.
+	if u, err := o.Unbind(a); err != nil || u != (ChannelUsage{}) {
+		t.Fatalf("unbind: %+v %v", u, err)
+	}
+	if _, err := o.Unbind(a); err != nil {
+		t.Fatalf("second unbind: %v", err)
+	}
+	if err := o.Bind(c); err != nil {
 		t.Fatalf("install after remove: %v", err)
 	}
-	if _, err := o.Usage(a); err == nil {
-		t.Fatal("usage of a removed channel succeeded")
+	if snap, err := o.Usage(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := snap.Of(a); ok {
+		t.Fatal("usage lists a removed channel")
 	}
 
-	// Refresh of a channel that vanished installs it again.
-	if err := x.DeleteChannel(loader.Channel{Client: b.Client, Listener: b.Listener, Number: b.Channel}); err != nil {
+	// Binding a channel that vanished from the maps installs it again.
+	if err := x.DeleteChannel(loader.Channel{Client: b.Client, Listener: b.Listener, Number: b.Number}); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.Refresh(b); err != nil {
+	if err := o.Bind(b); err != nil {
 		t.Fatalf("refresh of a vanished channel: %v", err)
 	}
 	if x.Len() != 2 {
@@ -120,21 +130,21 @@ func TestXDPOffloadLifecycle(t *testing.T) {
 	mixed := xdpChannel(4)
 	mixed.Client = netip.MustParseAddrPort("[2001:2::1]:5000")
 	mixed.Listener = netip.MustParseAddrPort("[2001:2::2]:3478")
-	if err := o.Remove(b); err != nil {
+	if _, err := o.Unbind(b); err != nil {
 		t.Fatal(err)
 	}
-	err = o.Install(mixed)
+	err = o.Bind(mixed)
 	if err == nil || errors.Is(err, ErrOffloadFull) || !errors.Is(err, loader.ErrUnsupported) {
 		t.Fatalf("mixed-family install: %v, want ErrUnsupported", err)
 	}
 	// IPv4-mapped client addresses (dual-stack sockets) are the IPv4 packet.
 	mapped := xdpChannel(5)
 	mapped.Client = netip.AddrPortFrom(netip.MustParseAddr("::ffff:198.18.0.1"), 50005)
-	if err := o.Install(mapped); err != nil {
+	if err := o.Bind(mapped); err != nil {
 		t.Fatalf("ipv4-mapped client: %v", err)
 	}
 	x.IterateChannels(func(e loader.ChannelEntry) bool {
-		if e.Number == mapped.Channel && !e.Client.Addr().Is4() {
+		if e.Number == mapped.Number && !e.Client.Addr().Is4() {
 			t.Errorf("client stored as %v, want plain IPv4", e.Client)
 		}
 		return true

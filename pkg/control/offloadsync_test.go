@@ -14,73 +14,81 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
-// recordingOffload stands in for the XDP offload, which needs the kernel
-// (helper D tests that one for real). It records every call, can be made
-// full, and returns per-channel usage the test sets.
+// recordingOffload stands in for the kernel channel table (a real
+// pkg/loader table is driven through the same interface in
+// offload_xdp_test.go). It records every call, naming a Bind of a channel
+// it does not hold "install" and one it holds "refresh", can be made full,
+// and reports per-channel usage the test sets.
 type recordingOffload struct {
 	mu       sync.Mutex
 	calls    []offloadCall
-	entries  map[uint16]ChannelOffload // by channel; tests use distinct channels
+	entries  map[uint16]ChannelBinding // by channel; tests use distinct channels
 	capacity int                       // 0: unlimited
-	delay    time.Duration             // Install sleeps this long
+	delay    time.Duration             // an install sleeps this long
 	usage    ChannelUsage
 	failWith error
 }
 
 type offloadCall struct {
 	op   string // install, refresh, remove
-	c    ChannelOffload
+	c    ChannelBinding
 	done time.Time // when the call returned
 }
 
+var _ KernelChannels = (*recordingOffload)(nil)
+
 func newRecordingOffload() *recordingOffload {
-	return &recordingOffload{entries: map[uint16]ChannelOffload{}}
+	return &recordingOffload{entries: map[uint16]ChannelBinding{}}
 }
 
-func (o *recordingOffload) Install(c ChannelOffload) error {
-	time.Sleep(o.delay)
+func (o *recordingOffload) Bind(c ChannelBinding) error {
+	o.mu.Lock()
+	_, held := o.entries[c.Number]
+	o.mu.Unlock()
+	if !held {
+		time.Sleep(o.delay)
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.failWith != nil {
 		return o.failWith
 	}
-	if _, ok := o.entries[c.Channel]; !ok && o.capacity > 0 && len(o.entries) >= o.capacity {
-		return fmt.Errorf("channel %#x: %w", c.Channel, ErrOffloadFull)
+	if !held && o.capacity > 0 && len(o.entries) >= o.capacity {
+		return fmt.Errorf("channel %#x: %w", c.Number, ErrOffloadFull)
 	}
-	o.entries[c.Channel] = c
-	o.calls = append(o.calls, offloadCall{"install", c, time.Now()})
+	o.entries[c.Number] = c
+	op := "install"
+	if held {
+		op = "refresh"
+	}
+	o.calls = append(o.calls, offloadCall{op, c, time.Now()})
 	return nil
 }
 
-func (o *recordingOffload) Refresh(c ChannelOffload) error {
+func (o *recordingOffload) Unbind(c ChannelBinding) (ChannelUsage, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, ok := o.entries[c.Channel]; !ok {
-		return errors.New("refresh of an entry never installed")
-	}
-	o.entries[c.Channel] = c
-	o.calls = append(o.calls, offloadCall{"refresh", c, time.Now()})
-	return nil
-}
-
-func (o *recordingOffload) Remove(c ChannelOffload) error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	delete(o.entries, c.Channel)
+	_, held := o.entries[c.Number]
+	delete(o.entries, c.Number)
 	o.calls = append(o.calls, offloadCall{"remove", c, time.Now()})
-	return nil
-}
-
-func (o *recordingOffload) Usage(c ChannelOffload) (ChannelUsage, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if _, ok := o.entries[c.Channel]; !ok {
-		return ChannelUsage{}, errors.New("no entry")
+	if !held {
+		return ChannelUsage{}, nil
 	}
 	return o.usage, nil
+}
+
+func (o *recordingOffload) Usage() (UsageSnapshot, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	snap := UsageSnapshot{}
+	for _, c := range o.entries {
+		snap[c.Key()] = o.usage
+	}
+	return snap, nil
 }
 
 func (o *recordingOffload) ops() []offloadCall {
@@ -99,17 +107,17 @@ func (o *recordingOffload) count(op string) int {
 	return n
 }
 
-func (o *recordingOffload) last(op string) (ChannelOffload, bool) {
+func (o *recordingOffload) last(op string) (ChannelBinding, bool) {
 	calls := o.ops()
 	for i := len(calls) - 1; i >= 0; i-- {
 		if calls[i].op == op {
 			return calls[i].c, true
 		}
 	}
-	return ChannelOffload{}, false
+	return ChannelBinding{}, false
 }
 
-func withOffload(o Offload) serverOpt {
+func withOffload(o KernelChannels) serverOpt {
 	return func(_ *Config, opts *Options) { opts.Offload = o }
 }
 
@@ -145,9 +153,9 @@ func TestOffloadInstallBeforeResponse(t *testing.T) {
 			calls[0].done.Sub(start), arrived.Sub(start))
 	}
 	got := calls[0].c
-	want := ChannelOffload{
+	want := ChannelBinding{
 		Client: c.localAddr(), Listener: s.addr("udp"), Relay: relay, Peer: peer,
-		Channel: 0x4321, DontFragment: true, Expires: got.Expires,
+		Number: 0x4321, DontFragment: true, Expires: got.Expires,
 	}
 	if got != want {
 		t.Errorf("installed %+v\nwant      %+v", got, want)
@@ -213,12 +221,12 @@ func TestOffloadRefreshAndRemove(t *testing.T) {
 	}
 	// Kernel traffic makes the channel and the allocation active.
 	polled := time.Now()
-	s.lookup(fiveTuple{proto: tUDP, client: c.localAddr(), server: s.addr("udp")}).pollKernel(polled)
+	s.pollKernel(polled)
 	if ai := s.Allocations(); !ai[0].Channels[0].LastActivity.Equal(polled) || !ai[0].LastActivity.Equal(polled) {
 		t.Errorf("kernel traffic not seen as activity: %+v", ai[0])
 	}
 	// Unchanged counters: no new activity.
-	s.lookup(fiveTuple{proto: tUDP, client: c.localAddr(), server: s.addr("udp")}).pollKernel(polled.Add(time.Minute))
+	s.pollKernel(polled.Add(time.Minute))
 	if ai := s.Allocations(); !ai[0].Channels[0].LastActivity.Equal(polled) {
 		t.Errorf("activity moved without traffic")
 	}
@@ -232,7 +240,7 @@ func TestOffloadRefreshAndRemove(t *testing.T) {
 		t.Fatal(code(r))
 	}
 	rem, ok := off.last("remove")
-	if !ok || rem.Channel != 0x4001 || rem.Peer != peer {
+	if !ok || rem.Number != 0x4001 || rem.Peer != peer {
 		t.Fatalf("Refresh(0) did not remove the entry: %+v", off.ops())
 	}
 	if st := s.Stats(); st.KernelToPeer.Packets != 7 {
@@ -253,7 +261,7 @@ func TestOffloadExpiryRemoves(t *testing.T) {
 	if r := c.do(methodChannelBind, channelAttr(0x4002), peerAttr(netip.MustParseAddrPort("127.0.0.2:7102"))); code(r) != 0 {
 		t.Fatal(code(r))
 	}
-	waitFor(t, 3*time.Second, "remove after channel expiry", func() bool { return off.count("remove") == 1 })
+	testutil.WaitFor(t, 3*time.Second, "remove after channel expiry", func() bool { return off.count("remove") == 1 })
 	if len(s.Allocations()[0].Channels) != 0 {
 		t.Error("expired channel still listed")
 	}
@@ -370,8 +378,8 @@ func TestOffloadCloseRemovesAll(t *testing.T) {
 	}
 }
 
-// TestRestartKeepsAllocations is the control-plane half of issue 4's
-// "restart without dropping media": Shutdown(true) leaves the kernel
+// TestRestartKeepsAllocations is the control-plane half of a restart that
+// keeps media flowing (docs/design.md, Kernel-path invariants, 8): Shutdown(true) leaves the kernel
 // entries, the state file carries the allocations to a new Server, which
 // re-opens the relay ports, reinstalls the entries and keeps relaying on
 // the same addresses.
@@ -434,7 +442,7 @@ func TestRestartKeepsAllocations(t *testing.T) {
 		t.Fatalf("restored %+v\nbefore   %+v", a, b)
 	}
 	inst, ok := off2.last("install")
-	if !ok || inst.Channel != 0x4444 || inst.Relay != relay || !inst.DontFragment {
+	if !ok || inst.Number != 0x4444 || inst.Relay != relay || !inst.DontFragment {
 		t.Fatalf("entry not reinstalled: %+v", off2.ops())
 	}
 	// Media continues on the same relay address, both ways, and the client
@@ -500,12 +508,12 @@ func TestStateWrittenOnChange(t *testing.T) {
 		}
 		return st
 	}
-	waitFor(t, 5*time.Second, "state with the channel", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "state with the channel", func() bool {
 		st := read()
 		return len(st.Allocations) == 1 && len(st.Allocations[0].Channels) == 1 && st.Allocations[0].Channels[0].Number == 0x4567
 	})
 	if r := c.do(methodRefresh, lifetimeAttr(0)); code(r) != 0 {
 		t.Fatal(code(r))
 	}
-	waitFor(t, 5*time.Second, "state without the allocation", func() bool { return len(read().Allocations) == 0 })
+	testutil.WaitFor(t, 5*time.Second, "state without the allocation", func() bool { return len(read().Allocations) == 0 })
 }

@@ -20,9 +20,9 @@ import (
 type Options struct {
 	// Datapath serves the UDP listeners and the relay sockets. Required.
 	Datapath dataplane.Datapath
-	// Offload is the kernel fast path; nil means every packet takes the
-	// userspace path.
-	Offload Offload
+	// Offload is the kernel channel table (the XDP fast path); nil means
+	// every packet takes the userspace path.
+	Offload KernelChannels
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// StateFile, when set, is where allocation state is persisted so a
@@ -85,7 +85,7 @@ func (s *Server) runClock() {
 type Server struct {
 	cfg      Config
 	dp       dataplane.Datapath
-	off      Offload
+	off      KernelChannels
 	log      *slog.Logger
 	relayIPs []netip.Addr
 	nonces   *nonceSource
@@ -107,9 +107,10 @@ type Server struct {
 	quotaMu    sync.Mutex // guards perUser and quotaTotal
 	perUser    map[string]int
 	quotaTotal int
-	ports      portPool
-	offFull    atomic.Bool // ErrOffloadFull logged once
-	offErrLog  atomic.Bool // other offload errors logged once
+
+	ports     portPool    // relay ports; locks itself
+	offFull   atomic.Bool // ErrOffloadFull logged once
+	offErrLog atomic.Bool // other offload errors logged once
 
 	state stateWriter
 	drain drainState
@@ -159,7 +160,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.ports.init()
+	s.ports.init(cfg.MinPort, cfg.MaxPort, s.openRelay, s.releaseRelay)
 	s.clock.Store(time.Now().UnixNano())
 	s.state.path = opts.StateFile
 	var err error
@@ -167,7 +168,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
 	s.creds.Store(newCredentials(cfg.Users, cfg.AuthSecrets))
-	if needsTLS(cfg.Listeners) {
+	if NeedsTLS(cfg.Listeners) {
 		if err := s.ReloadTLS(); err != nil {
 			return nil, fmt.Errorf("new server: %w", err)
 		}
@@ -177,15 +178,6 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("new server: %w", err)
 	}
 	return s, nil
-}
-
-func needsTLS(ls []ListenerSpec) bool {
-	for _, l := range ls {
-		if l.Network == "tls" {
-			return true
-		}
-	}
-	return false
 }
 
 // relayIPsOf returns cfg.RelayIPs, or the specified listener addresses.
@@ -285,7 +277,7 @@ func normalizeConfig(c *Config) error {
 	if c.MaxAttributeCount < 8 {
 		return fmt.Errorf("max_attribute_count: %d below 8", c.MaxAttributeCount)
 	}
-	if needsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
+	if NeedsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
 		return errors.New("tls_cert_file/tls_key_file: required by a tls listener")
 	}
 	return nil
@@ -530,10 +522,7 @@ func (s *Server) janitor() {
 			if now.Sub(lastPrune) > 5*time.Second {
 				s.limiter.prune(now)
 				s.trusted.prune(now, func(t fiveTuple) bool { return s.lookup(t) != nil })
-				s.allocs.Range(func(_, v any) bool {
-					v.(*allocation).pollKernel(now)
-					return true
-				})
+				s.pollKernel(now)
 				lastPrune = now
 			}
 			// State is rewritten whole, so at most once per second.
@@ -594,9 +583,10 @@ func (s *Server) Stats() ServerStats {
 	st.KernelToPeer = PathCounters{c.retiredToPeerPackets.Load(), c.retiredToPeerBytes.Load()}
 	st.KernelToClient = PathCounters{c.retiredToClientPackets.Load(), c.retiredToClientBytes.Load()}
 	now := time.Now()
+	usage := s.kernelUsage()
 	s.allocs.Range(func(_, v any) bool {
 		a := v.(*allocation)
-		perms, chans, offl, u := a.counts(now)
+		perms, chans, offl, u := a.counts(now, usage)
 		st.Allocations++
 		st.Permissions += perms
 		st.Channels += chans
@@ -615,8 +605,9 @@ func (s *Server) Stats() ServerStats {
 func (s *Server) Allocations() []AllocationInfo {
 	var out []AllocationInfo
 	now := time.Now()
+	usage := s.kernelUsage()
 	s.allocs.Range(func(_, v any) bool {
-		out = append(out, v.(*allocation).info(now))
+		out = append(out, v.(*allocation).info(now, usage))
 		return true
 	})
 	slices.SortFunc(out, func(a, b AllocationInfo) int { return a.Client.Compare(b.Client) })

@@ -19,8 +19,8 @@ const stateSaveInterval = time.Second
 // stateVersion is bumped when the file format changes incompatibly.
 const stateVersion = 1
 
-// stateWriter persists allocation state (issue 4, "Restart without
-// dropping media"). Changes only mark it dirty; the janitor writes at most
+// stateWriter persists allocation state so a restart keeps media flowing
+// (docs/design.md, Kernel-path invariants, 8). Changes only mark it dirty; the janitor writes at most
 // once per stateSaveInterval, and Shutdown writes unconditionally.
 type stateWriter struct {
 	path  string
@@ -207,25 +207,21 @@ func (s *Server) restoreAllocation(sa savedAllocation, now time.Time) error {
 		return errors.New("allocation quota reached")
 	}
 	var relays [2]*relaySock
-	s.ports.mu.Lock()
 	for _, ra := range sa.Relays {
 		i := famIndex(familyOf(ra.Addr()))
-		if relays[i] != nil || ra.Port() < s.cfg.MinPort || ra.Port() > s.cfg.MaxPort {
-			s.ports.mu.Unlock()
+		if relays[i] != nil {
 			s.closeRelays(relays)
 			s.releaseQuota(quotaKey)
-			return fmt.Errorf("relay %s not usable with this configuration", ra)
+			return fmt.Errorf("relay %s: a second relayed address of its family", ra)
 		}
-		rs, err := s.openRelayLocked(ra.Addr(), ra.Port())
+		rs, err := s.ports.openAt(ra)
 		if err != nil {
-			s.ports.mu.Unlock()
 			s.closeRelays(relays)
 			s.releaseQuota(quotaKey)
 			return fmt.Errorf("reopen relay: %w", err)
 		}
 		relays[i] = rs
 	}
-	s.ports.mu.Unlock()
 	// The state file keeps DONT-FRAGMENT: a restored allocation relays
 	// with the DF policy it was created with (RFC 8656 section 14).
 	if err := applyDontFragment(relays, sa.DontFragment); err != nil {

@@ -128,7 +128,7 @@ type ServerStats struct {
 	UserspaceToPeer   PathCounters `json:"userspace_to_peer"`
 	UserspaceToClient PathCounters `json:"userspace_to_client"`
 	DataIndications   uint64       `json:"data_indications"`
-	// Kernel path (Offload.Usage summed over channels, including channels
+	// Kernel path (KernelChannels.Usage summed over channels, including channels
 	// that are gone); zero without an offload.
 	KernelToPeer   PathCounters `json:"kernel_to_peer"`
 	KernelToClient PathCounters `json:"kernel_to_client"`

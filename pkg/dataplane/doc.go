@@ -31,6 +31,13 @@
 // per-packet path takes a lock shared between loops; counters are per socket
 // and summed when read.
 //
+// The gso datapath's files follow its roles: gso_linux.go the datapath,
+// gso_sock_linux.go its sockets and their receive loops,
+// gso_batch_linux.go the per-goroutine batch state and its flush,
+// gso_send_linux.go the sends and their fallbacks. The system calls and
+// control-message layout are in the udpsys subpackage, which the
+// benchmark generator (internal/bench) uses too.
+//
 // The send plan is the pure function planSends (coalesce.go): it keeps the
 // queued order, so a flow's datagrams are never reordered. A Tx.Send may
 // name any Conn of the datapath (client to peer: received on the listener,

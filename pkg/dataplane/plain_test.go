@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 )
 
 // TestPlainEchoAndStats runs a relay-shaped echo on loopback: every datagram
@@ -94,14 +96,8 @@ func testRelayPortInUse(t *testing.T, dp Datapath) {
 	b.Close()
 }
 
-// waitFor polls cond until it holds, failing the test after 3 s.
+// waitFor fails the test when cond does not hold within 3 s.
 func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 3s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 3*time.Second, "the datapath's condition", cond)
 }

@@ -1,51 +1,11 @@
 package dataplane
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
-
-func timespec(sec, nsec int64) []byte {
-	b := make([]byte, 16)
-	binary.NativeEndian.PutUint64(b, uint64(sec))
-	binary.NativeEndian.PutUint64(b[8:], uint64(nsec))
-	return b
-}
-
-func TestParseRxTimestamp(t *testing.T) {
-	const sec, nsec = 1780000000, 123456789
-	want := int64(sec)*1e9 + nsec
-	gro := cmsg(unix.SOL_UDP, unix.UDP_GRO, u32(1200))
-	for _, typ := range []int32{unix.SO_TIMESTAMPNS_NEW, unix.SO_TIMESTAMPNS_OLD} {
-		ts := cmsg(unix.SOL_SOCKET, typ, timespec(sec, nsec))
-		seg, _, _, stamp := parseRxCmsgsStamp(append(append([]byte{}, gro...), ts...))
-		if seg != 1200 || stamp != want {
-			t.Errorf("type %d: seg %d stamp %d, want 1200 %d", typ, seg, stamp, want)
-		}
-		if _, _, _, stamp := parseRxCmsgsStamp(ts[:len(ts)-8]); stamp != 0 {
-			t.Errorf("type %d: a cut timestamp parsed as %d", typ, stamp)
-		}
-	}
-	// A timestamp at another level is not ours.
-	if _, _, _, stamp := parseRxCmsgsStamp(cmsg(unix.SOL_UDP, unix.SO_TIMESTAMPNS_NEW, timespec(sec, nsec))); stamp != 0 {
-		t.Errorf("SOL_UDP cmsg parsed as a timestamp: %d", stamp)
-	}
-}
-
-func TestSegments(t *testing.T) {
-	for _, tt := range []struct{ ln, seg, want int }{
-		{100, 0, 1}, {100, 100, 1}, {100, 200, 1}, {300, 100, 3}, {301, 100, 4}, {0, 0, 1},
-	} {
-		if got := segments(tt.ln, tt.seg); got != tt.want {
-			t.Errorf("segments(%d, %d) = %d, want %d", tt.ln, tt.seg, got, tt.want)
-		}
-	}
-}
 
 // queueBehindBlockedHandler sends one datagram that blocks the listener's
 // handler, queues n more behind it, waits hold, releases the handler, then

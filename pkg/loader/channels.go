@@ -7,41 +7,18 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 )
 
-// Channel is one bound channel as the kernel forwards it, in both
-// directions:
-//
-//	Client -> Listener  ChannelData(Number)  ==>  Relay -> Peer          data
-//	Peer   -> Relay     data                 ==>  Listener -> Client     ChannelData(Number)
-//
-// All four addresses must be of one family.
-type Channel struct {
-	Client, Listener, Relay, Peer netip.AddrPort
-	Number                        uint16 // 0x4000-0x7FFF (RFC 8656 / RFC 5766)
-	// Expires is when the kernel stops forwarding (it then passes the
-	// packets to userspace). The zero Time means already expired.
-	Expires time.Time
-	// DontFragment sets DF on relayed IPv4 packets to the peer.
-	DontFragment bool
-	// Meter is the allocation's bandwidth meter slot (Meter.Slot), 0 when
-	// the allocation is not limited. Every channel of an allocation has
-	// the same one.
-	Meter uint32
-}
-
-// ChannelStats are the kernel's per-channel usage counters (data bytes,
-// i.e. ChannelData payload / peer datagram payload).
-type ChannelStats struct {
-	ToPeerPackets, ToPeerBytes     uint64
-	ToClientPackets, ToClientBytes uint64
-}
+// Channel is one bound channel as the kernel forwards it: the control
+// plane's binding (kchan.Binding, the same fields, converted for free), on
+// which the loader hangs its key building (keys.go).
+type Channel kchan.Binding
 
 // ChannelEntry is one installed channel as read back from the maps.
 type ChannelEntry struct {
@@ -50,7 +27,7 @@ type ChannelEntry struct {
 	// early by the coarse clock's lag, see kernelExpiry).
 	ExpiresNs uint64
 	Slot      uint32
-	Stats     ChannelStats
+	Usage     kchan.Usage
 	// PeerEntry reports whether the peer->client direction is present.
 	PeerEntry bool
 	// Hairpin: the entry is written relay-to-relay (hairpin.go); ExpiresNs
@@ -159,6 +136,7 @@ func (x *XDP) PutChannel(c Channel) error {
 	}
 	if old == nil {
 		x.free = x.free[:len(x.free)-1]
+		x.slotGen[slot]++
 	}
 	e := &entry{cv: cv, pk: pk, pv: pv, probe: hpProbe, written: written}
 	x.index[ck] = e
@@ -274,34 +252,18 @@ func (c Channel) c2pKey() (relayC2pKey, error) {
 }
 
 // ChannelCounters reads the usage counters of an installed channel.
-func (x *XDP) ChannelCounters(c Channel) (ChannelStats, error) {
+func (x *XDP) ChannelCounters(c Channel) (kchan.Usage, error) {
 	ck, err := c.c2pKey()
 	if err != nil {
-		return ChannelStats{}, fmt.Errorf("channel counters: %w", err)
+		return kchan.Usage{}, fmt.Errorf("channel counters: %w", err)
 	}
 	x.mu.Lock()
 	e := x.index[ck]
 	x.mu.Unlock()
 	if e == nil {
-		return ChannelStats{}, fmt.Errorf("channel counters of %#x: %w", c.Number, ErrNotFound)
+		return kchan.Usage{}, fmt.Errorf("channel counters of %#x: %w", c.Number, ErrNotFound)
 	}
-	return x.slotStats(e.cv.Slot)
-}
-
-// slotStats sums a usage slot over the CPUs.
-func (x *XDP) slotStats(slot uint32) (ChannelStats, error) {
-	var per []relayChanStats
-	if err := x.objs.ChanUsage.Lookup(slot, &per); err != nil {
-		return ChannelStats{}, fmt.Errorf("read channel usage slot %d: %w", slot, err)
-	}
-	var st ChannelStats
-	for _, s := range per {
-		st.ToPeerPackets += s.ToPeerPackets
-		st.ToPeerBytes += s.ToPeerBytes
-		st.ToClientPackets += s.ToClientPackets
-		st.ToClientBytes += s.ToClientBytes
-	}
-	return st, nil
+	return x.slotUsage(e.cv.Slot)
 }
 
 // possibleCPUs is the number of values of a per-CPU map entry.
@@ -317,14 +279,27 @@ func (x *XDP) possibleCPUs() int {
 // map (what `hybridrelay maps dump` shows), read from the map itself, not
 // from the index. fn returning false stops the iteration.
 func (x *XDP) IterateChannels(fn func(ChannelEntry) bool) error {
+	// Every slot's usage in one batched pass, not a lookup per entry
+	// (nil where the kernel has no batch operations).
+	var usage []kchan.Usage
+	if err := x.batchUsage(func(slot uint32, u kchan.Usage) {
+		if int(slot) >= len(usage) {
+			usage = append(usage, make([]kchan.Usage, int(slot)+1-len(usage))...)
+		}
+		usage[slot] = u
+	}); err != nil {
+		usage = nil
+	}
 	var k relayC2pKey
 	var v relayC2pVal
 	it := x.objs.C2pChannels.Iterate()
 	for it.Next(&k, &v) {
 		e := ChannelEntry{Channel: channelFrom(k, v), ExpiresNs: expiryFromKernel(v.ExpiresNs), Slot: v.Slot,
 			Hairpin: v.Flags&flagHairpin != 0}
-		if st, err := x.slotStats(v.Slot); err == nil {
-			e.Stats = st
+		if int(v.Slot) < len(usage) {
+			e.Usage = usage[v.Slot]
+		} else if u, err := x.slotUsage(v.Slot); err == nil {
+			e.Usage = u
 		}
 		_, _, pk, _, err := e.Channel.keys(0, 0)
 		if err == nil {

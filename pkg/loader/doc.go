@@ -2,8 +2,15 @@
 // from Go: the bpf2go output for bpf/relay.bpf.c (committed, so building needs
 // no clang), loading it with map sizes from config, pinning its maps and links
 // under a bpffs directory, re-adopting them after a restart, attaching it to
-// interfaces, and typed access to its maps. It does not import pkg/control;
-// pkg/control/offload_xdp.go adapts it to control.Offload.
+// interfaces, and typed access to its maps.
+//
+// It is the one owner of the kernel channel table: the control plane
+// declares bindings through control.KernelChannels, which XDP implements
+// (Bind, Unbind, Usage in table.go) with the types of internal/kchan, so
+// neither package imports the other; XDP keeps what is installed (the
+// index), builds every key (keys.go), decides relay-to-relay rewriting
+// (hairpin.go), reads all channels' usage in one batched pass, and gives
+// the CLI read-only access to a daemon's pins (OpenPinned).
 //
 // # Lifecycle
 //
@@ -65,7 +72,7 @@
 //	relayNS.Do(func() error { return x.Attach([]int{cliIdx, peerIdx}, loader.ModeNative) })
 //	x.SetRedirectIfaces([]int{cliIdx, peerIdx})
 //	clientNS.Do(func() error { _, err := x.AttachPass(clientIfIdx, loader.ModeNative); return err })
-//	...                                                   // control.NewXDPOffload(x, nil) in control.Options.Offload
+//	...                                                   // x as control.Options.Offload
 //	x.Unpin(); x.Close()
 //
 // The far end of every veth the program transmits into needs an XDP program

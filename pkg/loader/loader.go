@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 )
 
 // DefaultPinDir is where maps and links are pinned unless Options say
@@ -23,10 +25,10 @@ const DefaultMaxChannels = 1024
 var (
 	// ErrFull means the channel maps have no room; the channel stays on
 	// the userspace path (and the map-full counter counts it).
-	ErrFull = errors.New("xdp channel table full")
+	ErrFull = kchan.ErrFull
 	// ErrUnsupported means the channel cannot be forwarded by the program
 	// (mixed address families, ...); it stays on the userspace path.
-	ErrUnsupported = errors.New("channel not supported by the xdp path")
+	ErrUnsupported = kchan.ErrUnsupported
 	// ErrNotFound is returned for operations on a channel not installed.
 	ErrNotFound = errors.New("xdp channel not installed")
 )
@@ -78,9 +80,12 @@ type XDP struct {
 	index map[relayC2pKey]*entry
 	// byP2c finds an installed channel by its p2c key, deps the channels
 	// whose relay-to-relay target would have a p2c key (hairpin.go).
-	byP2c   map[relayP2cKey]relayC2pKey
-	deps    map[relayP2cKey]map[relayC2pKey]bool
-	free    []uint32 // free slots of chan_usage
+	byP2c map[relayP2cKey]relayC2pKey
+	deps  map[relayP2cKey]map[relayC2pKey]bool
+	free  []uint32 // free slots of chan_usage
+	// slotGen[slot] counts the slot's owners: a usage read made without
+	// x.mu held is kept only for slots whose owner did not change (table.go).
+	slotGen []uint32
 	adopted map[relayC2pKey]bool
 	links   map[int]xdpLink // by ifindex, the relay program's links
 	// redirect is the devmap's set (SetRedirectIfaces).
@@ -128,6 +133,7 @@ func Load(opts Options) (*XDP, error) {
 		max:      opts.MaxChannels,
 		log:      log,
 		index:    map[relayC2pKey]*entry{},
+		slotGen:  make([]uint32, opts.MaxChannels),
 		byP2c:    map[relayP2cKey]relayC2pKey{},
 		deps:     map[relayP2cKey]map[relayC2pKey]bool{},
 		adopted:  map[relayC2pKey]bool{},

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 )
 
 // Bandwidth meters (bpf/meter.h): one per limited allocation, shared by
@@ -199,4 +201,14 @@ func (t *meterTable) reconcile() {
 		t.free = append(t.free, slot)
 		delete(t.adopted, slot)
 	}
+}
+
+// Meter is AcquireMeter as the control plane asks for it (control.Metering):
+// the allocation's meter behind the kchan.Meter interface.
+func (x *XDP) Meter(client, listener netip.AddrPort, rate, burst uint64) (kchan.Meter, error) {
+	m, err := x.AcquireMeter(client, listener, rate, burst)
+	if err != nil {
+		return nil, err // not a typed nil inside the interface
+	}
+	return m, nil
 }

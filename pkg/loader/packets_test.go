@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/hybridrelay/hybridrelay/internal/testutil"
 )
 
 // This file builds and checks frames in Go, independently of the C code:
@@ -27,23 +29,7 @@ type frameSpec struct {
 }
 
 // csumFull is the RFC 1071 Internet checksum of the concatenation of parts.
-func csumFull(parts ...[]byte) uint16 {
-	var b []byte
-	for _, p := range parts {
-		b = append(b, p...)
-	}
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
+func csumFull(parts ...[]byte) uint16 { return testutil.Checksum(parts...) }
 
 func (f frameSpec) build() []byte {
 	ttl := f.ttl
@@ -141,7 +127,8 @@ func channelData(ch uint16, data, pad []byte) []byte {
 }
 
 // verifyChecksums recomputes the IPv4 header checksum and the UDP checksum
-// of a frame from scratch.
+// of a frame from scratch (a zero UDP checksum is allowed over IPv4 only,
+// RFC 768 and RFC 8200 section 8.1).
 func verifyChecksums(frame []byte) error {
 	if len(frame) < 14 {
 		return fmt.Errorf("short frame")
@@ -153,6 +140,8 @@ func verifyChecksums(frame []byte) error {
 		etype = binary.BigEndian.Uint16(frame[off+2:])
 		off += 4
 	}
+	var src, dst netip.Addr
+	var udp []byte
 	switch etype {
 	case 0x0800:
 		ip := frame[off:]
@@ -164,33 +153,21 @@ func verifyChecksums(frame []byte) error {
 			return fmt.Errorf("ipv4 header checksum wrong")
 		}
 		tot := int(binary.BigEndian.Uint16(ip[2:]))
-		udp := ip[hl:tot]
-		if binary.BigEndian.Uint16(udp[6:]) == 0 {
+		udp = ip[hl:tot]
+		if len(udp) >= 8 && binary.BigEndian.Uint16(udp[6:]) == 0 {
 			return nil // none (RFC 768)
 		}
-		pseudo := append(append([]byte{}, ip[12:20]...), 0, 17)
-		pseudo = binary.BigEndian.AppendUint16(pseudo, uint16(len(udp)))
-		if binary.BigEndian.Uint16(udp[4:]) != uint16(len(udp)) {
+		if len(udp) >= 8 && binary.BigEndian.Uint16(udp[4:]) != uint16(len(udp)) {
 			return fmt.Errorf("udp length %d, ip says %d", binary.BigEndian.Uint16(udp[4:]), len(udp))
 		}
-		if csumFull(pseudo, udp) != 0 {
-			return fmt.Errorf("udp checksum wrong")
-		}
+		src, dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
 	case 0x86DD:
 		ip := frame[off:]
 		plen := int(binary.BigEndian.Uint16(ip[4:]))
-		udp := ip[40 : 40+plen]
-		if binary.BigEndian.Uint16(udp[6:]) == 0 {
-			return fmt.Errorf("ipv6 udp checksum zero")
-		}
-		pseudo := append([]byte{}, ip[8:40]...)
-		pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(plen))
-		pseudo = append(pseudo, 0, 0, 0, 17)
-		if csumFull(pseudo, udp) != 0 {
-			return fmt.Errorf("udp checksum wrong")
-		}
+		udp = ip[40 : 40+plen]
+		src, dst = netip.AddrFrom16([16]byte(ip[8:24])), netip.AddrFrom16([16]byte(ip[24:40]))
 	default:
 		return fmt.Errorf("ethertype %#x", etype)
 	}
-	return nil
+	return testutil.VerifyUDP(src, dst, udp)
 }

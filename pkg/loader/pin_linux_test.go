@@ -12,6 +12,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 )
 
 // TestChannelUsageCounts forwards through BPF_PROG_RUN and reads the
@@ -31,11 +33,11 @@ func TestChannelUsageCounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ChannelStats{ToPeerPackets: 3, ToPeerBytes: 300, ToClientPackets: 1, ToClientBytes: 33}
+	want := kchan.Usage{ToPeerPackets: 3, ToPeerBytes: 300, ToClientPackets: 1, ToClientBytes: 33}
 	if got != want {
 		t.Fatalf("channel counters %+v, want %+v", got, want)
 	}
-	if other, _ := e.x.ChannelCounters(chV6); other != (ChannelStats{}) {
+	if other, _ := e.x.ChannelCounters(chV6); other != (kchan.Usage{}) {
 		t.Fatalf("another channel counted %+v", other)
 	}
 	c, err := e.x.Counters()
@@ -78,7 +80,7 @@ func TestChannelUsageCounts(t *testing.T) {
 	if err := e.x.PutChannel(fresh); err != nil {
 		t.Fatal(err)
 	}
-	if got3, _ := e.x.ChannelCounters(fresh); got3 != (ChannelStats{}) {
+	if got3, _ := e.x.ChannelCounters(fresh); got3 != (kchan.Usage{}) {
 		t.Fatalf("new channel inherited %+v", got3)
 	}
 }

@@ -1,4 +1,4 @@
-package dataplane
+package udpsys
 
 import (
 	"encoding/binary"
@@ -42,7 +42,7 @@ func TestParseRxCmsgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			seg, drops, has := parseRxCmsgs(tt.in)
+			seg, drops, has := ParseRxCmsgs(tt.in)
 			if seg != tt.seg || drops != tt.drops || has != tt.hasDrops {
 				t.Fatalf("got %d %d %v, want %d %d %v", seg, drops, has, tt.seg, tt.drops, tt.hasDrops)
 			}
@@ -56,9 +56,9 @@ func FuzzParseRxCmsgs(f *testing.F) {
 	f.Add(append(cmsg(unix.SOL_SOCKET, unix.SO_RXQ_OVFL, u32(1)), 0xff, 0xff))
 	f.Add(cmsg(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS_NEW, make([]byte, 16)))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		seg, drops, has, _ := parseRxCmsgsStamp(b)
-		if s2, d2, h2 := parseRxCmsgs(b); s2 != seg || d2 != drops || h2 != has {
-			t.Fatalf("parseRxCmsgs and parseRxCmsgsStamp disagree on %x", b)
+		seg, drops, has, _ := ParseRxCmsgsStamp(b)
+		if s2, d2, h2 := ParseRxCmsgs(b); s2 != seg || d2 != drops || h2 != has {
+			t.Fatalf("ParseRxCmsgs and ParseRxCmsgsStamp disagree on %x", b)
 		}
 	})
 }
@@ -76,19 +76,56 @@ func TestSockaddrRoundTrip(t *testing.T) {
 		{unix.AF_INET6, "[2001:2::1]:65535", true, "[2001:2::1]:65535"},
 		{unix.AF_INET6, "198.18.1.1:1", true, "198.18.1.1:1"}, // sent as ::ffff:198.18.1.1, read back unmapped
 	} {
-		var b sockaddrBuf
-		n := putSockaddr(&b, tc.family, netip.MustParseAddrPort(tc.dst))
+		var b Sockaddr
+		n := PutSockaddr(&b, tc.family, netip.MustParseAddrPort(tc.dst))
 		if (n != 0) != tc.ok {
 			t.Fatalf("%s on family %d: length %d", tc.dst, tc.family, n)
 		}
 		if tc.ok {
-			if got := getSockaddr(&b); got.String() != tc.back {
+			if got := GetSockaddr(&b); got.String() != tc.back {
 				t.Fatalf("%s: read back %v, want %s", tc.dst, got, tc.back)
 			}
 		}
 	}
-	var b sockaddrBuf
-	if putSockaddr(&b, unix.AF_INET, netip.AddrPort{}) != 0 {
+	var b Sockaddr
+	if PutSockaddr(&b, unix.AF_INET, netip.AddrPort{}) != 0 {
 		t.Fatal("invalid address encoded")
+	}
+}
+
+func timespec(sec, nsec int64) []byte {
+	b := make([]byte, 16)
+	binary.NativeEndian.PutUint64(b, uint64(sec))
+	binary.NativeEndian.PutUint64(b[8:], uint64(nsec))
+	return b
+}
+
+func TestParseRxTimestamp(t *testing.T) {
+	const sec, nsec = 1780000000, 123456789
+	want := int64(sec)*1e9 + nsec
+	gro := cmsg(unix.SOL_UDP, unix.UDP_GRO, u32(1200))
+	for _, typ := range []int32{unix.SO_TIMESTAMPNS_NEW, unix.SO_TIMESTAMPNS_OLD} {
+		ts := cmsg(unix.SOL_SOCKET, typ, timespec(sec, nsec))
+		seg, _, _, stamp := ParseRxCmsgsStamp(append(append([]byte{}, gro...), ts...))
+		if seg != 1200 || stamp != want {
+			t.Errorf("type %d: seg %d stamp %d, want 1200 %d", typ, seg, stamp, want)
+		}
+		if _, _, _, stamp := ParseRxCmsgsStamp(ts[:len(ts)-8]); stamp != 0 {
+			t.Errorf("type %d: a cut timestamp parsed as %d", typ, stamp)
+		}
+	}
+	// A timestamp at another level is not ours.
+	if _, _, _, stamp := ParseRxCmsgsStamp(cmsg(unix.SOL_UDP, unix.SO_TIMESTAMPNS_NEW, timespec(sec, nsec))); stamp != 0 {
+		t.Errorf("SOL_UDP cmsg parsed as a timestamp: %d", stamp)
+	}
+}
+
+func TestSegments(t *testing.T) {
+	for _, tt := range []struct{ ln, seg, want int }{
+		{100, 0, 1}, {100, 100, 1}, {100, 200, 1}, {300, 100, 3}, {301, 100, 4}, {0, 0, 1},
+	} {
+		if got := Segments(tt.ln, tt.seg); got != tt.want {
+			t.Errorf("Segments(%d, %d) = %d, want %d", tt.ln, tt.seg, got, tt.want)
+		}
 	}
 }
