@@ -307,6 +307,9 @@ func (d *daemon) announceDemo(addrs []control.ListenerSpec) {
 		if a.Network == "tls" {
 			scheme, query = "turns", "?transport=tcp"
 		}
+		if a.Network == "dtls" {
+			scheme, query = "turns", "?transport=udp"
+		}
 		u := fmt.Sprintf("%s:%s%s", scheme, displayAddr(a.Addr, d.srv.RelayIPs()), query)
 		if !seen[u] {
 			seen[u] = true
@@ -466,7 +469,7 @@ func effectiveUsers(s *config.Settings, d *daemon) map[string]string {
 
 func hasTLS(ls []control.ListenerSpec) bool {
 	for _, l := range ls {
-		if l.Network == "tls" {
+		if l.Network == "tls" || l.Network == "dtls" {
 			return true
 		}
 	}

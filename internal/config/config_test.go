@@ -159,12 +159,19 @@ func TestLoadValues(t *testing.T) {
 				t.Fatalf("%v", s.Listeners)
 			}
 		}},
-		{name: "listen bad scheme", file: "listen = ud://1.2.3.4:5", err: `x.conf:1: key "listen": "ud://" is not a listener scheme (udp://, tcp://, tls://); did you mean udp://?`},
+		{name: "listen bad scheme", file: "listen = ud://1.2.3.4:5", err: `x.conf:1: key "listen": "ud://" is not a listener scheme (udp://, tcp://, tls://, dtls://); did you mean udp://?`},
 		{name: "listen no port", file: "listen = 1.2.3.4", err: `x.conf:1: key "listen": 1.2.3.4 has no port (write 1.2.3.4:3478)`},
 		{name: "listen v6 no port", file: "listen = ::1", err: `x.conf:1: key "listen": ::1 has no port (write [::1]:3478)`},
 		{name: "listen hostname", file: "listen = example.org:3478", err: `x.conf:1: key "listen": example.org:3478 is not ADDR:PORT`},
 		{name: "listen twice", file: "listen = 1.2.3.4:5\nlisten = udp://1.2.3.4:5", err: `x.conf:2: key "listen": udp://1.2.3.4:5 is given twice`},
 		{name: "tls needs cert", file: "listen = tls://0.0.0.0:5349", err: `x.conf:1: key "listen": tls://0.0.0.0:5349 needs tls-cert and tls-key`},
+		{name: "dtls needs cert", file: "listen = dtls://0.0.0.0:5349", err: `x.conf:1: key "listen": dtls://0.0.0.0:5349 needs tls-cert and tls-key`},
+		{name: "dtls scheme", file: "listen = dtls://[::1]:5349\ntls-cert = /c\ntls-key = /k", check: func(t *testing.T, s *Settings) {
+			want := []control.ListenerSpec{{Network: "dtls", Addr: ap("[::1]:5349")}}
+			if !reflect.DeepEqual(s.Listeners, want) {
+				t.Fatalf("listeners %v, want %v", s.Listeners, want)
+			}
+		}},
 		{name: "tls needs key", file: "listen = tls://0.0.0.0:5349\ntls-cert = /c", err: `x.conf:2: key "tls-cert": tls://0.0.0.0:5349 needs tls-key as well as tls-cert`},
 		{name: "key without cert", file: "tls-key = /k", err: `x.conf:1: key "tls-key": tls-key is set but tls-cert is not`},
 		{name: "max port out of range", file: "\n\nmax-port = 70000", err: `x.conf:3: key "max-port": 70000 is not a port (1-65535)`},

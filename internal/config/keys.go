@@ -64,7 +64,7 @@ var keys = []Key{
 		Usage: "read settings from FILE (key = value lines; see docs/configuration.md)",
 		set:   func(s *Settings, v string) error { return nil }},
 	{Name: "listen", Arg: "ADDR:PORT", Repeatable: true, Default: "0.0.0.0:3478 (UDP and TCP)",
-		Usage: "listen on ADDR:PORT; plain = UDP and TCP, or udp://, tcp://, tls:// for one transport (repeatable)",
+		Usage: "listen on ADDR:PORT; plain = UDP and TCP, or udp://, tcp://, tls://, dtls:// for one transport (repeatable)",
 		set:   setListen, reset: func(s *Settings) { s.Listeners = nil }},
 	{Name: "relay-ip", Arg: "IP", Repeatable: true, Default: "the listener address, or the host's first global address",
 		Usage: "address relayed transport addresses are allocated on; one per family (repeatable)",
@@ -81,9 +81,9 @@ var keys = []Key{
 	{Name: "auth-secret", Arg: "SECRET", Repeatable: true, Default: "none",
 		Usage: "TURN REST API shared secret, coturn's static-auth-secret; all are accepted, for rotation (repeatable)",
 		set:   setSecret, reset: func(s *Settings) { s.AuthSecrets = nil }},
-	{Name: "tls-cert", Arg: "FILE", Default: "none", Usage: "PEM certificate chain for tls:// listeners (re-read on SIGHUP)",
+	{Name: "tls-cert", Arg: "FILE", Default: "none", Usage: "PEM certificate chain for tls:// and dtls:// listeners (re-read on SIGHUP)",
 		set: func(s *Settings, v string) error { s.TLSCert = v; return nonEmpty(v) }},
-	{Name: "tls-key", Arg: "FILE", Default: "none", Usage: "PEM private key for tls:// listeners (re-read on SIGHUP)",
+	{Name: "tls-key", Arg: "FILE", Default: "none", Usage: "PEM private key for tls:// and dtls:// listeners (re-read on SIGHUP)",
 		set: func(s *Settings, v string) error { s.TLSKey = v; return nonEmpty(v) }},
 	{Name: "allow-peer", Arg: "CIDR", Repeatable: true, Default: "none",
 		Usage: "allow relaying to peers in CIDR; wins over deny-peer and the built-in deny list (repeatable)",
@@ -394,18 +394,18 @@ func setRelayIP(s *Settings, v string) error {
 	return nil
 }
 
-// setListen parses [udp://|tcp://|tls://]ADDR:PORT. Without a scheme the
+// setListen parses [udp://|tcp://|tls://|dtls://]ADDR:PORT. Without a scheme the
 // address is served over UDP and TCP, the usual pair for TURN on 3478.
 func setListen(s *Settings, v string) error {
 	networks := []string{"udp", "tcp"}
 	rest := v
 	if scheme, after, ok := strings.Cut(v, "://"); ok {
 		switch scheme {
-		case "udp", "tcp", "tls":
+		case "udp", "tcp", "tls", "dtls":
 			networks = []string{scheme}
 		default:
-			msg := fmt.Sprintf("%q is not a listener scheme (udp://, tcp://, tls://)", clip(scheme+"://"))
-			if m := suggest(scheme, []string{"udp", "tcp", "tls"}); m != "" {
+			msg := fmt.Sprintf("%q is not a listener scheme (udp://, tcp://, tls://, dtls://)", clip(scheme+"://"))
+			if m := suggest(scheme, []string{"udp", "tcp", "tls", "dtls"}); m != "" {
 				msg += fmt.Sprintf("; did you mean %s://?", m)
 			}
 			return errors.New(msg)

@@ -158,8 +158,8 @@ func (s *Settings) validate() error {
 	}
 	var tlsListener string
 	for _, l := range s.Listeners {
-		if l.Network == "tls" && tlsListener == "" {
-			tlsListener = "tls://" + l.Addr.String()
+		if (l.Network == "tls" || l.Network == "dtls") && tlsListener == "" {
+			tlsListener = l.Network + "://" + l.Addr.String()
 		}
 	}
 	if tlsListener != "" {

@@ -48,6 +48,7 @@ var (
 	dBatchSize        = desc("rx_batch_size", "Datagrams per receive batch of the userspace datapath.", "datapath")
 	dIO               = desc("dataplane_total", "Userspace datapath counters (syscalls, packets, GSO), by counter.", "datapath", "counter")
 	dRateLimitSources = desc("rate_limiter_sources", "Source addresses the unauthenticated-request limiter tracks.")
+	dProtocol         = desc("protocol_events_total", "DTLS listener, RFC 5780 NAT discovery and RFC 6062 TCP allocation events, by event.", "event")
 )
 
 // collector turns a snapshot into metrics at scrape time.
@@ -59,7 +60,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
 		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass,
-		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources} {
+		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dProtocol} {
 		ch <- d
 	}
 	c.errors.Describe(ch)
@@ -114,6 +115,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}{{"install", srv.OffloadInstalls}, {"install_error", srv.OffloadInstallErrors}, {"table_full", srv.OffloadFull},
 			{"refresh_error", srv.OffloadRefreshErrors}, {"remove", srv.OffloadRemoves}, {"remove_error", srv.OffloadRemoveErrors}} {
 			counter(dOffload, e.v, e.name)
+		}
+		for _, k := range slices.Sorted(maps.Keys(srv.Protocol)) {
+			counter(dProtocol, srv.Protocol[k], k)
 		}
 	}
 	if k := s.Kernel; k != nil {

@@ -7,7 +7,7 @@ import (
 
 // ListenerSpec is one address the server answers STUN/TURN on.
 type ListenerSpec struct {
-	// Network is "udp", "tcp" or "tls".
+	// Network is "udp", "tcp", "tls" or "dtls".
 	Network string
 	Addr    netip.AddrPort
 }

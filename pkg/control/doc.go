@@ -1,5 +1,5 @@
 // Package control is the STUN/TURN control plane of hybridrelay (RFC 8489,
-// RFC 8656): listeners (UDP through a dataplane.Datapath, TCP, TLS),
+// RFC 8656): listeners (UDP through a dataplane.Datapath, TCP, TLS, DTLS),
 // long-term and TURN REST credentials, nonces, allocations, permissions,
 // channels, lifetimes, quotas, the peer policy and rate limits.
 //
@@ -22,7 +22,9 @@
 // pion/stun does not know; auth.go holds credentials, nonces and
 // MESSAGE-INTEGRITY-SHA256; policy.go the peer policy; ratelimit.go the
 // token buckets; allocation.go lifetimes, relay ports and offload sync;
-// transport.go the TCP/TLS framing; state.go persistence.
+// transport.go the TCP/TLS framing; dtls.go TURN over DTLS (RFC 7350);
+// protostats.go the counters of the protocol extensions; state.go
+// persistence.
 //
 // # Choices where the RFCs leave room (or real clients disagree)
 //

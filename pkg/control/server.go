@@ -37,6 +37,7 @@ const (
 	tUDP transport = iota
 	tTCP
 	tTLS
+	tDTLS // RFC 8656 section 3 and RFC 7350: TURN over DTLS over UDP
 )
 
 func (t transport) String() string {
@@ -45,6 +46,8 @@ func (t transport) String() string {
 		return "tcp"
 	case tTLS:
 		return "tls"
+	case tDTLS:
+		return "dtls"
 	}
 	return "udp"
 }
@@ -173,7 +176,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 
 func needsTLS(ls []ListenerSpec) bool {
 	for _, l := range ls {
-		if l.Network == "tls" {
+		if l.Network == "tls" || l.Network == "dtls" {
 			return true
 		}
 	}
@@ -207,9 +210,9 @@ func normalizeConfig(c *Config) error {
 	}
 	for i, l := range c.Listeners {
 		switch l.Network {
-		case "udp", "tcp", "tls":
+		case "udp", "tcp", "tls", "dtls":
 		default:
-			return fmt.Errorf("listeners[%d].network: %q is not udp, tcp or tls", i, l.Network)
+			return fmt.Errorf("listeners[%d].network: %q is not udp, tcp, tls or dtls", i, l.Network)
 		}
 		if !l.Addr.Addr().IsValid() {
 			return fmt.Errorf("listeners[%d].addr: invalid address", i)
@@ -275,7 +278,7 @@ func normalizeConfig(c *Config) error {
 		return fmt.Errorf("max_attribute_count: %d below 8", c.MaxAttributeCount)
 	}
 	if needsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
-		return errors.New("tls_cert_file/tls_key_file: required by a tls listener")
+		return errors.New("tls_cert_file/tls_key_file: required by a tls or dtls listener")
 	}
 	return nil
 }
@@ -365,6 +368,8 @@ func (s *Server) openListener(l ListenerSpec) (netip.AddrPort, error) {
 		s.wg.Add(1)
 		go s.acceptLoop(ln, proto)
 		return netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port()), nil
+	case "dtls":
+		return s.openDTLS(l.Addr)
 	}
 	return netip.AddrPort{}, fmt.Errorf("unknown network %q", l.Network)
 }
@@ -564,6 +569,7 @@ func (s *Server) Stats() ServerStats {
 			"panics":        c.panics.Load(),
 		},
 	}
+	st.Protocol = s.protocolStats()
 	for i := range c.authFailures {
 		st.AuthFailures[authFailureNames[i]] = c.authFailures[i].Load()
 	}

@@ -95,6 +95,8 @@ type counters struct {
 	offloadRemoves       atomic.Uint64
 	offloadRemoveErrors  atomic.Uint64
 
+	dtls dtlsCounters // dtls.go
+
 	// Kernel usage of channels whose offload entry is gone.
 	retiredToPeerPackets, retiredToPeerBytes     atomic.Uint64
 	retiredToClientPackets, retiredToClientBytes atomic.Uint64
@@ -145,6 +147,11 @@ type ServerStats struct {
 	// RateLimiterSources is how many source IPs the unauthenticated-request
 	// limiter remembers.
 	RateLimiterSources int `json:"rate_limiter_sources"`
+
+	// Protocol counts events of the DTLS listeners, RFC 5780 NAT
+	// behaviour discovery and RFC 6062 TCP allocations, by name
+	// (protostats.go).
+	Protocol map[string]uint64 `json:"protocol"`
 }
 
 // PermissionInfo is one permission of an allocation.

@@ -61,7 +61,10 @@ type streamConn struct {
 	closed    chan struct{}
 }
 
-func (c *streamConn) stream() bool { return true }
+// stream: TCP and TLS are byte streams; a DTLS connection carries one
+// message per record, like UDP, so its ChannelData needs no padding (RFC
+// 8656 section 12.5).
+func (c *streamConn) stream() bool { return c.tuple.proto != tDTLS }
 
 // send queues a copy of b; a client that does not read is dropped from,
 // never waited for, so a slow client cannot stall the relay loop that

@@ -1,0 +1,130 @@
+package control
+
+import (
+	"context"
+	"crypto/x509"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pion/dtls/v3"
+
+	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
+)
+
+// dialDTLS makes a DTLS association to addr (pion/dtls as the client) and
+// returns a raw STUN client over it and the serial of the certificate the
+// server presented.
+func dialDTLS(t *testing.T, addr netip.AddrPort) (*rawClient, *dtls.Conn, *big.Int) {
+	t.Helper()
+	conn, err := dtls.DialWithOptions("udp", net.UDPAddrFromAddrPort(addr),
+		dtls.WithInsecureSkipVerify(true)) //nolint:gosec // test certificate
+	if err != nil {
+		t.Fatalf("dtls dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		t.Fatalf("dtls handshake: %v", err)
+	}
+	st, ok := conn.ConnectionState()
+	if !ok || len(st.PeerCertificates) == 0 {
+		t.Fatal("dtls: no peer certificate")
+	}
+	cert, err := x509.ParseCertificate(st.PeerCertificates[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rawClient{t: t, conn: conn, user: testUser, pass: testPass, realm: testRealm}, conn, cert.SerialNumber
+}
+
+// TestDTLSListenerAndReload: TURN over DTLS (RFC 7350) with the TLS
+// certificate files and their reload; ChannelData in both directions
+// without padding (RFC 8656 section 12.5: only streams pad); the
+// allocation is a dtls one, never offloaded, and ends with the
+// association (close_notify).
+func TestDTLSListenerAndReload(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, serial1 := writeSelfSigned(t, dir, "one")
+	off := newRecordingOffload()
+	s := startServer(t, func(c *Config, _ *Options) {
+		c.Listeners = []ListenerSpec{{Network: "dtls", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}
+		c.TLSCertFile, c.TLSKeyFile = certFile, keyFile
+	}, withOffload(off))
+	c, conn, got := dialDTLS(t, s.addr("dtls"))
+	if got.Cmp(serial1) != 0 {
+		t.Fatalf("serial %v, want %v", got, serial1)
+	}
+	peer := newPeer(t, "127.0.0.1:0")
+	relay := c.allocate()
+	if r := c.do(methodChannelBind, channelAttr(0x4000), peerAttr(peer.addr())); code(r) != 0 {
+		t.Fatal(code(r))
+	}
+	payload := []byte("dtls data, 21 bytes!!") // not a multiple of 4
+	c.write(appendChannelData(nil, 0x4000, payload, false))
+	if b, from, err := peer.recv(2 * time.Second); err != nil || string(b) != string(payload) || from != relay {
+		t.Fatalf("peer got %q from %v (%v)", b, from, err)
+	}
+	peer.send(payload, relay)
+	b := c.read(2 * time.Second)
+	if len(b) != 4+len(payload) || b[0] != 0x40 || b[1] != 0x00 || string(b[4:]) != string(payload) {
+		t.Fatalf("client got %x, want unpadded ChannelData 0x4000 with %q", b, payload)
+	}
+	ai := s.Allocations()
+	if len(ai) != 1 || ai[0].Transport != "dtls" || len(ai[0].Channels) != 1 || ai[0].Channels[0].Offloaded {
+		t.Fatalf("allocations %+v", ai)
+	}
+	if n := off.count("install"); n != 0 {
+		t.Fatalf("%d offload installs for a DTLS client's channel, want 0", n)
+	}
+	if st := s.Stats(); st.OffloadInstalls != 0 || st.Protocol["dtls_handshakes"] != 1 {
+		t.Fatalf("offload installs %d (want 0), dtls handshakes %d (want 1)", st.OffloadInstalls, st.Protocol["dtls_handshakes"])
+	}
+
+	// A record that is neither STUN nor ChannelData is dropped; the
+	// association keeps working.
+	c.write([]byte{0xC0, 1, 2, 3, 4, 5})
+	if r := c.do(methodRefresh, lifetimeAttr(600)); code(r) != 0 {
+		t.Fatalf("refresh after a bad record: %d", code(r))
+	}
+	if n := s.Stats().Protocol["dtls_records_malformed"]; n != 1 {
+		t.Fatalf("dtls_records_malformed %d, want 1", n)
+	}
+
+	// Closing the association (close_notify) deletes the allocation.
+	conn.Close()
+	waitFor(t, 3*time.Second, "allocation deleted after close_notify", func() bool { return len(s.Allocations()) == 0 })
+
+	// Reload: new handshakes get the new certificate; a broken file keeps
+	// the current one.
+	_, _, serial2 := writeSelfSigned(t, dir, "two")
+	if err := s.ReloadTLS(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, got := dialDTLS(t, s.addr("dtls")); got.Cmp(serial2) != 0 {
+		t.Fatalf("after reload: serial %v, want %v", got, serial2)
+	}
+	os.WriteFile(keyFile, []byte("garbage"), 0o600)
+	if err := s.ReloadTLS(); err == nil {
+		t.Fatal("reload of a broken key succeeded")
+	}
+	if _, _, got := dialDTLS(t, s.addr("dtls")); got.Cmp(serial2) != 0 {
+		t.Fatalf("after failed reload: serial %v, want %v", got, serial2)
+	}
+}
+
+// TestDTLSNeedsCertificate: a dtls listener without certificate files is
+// a configuration error naming them.
+func TestDTLSNeedsCertificate(t *testing.T) {
+	cfg := testConfig()
+	cfg.Listeners = []ListenerSpec{{Network: "dtls", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}
+	_, err := NewServer(cfg, Options{Datapath: dataplane.NewPlain()})
+	if err == nil || !strings.Contains(err.Error(), "tls_cert_file") {
+		t.Fatalf("NewServer: %v, want an error naming tls_cert_file", err)
+	}
+}
