@@ -190,6 +190,15 @@ func TestLoadValues(t *testing.T) {
 			}
 		}},
 		{name: "relay ip two v4", file: "relay-ip = 192.0.2.1\nrelay-ip = 192.0.2.2", err: `x.conf:2: key "relay-ip": 192.0.2.1 and 192.0.2.2 are both IPv4; give one relay-ip per address family`},
+		{name: "other address", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.2", check: func(t *testing.T, s *Settings) {
+			if c := s.Control(); len(c.OtherAddresses) != 1 || c.OtherAddresses[0] != netip.MustParseAddr("192.0.2.2") {
+				t.Fatal(c.OtherAddresses)
+			}
+		}},
+		{name: "other address two v4", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.2\nother-address = 192.0.2.3", err: `x.conf:3: key "other-address": 192.0.2.2 and 192.0.2.3 are both IPv4; give one other-address per address family`},
+		{name: "other address is listener", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.1", err: `x.conf:2: key "other-address": 192.0.2.1 is also a listener address; other-address must be a second address of this host`},
+		{name: "other address wildcard listener", file: "listen = 0.0.0.0:3478\nother-address = 192.0.2.2", err: `x.conf:2: key "other-address": 192.0.2.2 needs a udp listener on a specific IPv4 address to pair with (RFC 5780 answers from both addresses)`},
+		{name: "other address bad", file: "other-address = 192.0.2", err: `x.conf:1: key "other-address": 192.0.2 is not an IP address`},
 		{name: "relay ip unspecified", file: "relay-ip = 0.0.0.0", err: `x.conf:1: key "relay-ip": 0.0.0.0 is unspecified`},
 		{name: "relay ip link local", file: "relay-ip = fe80::1", err: `x.conf:1: key "relay-ip": fe80::1 is link-local`},
 		{name: "relay ip bad", file: "relay-ip = 1.2.3", err: `x.conf:1: key "relay-ip": 1.2.3 is not an IP address`},

@@ -6,7 +6,7 @@ import (
 
 // fieldKeys maps Settings fields to their keys, for ChangedKeys.
 var fieldKeys = map[string]string{
-	"Listeners": "listen", "RelayIPs": "relay-ip", "MinPort": "min-port", "MaxPort": "max-port",
+	"Listeners": "listen", "RelayIPs": "relay-ip", "OtherAddresses": "other-address", "MinPort": "min-port", "MaxPort": "max-port",
 	"Realm": "realm", "Users": "user", "AuthSecrets": "auth-secret", "TLSCert": "tls-cert", "TLSKey": "tls-key",
 	"AllowPeers": "allow-peer", "DenyPeers": "deny-peer", "MaxAllocations": "max-allocations",
 	"MaxAllocationsPerUser": "max-allocations-per-user", "BandwidthLimit": "bandwidth-limit",

@@ -69,6 +69,9 @@ var keys = []Key{
 	{Name: "relay-ip", Arg: "IP", Repeatable: true, Default: "the listener address, or the host's first global address",
 		Usage: "address relayed transport addresses are allocated on; one per family (repeatable)",
 		set:   setRelayIP, reset: func(s *Settings) { s.RelayIPs = nil }},
+	{Name: "other-address", Arg: "IP", Repeatable: true, Default: "none (RFC 5780 off)",
+		Usage: "a second address of this host for RFC 5780 NAT behaviour discovery: UDP listeners also answer Binding from it and from their port+1; one per family (repeatable)",
+		set:   setOtherAddress, reset: func(s *Settings) { s.OtherAddresses = nil }},
 	{Name: "min-port", Arg: "PORT", Default: "49152", Usage: "lowest relay port",
 		set: func(s *Settings, v string) error { p, err := parsePort(v); s.MinPort = p; return err }},
 	{Name: "max-port", Arg: "PORT", Default: "65535", Usage: "highest relay port",
@@ -373,6 +376,24 @@ func setIface(s *Settings, v string) error {
 		return fmt.Errorf("%s is not an interface name", quoteIfOdd(v))
 	}
 	s.XDPIfaces = append(s.XDPIfaces, v)
+	return nil
+}
+
+func setOtherAddress(s *Settings, v string) error {
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return fmt.Errorf("%s is not an IP address", quoteIfOdd(v))
+	}
+	a = a.Unmap()
+	switch {
+	case a.Zone() != "":
+		return fmt.Errorf("%s has a zone; link-local addresses are not supported", v)
+	case a.IsUnspecified():
+		return fmt.Errorf("%s is unspecified; RFC 5780 needs a specific second address of this host", v)
+	case a.IsMulticast():
+		return fmt.Errorf("%s is a multicast address", v)
+	}
+	s.OtherAddresses = append(s.OtherAddresses, a)
 	return nil
 }
 

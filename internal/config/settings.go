@@ -13,8 +13,10 @@ import (
 type Settings struct {
 	Listeners []control.ListenerSpec
 	RelayIPs  []netip.Addr
-	MinPort   uint16
-	MaxPort   uint16
+	// OtherAddresses: RFC 5780 alternate addresses, one per family.
+	OtherAddresses []netip.Addr
+	MinPort        uint16
+	MaxPort        uint16
 
 	Realm       string
 	Users       map[string]string
@@ -77,6 +79,7 @@ func (s *Settings) Control() control.Config {
 	c := control.DefaultConfig()
 	c.Listeners = append([]control.ListenerSpec(nil), s.Listeners...)
 	c.RelayIPs = append([]netip.Addr(nil), s.RelayIPs...)
+	c.OtherAddresses = append([]netip.Addr(nil), s.OtherAddresses...)
 	c.MinPort, c.MaxPort = s.MinPort, s.MaxPort
 	c.Realm = s.Realm
 	c.Users = make(map[string]string, len(s.Users))

@@ -40,6 +40,14 @@ type netnsRelay struct {
 // it and removes the namespaces.
 func startNetnsRelay(t *testing.T) *netnsRelay {
 	t.Helper()
+	return startNetnsRelayWith(t, nil)
+}
+
+// startNetnsRelayWith is startNetnsRelay with a hook that may change the
+// relay namespace (add addresses) and the configuration before the server
+// starts.
+func startNetnsRelayWith(t *testing.T, tweak func(*netns.Topology, *control.Config)) *netnsRelay {
+	t.Helper()
 	topo, err := netns.NewTopology()
 	if err != nil {
 		t.Fatalf("netns topology: %v", err)
@@ -62,6 +70,9 @@ func startNetnsRelay(t *testing.T) *netnsRelay {
 	cfg.Users = map[string]string{testUser: testPass}
 	cfg.AuthSecrets = []string{testSecret}
 	cfg.Datapath = "plain"
+	if tweak != nil {
+		tweak(topo, &cfg)
+	}
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,12 @@ type Config struct {
 	TLSCertFile string
 	TLSKeyFile  string
 
+	// OtherAddresses turn on RFC 5780 NAT behaviour discovery: at most one
+	// per family, an address of this host other than the listeners'. Each
+	// UDP listener on a specific address of that family answers Binding
+	// requests from four sockets (natdiscovery.go). Empty: off.
+	OtherAddresses []netip.Addr
+
 	// AllowPeers wins over DenyPeers and over the built-in deny list.
 	AllowPeers []netip.Prefix
 	DenyPeers  []netip.Prefix

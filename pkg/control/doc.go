@@ -23,6 +23,7 @@
 // MESSAGE-INTEGRITY-SHA256; policy.go the peer policy; ratelimit.go the
 // token buckets; allocation.go lifetimes, relay ports and offload sync;
 // transport.go the TCP/TLS framing; dtls.go TURN over DTLS (RFC 7350);
+// natdiscovery.go RFC 5780 NAT behaviour discovery (other-address);
 // protostats.go the counters of the protocol extensions; state.go
 // persistence.
 //

@@ -114,6 +114,7 @@ type Server struct {
 	offErrLog  atomic.Bool // other offload errors logged once
 
 	state stateWriter
+	nat   natDiscovery // RFC 5780 (natdiscovery.go)
 
 	lnMu      sync.Mutex // guards the fields below
 	started   bool
@@ -223,6 +224,9 @@ func normalizeConfig(c *Config) error {
 			return fmt.Errorf("relay_ips[%d]: %v is not a unicast address", i, a)
 		}
 	}
+	if err := checkOtherAddresses(c); err != nil {
+		return err
+	}
 	if len(c.RelayIPs) == 0 && len(relayIPsOf(c)) == 0 {
 		return errors.New("relay_ips: required when every listener address is unspecified")
 	}
@@ -313,7 +317,12 @@ func (s *Server) Start() error {
 		}
 		addrs = append(addrs, ListenerSpec{Network: l.Network, Addr: bound})
 	}
-	pol := newPeerPolicy(&s.cfg, s.relayIPs, addrs, host)
+	if err := s.openNATDiscovery(addrs); err != nil {
+		s.Close()
+		return fmt.Errorf("start: %w", err)
+	}
+	// The RFC 5780 alternate sockets are ours too: never a peer.
+	pol := newPeerPolicy(&s.cfg, s.relayIPs, append(slices.Clip(addrs), s.natListeners()...), host)
 	s.lnMu.Lock()
 	s.addrs = addrs
 	s.policy.Store(pol)
@@ -446,6 +455,7 @@ func (s *Server) Shutdown(keepOffload bool) error {
 	for _, c := range streams {
 		c.close()
 	}
+	s.closeNATDiscovery()
 	s.wg.Wait()
 	// Listeners are down: no request can change state any more.
 	if err := s.saveState(true); err != nil {

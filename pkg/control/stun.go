@@ -292,6 +292,13 @@ func (f setterFunc) AddTo(m *stun.Message) error { return f(m) }
 // 8489 section 7.3.1); it needs no credentials and is rate limited like
 // every unauthenticated response.
 func (s *Server) handleBinding(r *reqCtx) {
+	if s.natBinding(r) { // RFC 5780, on a listener with an other address
+		return
+	}
+	if unk := natUnsupported(r.msg); len(unk) > 0 {
+		r.fail(stun.CodeUnknownAttribute, stun.UnknownAttributes(unk))
+		return
+	}
 	if unk := unknownRequired(r.msg); len(unk) > 0 {
 		r.fail(stun.CodeUnknownAttribute, stun.UnknownAttributes(unk))
 		return
