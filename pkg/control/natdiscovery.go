@@ -310,13 +310,20 @@ func (s *Server) natBinding(r *reqCtx) bool {
 // a listener without an alternate address and port cannot honour: "If a
 // server cannot allocate the same ports on two different IP address, then
 // it ... MUST respond with a 420 (Unknown Attribute) to any Request with a
-// CHANGE-REQUEST attribute" (RFC 5780 section 6); RESPONSE-PORT and
-// PADDING are answered the same way (they exist for discovery only, and a
-// server that ignored RESPONSE-PORT would answer to the wrong port).
+// CHANGE-REQUEST attribute" (RFC 5780 section 6), and a RESPONSE-PORT it
+// ignored would send the answer to the wrong port. Two exceptions, as
+// coturn makes them: a CHANGE-REQUEST asking for no change (some STUN
+// clients add an empty one to every request, because an old server
+// demanded it) and PADDING are harmless and ignored.
 func natUnsupported(m *stun.Message) []stun.AttrType {
 	var out []stun.AttrType
 	for _, a := range m.Attributes {
-		if rfc5780Attrs[a.Type] {
+		switch a.Type {
+		case stun.AttrChangeRequest:
+			if len(a.Value) != 4 || binary.BigEndian.Uint32(a.Value)&(changeIPFlag|changePortFlag) != 0 {
+				out = append(out, a.Type)
+			}
+		case stun.AttrResponsePort:
 			out = append(out, a.Type)
 		}
 	}

@@ -233,9 +233,15 @@ func TestNATDiscoveryOff(t *testing.T) {
 	if err := unk.GetFrom(resp); err != nil || !slices.Contains(unk, stun.AttrChangeRequest) {
 		t.Fatalf("UNKNOWN-ATTRIBUTES %v (%v), want CHANGE-REQUEST", unk, err)
 	}
-	resp, _ = natExchange(t, c, nil, s.addr("udp"))
-	if resp == nil || code(resp) != 0 || resp.Contains(stun.AttrOtherAddress) {
-		t.Fatalf("plain binding: %v", resp)
+	if resp, _ := natExchange(t, c, nil, s.addr("udp"), responsePortAttr(9)); resp == nil || code(resp) != 420 {
+		t.Fatalf("response-port without other-address: %v, want 420", resp)
+	}
+	// An empty CHANGE-REQUEST (no change asked) and PADDING are ignored.
+	for _, set := range [][]stun.Setter{nil, {changeRequest(false, false)}, {attr{stun.AttrPadding, make([]byte, 16)}}} {
+		resp, _ = natExchange(t, c, nil, s.addr("udp"), set...)
+		if resp == nil || code(resp) != 0 || resp.Contains(stun.AttrOtherAddress) {
+			t.Fatalf("binding with %v: %v", set, resp)
+		}
 	}
 }
 
