@@ -115,6 +115,7 @@ type Server struct {
 
 	state stateWriter
 	nat   natDiscovery // RFC 5780 (natdiscovery.go)
+	tcp   tcpState     // RFC 6062 (tcpalloc.go)
 
 	lnMu      sync.Mutex // guards the fields below
 	started   bool
@@ -159,6 +160,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		s.log = slog.Default()
 	}
 	s.ports.init()
+	s.tcp.init()
 	s.clock.Store(time.Now().UnixNano())
 	s.state.path = opts.StateFile
 	var err error
@@ -456,6 +458,7 @@ func (s *Server) Shutdown(keepOffload bool) error {
 		c.close()
 	}
 	s.closeNATDiscovery()
+	s.closeAllTCP()
 	s.wg.Wait()
 	// Listeners are down: no request can change state any more.
 	if err := s.saveState(true); err != nil {
@@ -616,7 +619,9 @@ func (s *Server) Allocations() []AllocationInfo {
 	var out []AllocationInfo
 	now := time.Now()
 	s.allocs.Range(func(_, v any) bool {
-		out = append(out, v.(*allocation).info(now))
+		ai := v.(*allocation).info(now)
+		s.tcpInfo(v.(*allocation), &ai)
+		out = append(out, ai)
 		return true
 	})
 	slices.SortFunc(out, func(a, b AllocationInfo) int { return a.Client.Compare(b.Client) })

@@ -86,7 +86,8 @@ func (s *Server) handleRequest(r *reqCtx) {
 	case methodBinding:
 		s.handleBinding(r)
 		return
-	case methodAllocate, methodRefresh, methodCreatePermission, methodChannelBind:
+	case methodAllocate, methodRefresh, methodCreatePermission, methodChannelBind,
+		methodConnect, methodConnectionBind:
 	default:
 		// RFC 8489 section 6.3.1: an unknown method is a bad request.
 		r.fail(stun.CodeBadRequest)
@@ -108,6 +109,10 @@ func (s *Server) handleRequest(r *reqCtx) {
 		s.handleCreatePermission(r)
 	case methodChannelBind:
 		s.handleChannelBind(r)
+	case methodConnect:
+		s.handleConnect(r) // RFC 6062 (tcpconnect.go)
+	case methodConnectionBind:
+		s.handleConnectionBind(r)
 	}
 }
 
