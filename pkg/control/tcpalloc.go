@@ -96,10 +96,10 @@ type tcpRelay struct {
 
 // tcpConn is one peer data connection.
 type tcpConn struct {
-	r     *tcpRelay
-	id    uint32
-	peer  netip.AddrPort
-	pc    net.Conn
+	r    *tcpRelay
+	id   uint32
+	peer netip.AddrPort
+	pc   net.Conn
 
 	mu     sync.Mutex  // guards the fields below
 	timer  *time.Timer // ConnectionBind timeout
