@@ -62,13 +62,6 @@ func (s *Server) openDTLS(addr netip.AddrPort) (netip.AddrPort, error) {
 		// pion logs malformed records at warning level per packet; the
 		// server counts them instead.
 		dtls.WithLoggerFactory(&logging.DefaultLoggerFactory{DefaultLogLevel: logging.LogLevelDisabled}),
-		dtls.WithOnConnectionAttempt(func(net.Addr) error {
-			if pending.Load() >= maxDTLSPending {
-				s.stats.dtls.refusedPending.Add(1)
-				return errors.New("too many dtls handshakes in progress")
-			}
-			return nil
-		}),
 	)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("dtls listen: %w", err)
@@ -98,13 +91,19 @@ func (s *Server) dtlsAcceptLoop(ln net.Listener, local netip.AddrPort, pending *
 			if errors.Is(err, net.ErrClosed) || isDone(s.done) {
 				return
 			}
-			// A refused connection attempt (WithOnConnectionAttempt) or
-			// a transient socket error: keep serving.
+			// A transient socket error: keep serving.
 			continue
 		}
 		dc, ok := nc.(*dtls.Conn)
 		ra, _ := nc.RemoteAddr().(*net.UDPAddr)
 		if !ok || ra == nil {
+			_ = nc.Close()
+			continue
+		}
+		if pending.Load() >= maxDTLSPending {
+			// Closing (not just dropping) the association removes the
+			// source from the listener's table.
+			s.stats.dtls.refusedPending.Add(1)
 			_ = nc.Close()
 			continue
 		}

@@ -59,7 +59,7 @@ func FuzzDTLSRecord(f *testing.F) {
 	a, b := net.Pipe()
 	f.Cleanup(func() { a.Close(); b.Close() })
 	sc := &streamConn{s: s, nc: a,
-		tuple: fiveTuple{proto: tDTLS, client: netip.MustParseAddrPort("127.0.0.1:5349"), server: s.addr("udp")},
+		tuple:  fiveTuple{proto: tDTLS, client: netip.MustParseAddrPort("127.0.0.1:5349"), server: s.addr("udp")},
 		unauth: newTokenBucket(1e9, 1e9, time.Now()),
 		out:    make(chan []byte, streamQueue),
 		closed: make(chan struct{}),
