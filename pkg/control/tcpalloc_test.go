@@ -401,3 +401,42 @@ func TestTCPControlConnectionClose(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "allocation deleted", func() bool { return len(s.Allocations()) == 0 })
 }
+
+// TestTCPConnectionLimit: an allocation holds at most
+// maxTCPConnsPerAllocation peer data connections; the next Connect gets
+// 508 and the next incoming peer connection is closed.
+func TestTCPConnectionLimit(t *testing.T) {
+	s := startServer(t)
+	c := dialRaw(t, "tcp", s.addr("tcp"))
+	relay := allocateTCP(t, c)
+	if r := c.do(methodCreatePermission, peerAttr(netip.MustParseAddrPort("127.0.0.1:1"))); code(r) != 0 {
+		t.Fatalf("permission: %d", code(r))
+	}
+	for i := range maxTCPConnsPerAllocation {
+		ln := tcpPeerListener(t)
+		go func() {
+			if pc, err := ln.Accept(); err == nil {
+				t.Cleanup(func() { pc.Close() })
+			}
+		}()
+		if r := c.do(methodConnect, peerAttr(ln.Addr().(*net.TCPAddr).AddrPort())); code(r) != 0 {
+			t.Fatalf("connect %d: %d", i, code(r))
+		}
+	}
+	ln := tcpPeerListener(t)
+	if r := c.do(methodConnect, peerAttr(ln.Addr().(*net.TCPAddr).AddrPort())); code(r) != 508 {
+		t.Fatalf("connect beyond the limit: %d, want 508", code(r))
+	}
+	nc, err := net.DialTimeout("tcp", relay.String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := nc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("incoming connection beyond the limit not closed")
+	}
+	if p := s.Stats().Protocol; p["tcp_at_limit"] != 2 {
+		t.Fatalf("tcp_at_limit %d, want 2", p["tcp_at_limit"])
+	}
+}
