@@ -115,3 +115,63 @@ func TestNetnsNATDiscoveryOff(t *testing.T) {
 		t.Fatalf("natdiscovery against a server without other-address:\n%s", out)
 	}
 }
+
+// TestNetnsNATDiscoveryFiltering makes the client namespace a real
+// stateless packet filter in front of the client (policy routing rules
+// that blackhole what arrives on its interface from given sources, ahead
+// of the local table), and checks that turnutils_natdiscovery -f, through
+// the server's CHANGE-REQUEST answers, finds exactly the filtering the
+// namespace has: dropping what comes from the other address is
+// address-dependent filtering; dropping also the primary address's
+// alternate port is address- and port-dependent filtering. A server that
+// sent a response from the wrong member of its set would be classified
+// wrongly.
+func TestNetnsNATDiscoveryFiltering(t *testing.T) {
+	privtest.Need(t, "ip", "ethtool", "ping", "turnutils_natdiscovery")
+	t.Parallel()
+	r := startNetnsRelayWith(t, func(topo *netns.Topology, cfg *control.Config) {
+		if _, err := topo.Relay.IP("addr", "add", otherV4.String()+"/24", "dev", topo.RelayClientIf); err != nil {
+			t.Fatalf("second relay address: %v", err)
+		}
+		cfg.OtherAddresses = []netip.Addr{otherV4}
+	})
+	cl := r.topo.Client
+	// Rules are consulted for received packets too; the local table's
+	// rule (preference 0) must come after the filter.
+	for _, args := range [][]string{
+		{"rule", "add", "pref", "100", "lookup", "local"},
+		{"rule", "del", "pref", "0", "lookup", "local"},
+		{"rule", "add", "pref", "10", "from", otherV4.String(), "iif", r.topo.ClientIf, "blackhole"},
+	} {
+		if out, err := cl.IP(args...); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	filtering := func(t *testing.T) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		out, err := runBounded(ctx, "ip", "netns", "exec", cl.Name, "turnutils_natdiscovery",
+			"-f", "-L", r.topo.ClientV4.String(), "-p", "3478", r.addr4.Addr().String())
+		if err != nil {
+			t.Fatalf("turnutils_natdiscovery: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	t.Run("address-dependent", func(t *testing.T) {
+		out := filtering(t)
+		if !strings.Contains(out, "NAT with Address Dependent Filtering!") {
+			t.Fatalf("want address-dependent filtering:\n%s", out)
+		}
+	})
+	t.Run("address-and-port-dependent", func(t *testing.T) {
+		args := []string{"rule", "add", "pref", "11", "from", r.topo.RelayClientV4.String(), "iif", r.topo.ClientIf,
+			"ipproto", "udp", "sport", "3479", "blackhole"}
+		if out, err := cl.IP(args...); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		out := filtering(t)
+		if !strings.Contains(out, "NAT with Address and Port Dependent Filtering!") {
+			t.Fatalf("want address- and port-dependent filtering:\n%s", out)
+		}
+	})
+}
