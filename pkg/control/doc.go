@@ -24,6 +24,8 @@
 // token buckets; allocation.go lifetimes, relay ports and offload sync;
 // transport.go the TCP/TLS framing; dtls.go TURN over DTLS (RFC 7350);
 // natdiscovery.go RFC 5780 NAT behaviour discovery (other-address);
+// tcpalloc.go RFC 6062 TCP relay allocations, tcpconn.go their peer data
+// connections, tcpconnect.go Connect, ConnectionBind and the data pump;
 // protostats.go the counters of the protocol extensions; state.go
 // persistence.
 //
@@ -63,6 +65,10 @@
 // datapath's Conn.Close waits for its receive loop.
 //
 // # Kernel offload (docs/design.md "Kernel-path invariants" 1-3)
+//
+// DTLS clients and TCP relay allocations (RFC 6062) are never offloaded:
+// the first are not plain UDP 5-tuples, the second have no relay socket and
+// no channel.
 //
 // A channel of a UDP client whose peer is not one of this server's relay
 // addresses is installed with Offload.Install before the ChannelBind

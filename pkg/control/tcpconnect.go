@@ -100,7 +100,7 @@ func (rel *tcpRelay) connect(r *reqCtx, peer netip.AddrPort) {
 	nc, err := d.DialContext(rel.ctx, tcpNetwork(peer.Addr()), peer.String())
 	var c *tcpConn
 	if err == nil {
-		c, err = rel.register(nc, peer)
+		c, err = rel.register(nc, peer, false)
 		if err != nil {
 			_ = nc.Close()
 		}
