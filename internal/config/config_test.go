@@ -190,6 +190,7 @@ func TestLoadValues(t *testing.T) {
 			}
 		}},
 		{name: "relay ip two v4", file: "relay-ip = 192.0.2.1\nrelay-ip = 192.0.2.2", err: `x.conf:2: key "relay-ip": 192.0.2.1 and 192.0.2.2 are both IPv4; give one relay-ip per address family`},
+		{name: "coturn alt-listening-port", file: "alt-listening-port = 3479", err: `x.conf:1: key "alt-listening-port": unknown key (coturn's alt-listening-port is other-address IP (the alternate port is always the listener's port + 1) here)`},
 		{name: "other address", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.2", check: func(t *testing.T, s *Settings) {
 			if c := s.Control(); len(c.OtherAddresses) != 1 || c.OtherAddresses[0] != netip.MustParseAddr("192.0.2.2") {
 				t.Fatal(c.OtherAddresses)

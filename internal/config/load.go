@@ -252,7 +252,8 @@ func unknownKeyError(key string) error {
 var coturnNames = map[string]string{
 	"listening-ip":          "listen",
 	"listening-port":        "listen",
-	"tls-listening-port":    "listen = tls://ADDR:PORT",
+	"tls-listening-port":    "listen = tls://ADDR:PORT (and dtls://ADDR:PORT for DTLS)",
+	"alt-listening-port":    "other-address IP (the alternate port is always the listener's port + 1)",
 	"relay-ip":              "relay-ip",
 	"external-ip":           "relay-ip",
 	"static-auth-secret":    "auth-secret",
