@@ -440,3 +440,75 @@ func TestTCPConnectionLimit(t *testing.T) {
 		t.Fatalf("tcp_at_limit %d, want 2", p["tcp_at_limit"])
 	}
 }
+
+// TestTCPAllocationIPv6: REQUESTED-ADDRESS-FAMILY IPv6 gives an IPv6 TCP
+// relayed address, which connects to IPv6 peers (and not IPv4 ones, 443).
+func TestTCPAllocationIPv6(t *testing.T) {
+	s := startServer(t, func(c *Config, _ *Options) {
+		c.Listeners = []ListenerSpec{{Network: "tcp", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}
+		c.RelayIPs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+	})
+	c := dialRaw(t, "tcp", s.addr("tcp"))
+	r := c.do(methodAllocate, tcpTransport(), familyAttr(stun.AttrRequestedAddressFamily, familyIPv6))
+	if code(r) != 0 {
+		t.Fatalf("allocate: %d", code(r))
+	}
+	relay := relayedAddrs(t, r)[0]
+	if !relay.Addr().Is6() {
+		t.Fatalf("relayed address %s, want IPv6", relay)
+	}
+	ln, err := net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	r = c.do(methodConnect, peerAttr(ln.Addr().(*net.TCPAddr).AddrPort()))
+	if code(r) != 0 {
+		t.Fatalf("connect to an IPv6 peer: %d", code(r))
+	}
+	_ = ln.SetDeadline(time.Now().Add(3 * time.Second))
+	pc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if from := pc.RemoteAddr().(*net.TCPAddr).AddrPort(); from != relay {
+		t.Fatalf("peer connection from %s, want %s", from, relay)
+	}
+	checkPipe(t, bindData(t, s, connectionID(t, r)), pc, 10000)
+	if r := c.do(methodConnect, peerAttr(netip.MustParseAddrPort("127.0.0.1:9"))); code(r) != 443 {
+		t.Fatalf("connect to an IPv4 peer: %d, want 443", code(r))
+	}
+}
+
+// TestTCPAllocationExpiry: when a TCP allocation's lifetime ends, the
+// janitor deletes it and its peer and client data connections close.
+func TestTCPAllocationExpiry(t *testing.T) {
+	s := startServer(t, func(c *Config, _ *Options) {
+		c.DefaultLifetime, c.MaxLifetime = time.Second, time.Second
+	})
+	c := dialRaw(t, "tcp", s.addr("tcp"))
+	allocateTCP(t, c)
+	ln := tcpPeerListener(t)
+	r := c.do(methodConnect, peerAttr(ln.Addr().(*net.TCPAddr).AddrPort()))
+	_ = ln.SetDeadline(time.Now().Add(3 * time.Second))
+	pc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	data := bindData(t, s, connectionID(t, r))
+	start := time.Now()
+	for _, conn := range []net.Conn{pc, data} {
+		_ = conn.SetReadDeadline(time.Now().Add(4 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == nil {
+			t.Fatal("connection open after the allocation expired")
+		}
+	}
+	if el := time.Since(start); el < 500*time.Millisecond {
+		t.Fatalf("closed after %v, before the 1 s lifetime", el)
+	}
+	if st := s.Stats(); st.AllocationsExpired != 1 || st.Allocations != 0 {
+		t.Fatalf("expired %d, live %d", st.AllocationsExpired, st.Allocations)
+	}
+}
