@@ -512,3 +512,28 @@ func TestTCPAllocationExpiry(t *testing.T) {
 		t.Fatalf("expired %d, live %d", st.AllocationsExpired, st.Allocations)
 	}
 }
+
+// TestTCPBandwidthLimit: bandwidth-limit paces a TCP relay (both
+// directions share the allocation's bucket) instead of dropping: 400 kB
+// through a 200 kB/s limit, whose bucket starts with one second's worth,
+// take about a second more, and arrive intact.
+func TestTCPBandwidthLimit(t *testing.T) {
+	const limit = 200000
+	s := startServer(t, func(c *Config, _ *Options) { c.BandwidthLimit = limit })
+	c := dialRaw(t, "tcp", s.addr("tcp"))
+	allocateTCP(t, c)
+	ln := tcpPeerListener(t)
+	r := c.do(methodConnect, peerAttr(ln.Addr().(*net.TCPAddr).AddrPort()))
+	_ = ln.SetDeadline(time.Now().Add(3 * time.Second))
+	pc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	data := bindData(t, s, connectionID(t, r))
+	start := time.Now()
+	checkPipe(t, data, pc, limit) // 2 × 200 kB: one second of burst, one of rate
+	if el := time.Since(start); el < 800*time.Millisecond || el > 6*time.Second {
+		t.Fatalf("400 kB through a %d B/s limit took %v, want about 1 s", limit, el)
+	}
+}

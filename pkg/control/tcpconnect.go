@@ -208,10 +208,10 @@ func (s *Server) runDataConn(sc *streamConn, br *bufio.Reader) {
 	go func() {
 		defer s.wg.Done()
 		defer close(done)
-		_, _ = io.Copy(sc.nc, &countingReader{r: c.pc, n: &s.tcp.bytesToClient, pkts: &a.toClientPkts, bytes: &a.toClientBytes, act: &a.lastActivity})
+		_, _ = io.Copy(sc.nc, &countingReader{r: c.pc, n: &s.tcp.bytesToClient, pkts: &a.toClientPkts, bytes: &a.toClientBytes, act: &a.lastActivity, bw: a.bw, done: c.r.ctx.Done()})
 		c.close()
 	}()
-	_, err := io.Copy(c.pc, &countingReader{r: br, n: &s.tcp.bytesToPeer, pkts: &a.toPeerPkts, bytes: &a.toPeerBytes, act: &a.lastActivity})
+	_, err := io.Copy(c.pc, &countingReader{r: br, n: &s.tcp.bytesToPeer, pkts: &a.toPeerPkts, bytes: &a.toPeerBytes, act: &a.lastActivity, bw: a.bw, done: c.r.ctx.Done()})
 	if err == nil {
 		// The client closed its side: pass the close on, and let what the
 		// peer still sends drain until it closes too (or the allocation
@@ -229,17 +229,27 @@ func (s *Server) runDataConn(sc *streamConn, br *bufio.Reader) {
 }
 
 // countingReader counts what passes through it in the server's and the
-// allocation's counters (one "packet" per read).
+// allocation's counters (one "packet" per read) and, with a bandwidth
+// limit, paces it: where a datagram over the limit is dropped, a stream is
+// slowed down (TCP's flow control then slows the sender).
 type countingReader struct {
 	r           io.Reader
 	n           interface{ Add(uint64) uint64 }
 	pkts, bytes interface{ Add(uint64) uint64 }
 	act         interface{ Store(int64) }
+	bw          *tokenBucket    // nil: unlimited
+	done        <-chan struct{} // the allocation ended: stop waiting
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
+	if c.bw != nil && c.bw.rate > 0 && len(p) > int(c.bw.burst) {
+		p = p[:max(int(c.bw.burst), 1)] // a read must fit the bucket
+	}
 	n, err := c.r.Read(p)
 	if n > 0 {
+		if !c.bw.waitTake(float64(n), c.done) {
+			return 0, io.EOF
+		}
 		c.n.Add(uint64(n))
 		c.pkts.Add(1)
 		c.bytes.Add(uint64(n))
@@ -249,4 +259,26 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		err = io.EOF
 	}
 	return n, err
+}
+
+// waitTake takes n tokens, waiting for them to accumulate; false when done
+// closed first. n must not exceed the burst.
+func (b *tokenBucket) waitTake(n float64, done <-chan struct{}) bool {
+	if b == nil || b.rate <= 0 {
+		return true
+	}
+	for {
+		now := time.Now()
+		if b.take(n, now) {
+			return true
+		}
+		b.mu.Lock()
+		wait := time.Duration((n - b.tokens) / b.rate * float64(time.Second))
+		b.mu.Unlock()
+		select {
+		case <-done:
+			return false
+		case <-time.After(max(wait, time.Millisecond)):
+		}
+	}
 }
