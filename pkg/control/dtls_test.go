@@ -128,3 +128,84 @@ func TestDTLSNeedsCertificate(t *testing.T) {
 		t.Fatalf("NewServer: %v, want an error naming tls_cert_file", err)
 	}
 }
+
+// recordingPacketConn is a PacketConn that keeps the first datagram
+// written to it and never delivers anything: a DTLS client on it sends its
+// ClientHello and waits.
+type recordingPacketConn struct {
+	first  chan []byte
+	closed chan struct{}
+}
+
+func (r *recordingPacketConn) ReadFrom([]byte) (int, net.Addr, error) {
+	<-r.closed
+	return 0, nil, net.ErrClosed
+}
+
+func (r *recordingPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) {
+	select {
+	case r.first <- append([]byte(nil), b...):
+	default:
+	}
+	return len(b), nil
+}
+func (r *recordingPacketConn) Close() error {
+	select {
+	case <-r.closed:
+	default:
+		close(r.closed)
+	}
+	return nil
+}
+func (r *recordingPacketConn) LocalAddr() net.Addr              { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+func (r *recordingPacketConn) SetDeadline(time.Time) error      { return nil }
+func (r *recordingPacketConn) SetReadDeadline(time.Time) error  { return nil }
+func (r *recordingPacketConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestDTLSPendingHandshakeLimit: a real ClientHello replayed from more
+// sources than maxDTLSPending, none of which ever continues its
+// handshake, fills at most maxDTLSPending slots; the rest are refused and
+// counted.
+func TestDTLSPendingHandshakeLimit(t *testing.T) {
+	certFile, keyFile, _ := writeSelfSigned(t, t.TempDir(), "one")
+	s := startServer(t, func(c *Config, _ *Options) {
+		c.Listeners = []ListenerSpec{{Network: "dtls", Addr: netip.MustParseAddrPort("127.0.0.1:0")}}
+		c.TLSCertFile, c.TLSKeyFile = certFile, keyFile
+	})
+	rec := &recordingPacketConn{first: make(chan []byte, 1), closed: make(chan struct{})}
+	dc, err := dtls.ClientWithOptions(rec, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, dtls.WithInsecureSkipVerify(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = dc.HandshakeContext(ctx)
+	}()
+	var hello []byte
+	select {
+	case hello = <-rec.first:
+	case <-time.After(3 * time.Second):
+		t.Fatal("no ClientHello")
+	}
+	dc.Close()
+	const sources = maxDTLSPending + 40
+	server := net.UDPAddrFromAddrPort(s.addr("dtls"))
+	for range sources {
+		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { u.Close() })
+		if _, err := u.WriteToUDP(hello, server); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Well within dtlsHandshakeTimeout, after which the slots free up.
+	waitFor(t, 8*time.Second, "handshakes beyond the limit refused", func() bool {
+		return s.Stats().Protocol["dtls_refused_pending"] >= 40
+	})
+	if n := s.Stats().Protocol["dtls_refused_pending"]; n != 40 {
+		t.Fatalf("dtls_refused_pending %d, want 40 (%d sources, limit %d)", n, sources, maxDTLSPending)
+	}
+}
