@@ -191,6 +191,17 @@ func TestLoadValues(t *testing.T) {
 		}},
 		{name: "relay ip two v4", file: "relay-ip = 192.0.2.1\nrelay-ip = 192.0.2.2", err: `x.conf:2: key "relay-ip": 192.0.2.1 and 192.0.2.2 are both IPv4; give one relay-ip per address family`},
 		{name: "coturn alt-listening-port", file: "alt-listening-port = 3479", err: `x.conf:1: key "alt-listening-port": unknown key (coturn's alt-listening-port is other-address IP (the alternate port is always the listener's port + 1) here)`},
+		{name: "tcp relays off", file: "max-tcp-connections = 0", check: func(t *testing.T, s *Settings) {
+			if c := s.Control(); c.MaxTCPConnections != -1 {
+				t.Fatalf("control MaxTCPConnections %d, want -1 (off)", c.MaxTCPConnections)
+			}
+		}},
+		{name: "tcp connections", file: "max-tcp-connections = 8", check: func(t *testing.T, s *Settings) {
+			if c := s.Control(); c.MaxTCPConnections != 8 {
+				t.Fatalf("control MaxTCPConnections %d, want 8", c.MaxTCPConnections)
+			}
+		}},
+		{name: "coturn no-tcp-relay", file: "no-tcp-relay = 1", err: `x.conf:1: key "no-tcp-relay": unknown key (coturn's no-tcp-relay is max-tcp-connections = 0 here)`},
 		{name: "other address", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.2", check: func(t *testing.T, s *Settings) {
 			if c := s.Control(); len(c.OtherAddresses) != 1 || c.OtherAddresses[0] != netip.MustParseAddr("192.0.2.2") {
 				t.Fatal(c.OtherAddresses)

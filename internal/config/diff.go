@@ -9,7 +9,7 @@ var fieldKeys = map[string]string{
 	"Listeners": "listen", "RelayIPs": "relay-ip", "OtherAddresses": "other-address", "MinPort": "min-port", "MaxPort": "max-port",
 	"Realm": "realm", "Users": "user", "AuthSecrets": "auth-secret", "TLSCert": "tls-cert", "TLSKey": "tls-key",
 	"AllowPeers": "allow-peer", "DenyPeers": "deny-peer", "MaxAllocations": "max-allocations",
-	"MaxAllocationsPerUser": "max-allocations-per-user", "BandwidthLimit": "bandwidth-limit",
+	"MaxAllocationsPerUser": "max-allocations-per-user", "MaxTCPConnections": "max-tcp-connections", "BandwidthLimit": "bandwidth-limit",
 	"UnauthRate": "unauth-rate", "UnauthBurst": "unauth-burst", "DefaultLifetime": "default-lifetime",
 	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels",
 	"BPFFS": "bpffs", "StateFile": "state-file", "BatchSize": "batch-size", "Loops": "loops",

@@ -108,6 +108,12 @@ var keys = []Key{
 		set: func(s *Settings, v string) error { n, err := parseCount(v); s.MaxAllocations = n; return err }},
 	{Name: "max-allocations-per-user", Arg: "N", Default: "100", Usage: "allocations per username (0 = unlimited); beyond it Allocate gets 486",
 		set: func(s *Settings, v string) error { n, err := parseCount(v); s.MaxAllocationsPerUser = n; return err }},
+	{Name: "max-tcp-connections", Arg: "N", Default: "64", Usage: "peer connections per RFC 6062 TCP relay allocation; 0 turns TCP relays off (Allocate for TCP gets 442)",
+		set: func(s *Settings, v string) error {
+			n, err := parseIntRange(v, 0, 65535)
+			s.MaxTCPConnections = n
+			return err
+		}},
 	{Name: "bandwidth-limit", Arg: "RATE", Default: "0 (unlimited)",
 		Usage: "per-allocation limit, both directions summed: bytes/s, or with a unit (500KB, 2MB, 10Mbit)",
 		set:   func(s *Settings, v string) error { n, err := parseRate(v); s.BandwidthLimit = n; return err }},

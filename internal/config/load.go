@@ -253,6 +253,7 @@ var coturnNames = map[string]string{
 	"listening-ip":          "listen",
 	"listening-port":        "listen",
 	"tls-listening-port":    "listen = tls://ADDR:PORT (and dtls://ADDR:PORT for DTLS)",
+	"no-tcp-relay":          "max-tcp-connections = 0",
 	"alt-listening-port":    "other-address IP (the alternate port is always the listener's port + 1)",
 	"relay-ip":              "relay-ip",
 	"external-ip":           "relay-ip",

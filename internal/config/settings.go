@@ -30,9 +30,11 @@ type Settings struct {
 
 	MaxAllocations        int
 	MaxAllocationsPerUser int
-	BandwidthLimit        int64 // bytes per second per allocation; 0 unlimited
-	UnauthRate            float64
-	UnauthBurst           int
+	// MaxTCPConnections per RFC 6062 allocation; 0: TCP relays off.
+	MaxTCPConnections int
+	BandwidthLimit    int64 // bytes per second per allocation; 0 unlimited
+	UnauthRate        float64
+	UnauthBurst       int
 
 	DefaultLifetime time.Duration
 	MaxLifetime     time.Duration
@@ -92,6 +94,10 @@ func (s *Settings) Control() control.Config {
 	c.DenyPeers = append([]netip.Prefix(nil), s.DenyPeers...)
 	c.MaxAllocations = s.MaxAllocations
 	c.MaxAllocationsPerUser = s.MaxAllocationsPerUser
+	c.MaxTCPConnections = s.MaxTCPConnections
+	if s.MaxTCPConnections == 0 {
+		c.MaxTCPConnections = -1 // off; control's 0 means its default
+	}
 	c.BandwidthLimit = s.BandwidthLimit
 	c.UnauthRate, c.UnauthBurst = s.UnauthRate, s.UnauthBurst
 	c.DefaultLifetime, c.MaxLifetime = s.DefaultLifetime, s.MaxLifetime
@@ -117,6 +123,7 @@ func defaults() *Settings {
 		DenyPeers:             append([]netip.Prefix(nil), c.DenyPeers...),
 		MaxAllocations:        c.MaxAllocations,
 		MaxAllocationsPerUser: c.MaxAllocationsPerUser,
+		MaxTCPConnections:     c.MaxTCPConnections,
 		BandwidthLimit:        c.BandwidthLimit,
 		UnauthRate:            c.UnauthRate,
 		UnauthBurst:           c.UnauthBurst,

@@ -61,6 +61,11 @@ type Config struct {
 	UnauthRate  float64
 	UnauthBurst int
 
+	// MaxTCPConnections bounds the peer data connections of one RFC 6062
+	// TCP allocation (0: 64); negative turns TCP relay allocations off
+	// (Allocate for TCP is answered 442).
+	MaxTCPConnections int
+
 	MaxMessageSize    int // bytes; larger STUN messages are dropped
 	MaxAttributeCount int
 
@@ -92,6 +97,7 @@ func DefaultConfig() Config {
 		NonceLifetime:         10 * time.Minute,
 		MaxAllocationsPerUser: 100,
 		MaxAllocations:        10000,
+		MaxTCPConnections:     defaultMaxTCPConnections,
 		UnauthRate:            20,
 		UnauthBurst:           40,
 		MaxMessageSize:        1500,

@@ -229,6 +229,7 @@ func normalizeConfig(c *Config) error {
 	if err := checkOtherAddresses(c); err != nil {
 		return err
 	}
+	normalizeTCP(c)
 	if len(c.RelayIPs) == 0 && len(relayIPsOf(c)) == 0 {
 		return errors.New("relay_ips: required when every listener address is unspecified")
 	}

@@ -49,9 +49,10 @@ const (
 	// peer data connection is received after 30 seconds, the peer data
 	// connection MUST be closed" (sections 5.2 and 5.3).
 	tcpBindTimeout = 30 * time.Second
-	// maxTCPConnsPerAllocation bounds the peer data connections of one
-	// allocation (pending, waiting for ConnectionBind, or bound).
-	maxTCPConnsPerAllocation = 64
+	// defaultMaxTCPConnections bounds the peer data connections of one
+	// allocation (pending, waiting for ConnectionBind, or bound) unless
+	// Config.MaxTCPConnections says otherwise.
+	defaultMaxTCPConnections = 64
 )
 
 // tcpState is the server's RFC 6062 state.
@@ -105,6 +106,13 @@ func (s *Server) tcpRelayOf(a *allocation) *tcpRelay {
 // Allocate Request"), after RFC 8656 section 7.2 steps 1-3.
 func (s *Server) handleAllocateTCP(r *reqCtx) {
 	msg := r.msg
+	// TCP relays turned off by the operator: the transport is not
+	// supported (RFC 8656 section 7.2, 442), as on a server without RFC
+	// 6062.
+	if s.cfg.MaxTCPConnections < 0 {
+		r.fail(stun.CodeUnsupportedTransProto)
+		return
+	}
 	// "If the client connection transport is not TCP or TLS, the server
 	// MUST reject the request with a 400 (Bad Request) error."
 	if r.tuple.proto != tTCP && r.tuple.proto != tTLS {
@@ -339,4 +347,11 @@ func (s *Server) tcpInfo(a *allocation, ai *AllocationInfo) {
 	}
 	rel.mu.Unlock()
 	slices.SortFunc(ai.TCPConnections, func(x, y TCPConnectionInfo) int { return x.Peer.Compare(y.Peer) })
+}
+
+// normalizeTCP applies the default to Config.MaxTCPConnections.
+func normalizeTCP(c *Config) {
+	if c.MaxTCPConnections == 0 {
+		c.MaxTCPConnections = defaultMaxTCPConnections
+	}
 }

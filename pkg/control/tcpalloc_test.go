@@ -402,17 +402,18 @@ func TestTCPControlConnectionClose(t *testing.T) {
 	waitFor(t, 2*time.Second, "allocation deleted", func() bool { return len(s.Allocations()) == 0 })
 }
 
-// TestTCPConnectionLimit: an allocation holds at most
-// maxTCPConnsPerAllocation peer data connections; the next Connect gets
-// 508 and the next incoming peer connection is closed.
+// TestTCPConnectionLimit: an allocation holds at most MaxTCPConnections
+// peer data connections; the next Connect gets 508 and the next incoming
+// peer connection is closed.
 func TestTCPConnectionLimit(t *testing.T) {
-	s := startServer(t)
+	const limit = 8
+	s := startServer(t, func(c *Config, _ *Options) { c.MaxTCPConnections = limit })
 	c := dialRaw(t, "tcp", s.addr("tcp"))
 	relay := allocateTCP(t, c)
 	if r := c.do(methodCreatePermission, peerAttr(netip.MustParseAddrPort("127.0.0.1:1"))); code(r) != 0 {
 		t.Fatalf("permission: %d", code(r))
 	}
-	for i := range maxTCPConnsPerAllocation {
+	for i := range limit {
 		ln := tcpPeerListener(t)
 		go func() {
 			if pc, err := ln.Accept(); err == nil {
@@ -536,4 +537,16 @@ func TestTCPBandwidthLimit(t *testing.T) {
 	if el := time.Since(start); el < 800*time.Millisecond || el > 6*time.Second {
 		t.Fatalf("400 kB through a %d B/s limit took %v, want about 1 s", limit, el)
 	}
+}
+
+// TestTCPRelayOff: with MaxTCPConnections negative (max-tcp-connections =
+// 0), Allocate for TCP is 442, as on a server without RFC 6062, and UDP
+// allocations still work on the same connection.
+func TestTCPRelayOff(t *testing.T) {
+	s := startServer(t, func(c *Config, _ *Options) { c.MaxTCPConnections = -1 })
+	c := dialRaw(t, "tcp", s.addr("tcp"))
+	if r := c.do(methodAllocate, tcpTransport()); code(r) != 442 {
+		t.Fatalf("tcp allocate with tcp relays off: %d, want 442", code(r))
+	}
+	c.allocate()
 }

@@ -43,7 +43,7 @@ func (rel *tcpRelay) register(pc net.Conn, peer netip.AddrPort, incoming bool) (
 		// The client could not tell the two apart in a later Connect.
 		return nil, errTCPDuplicate
 	}
-	if len(rel.conns) >= maxTCPConnsPerAllocation {
+	if len(rel.conns) >= s.cfg.MaxTCPConnections {
 		return nil, errTCPFull
 	}
 	s.tcp.mu.Lock()

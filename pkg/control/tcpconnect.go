@@ -67,7 +67,7 @@ func (s *Server) handleConnect(r *reqCtx) {
 		rel.mu.Unlock()
 		r.fail(stun.CodeConnAlreadyExists)
 		return
-	case len(rel.conns)+len(rel.pending) >= maxTCPConnsPerAllocation:
+	case len(rel.conns)+len(rel.pending) >= s.cfg.MaxTCPConnections:
 		rel.mu.Unlock()
 		s.tcp.connsClosedAtFull.Add(1)
 		r.fail(stun.CodeInsufficientCapacity)
