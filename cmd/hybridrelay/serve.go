@@ -309,6 +309,9 @@ func (d *daemon) announceDemo(addrs []control.ListenerSpec) {
 		if a.Network == "tls" {
 			scheme, query = "turns", "?transport=tcp"
 		}
+		if a.Network == "dtls" {
+			scheme, query = "turns", "?transport=udp"
+		}
 		u := fmt.Sprintf("%s:%s%s", scheme, displayAddr(a.Addr, d.srv.RelayIPs()), query)
 		if !seen[u] {
 			seen[u] = true

@@ -205,6 +205,9 @@ func counterValues(s admin.Snapshot) map[string]uint64 {
 		for r, v := range srv.Drops {
 			m["drops."+r] = v
 		}
+		for e, v := range srv.Protocol {
+			m["protocol."+e] = v
+		}
 	}
 	if d := s.Dataplane; d != nil {
 		m["dataplane.read_calls"] = d.ReadCalls
@@ -322,6 +325,13 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 		}
 		printCounterLine(w, "auth failures", srv.AuthFailures)
 		printCounterLine(w, "drops", srv.Drops)
+		// DTLS, RFC 5780 and RFC 6062 events: shown once any happened.
+		for _, v := range srv.Protocol {
+			if v > 0 {
+				printCounterLine(w, "protocol", srv.Protocol)
+				break
+			}
+		}
 		if srv.OffloadInstalls+srv.OffloadInstallErrors+srv.OffloadFull+srv.OffloadRemoves > 0 {
 			fmt.Fprintf(w, "offload: installs %d, removes %d, table full %d, errors install %d refresh %d remove %d\n",
 				srv.OffloadInstalls, srv.OffloadRemoves, srv.OffloadFull, srv.OffloadInstallErrors, srv.OffloadRefreshErrors, srv.OffloadRemoveErrors)

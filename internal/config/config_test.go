@@ -159,12 +159,19 @@ func TestLoadValues(t *testing.T) {
 				t.Fatalf("%v", s.Listeners)
 			}
 		}},
-		{name: "listen bad scheme", file: "listen = ud://1.2.3.4:5", err: `x.conf:1: key "listen": "ud://" is not a listener scheme (udp://, tcp://, tls://); did you mean udp://?`},
+		{name: "listen bad scheme", file: "listen = ud://1.2.3.4:5", err: `x.conf:1: key "listen": "ud://" is not a listener scheme (udp://, tcp://, tls://, dtls://); did you mean udp://?`},
 		{name: "listen no port", file: "listen = 1.2.3.4", err: `x.conf:1: key "listen": 1.2.3.4 has no port (write 1.2.3.4:3478)`},
 		{name: "listen v6 no port", file: "listen = ::1", err: `x.conf:1: key "listen": ::1 has no port (write [::1]:3478)`},
 		{name: "listen hostname", file: "listen = example.org:3478", err: `x.conf:1: key "listen": example.org:3478 is not ADDR:PORT`},
 		{name: "listen twice", file: "listen = 1.2.3.4:5\nlisten = udp://1.2.3.4:5", err: `x.conf:2: key "listen": udp://1.2.3.4:5 is given twice`},
 		{name: "tls needs cert", file: "listen = tls://0.0.0.0:5349", err: `x.conf:1: key "listen": tls://0.0.0.0:5349 needs tls-cert and tls-key`},
+		{name: "dtls needs cert", file: "listen = dtls://0.0.0.0:5349", err: `x.conf:1: key "listen": dtls://0.0.0.0:5349 needs tls-cert and tls-key`},
+		{name: "dtls scheme", file: "listen = dtls://[::1]:5349\ntls-cert = /c\ntls-key = /k", check: func(t *testing.T, s *Settings) {
+			want := []control.ListenerSpec{{Network: "dtls", Addr: ap("[::1]:5349")}}
+			if !reflect.DeepEqual(s.Listeners, want) {
+				t.Fatalf("listeners %v, want %v", s.Listeners, want)
+			}
+		}},
 		{name: "tls needs key", file: "listen = tls://0.0.0.0:5349\ntls-cert = /c", err: `x.conf:2: key "tls-cert": tls://0.0.0.0:5349 needs tls-key as well as tls-cert`},
 		{name: "key without cert", file: "tls-key = /k", err: `x.conf:1: key "tls-key": tls-key is set but tls-cert is not`},
 		{name: "max port out of range", file: "\n\nmax-port = 70000", err: `x.conf:3: key "max-port": 70000 is not a port (1-65535)`},
@@ -183,6 +190,27 @@ func TestLoadValues(t *testing.T) {
 			}
 		}},
 		{name: "relay ip two v4", file: "relay-ip = 192.0.2.1\nrelay-ip = 192.0.2.2", err: `x.conf:2: key "relay-ip": 192.0.2.1 and 192.0.2.2 are both IPv4; give one relay-ip per address family`},
+		{name: "coturn alt-listening-port", file: "alt-listening-port = 3479", err: `x.conf:1: key "alt-listening-port": unknown key (coturn's alt-listening-port is other-address IP (the alternate port is always the listener's port + 1) here)`},
+		{name: "tcp relays off", file: "max-tcp-connections = 0", check: func(t *testing.T, s *Settings) {
+			if c := s.Control(); c.MaxTCPConnections != -1 {
+				t.Fatalf("control MaxTCPConnections %d, want -1 (off)", c.MaxTCPConnections)
+			}
+		}},
+		{name: "tcp connections", file: "max-tcp-connections = 8", check: func(t *testing.T, s *Settings) {
+			if c := s.Control(); c.MaxTCPConnections != 8 {
+				t.Fatalf("control MaxTCPConnections %d, want 8", c.MaxTCPConnections)
+			}
+		}},
+		{name: "coturn no-tcp-relay", file: "no-tcp-relay = 1", err: `x.conf:1: key "no-tcp-relay": unknown key (coturn's no-tcp-relay is max-tcp-connections = 0 here)`},
+		{name: "other address", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.2", check: func(t *testing.T, s *Settings) {
+			if c := s.Control(); len(c.OtherAddresses) != 1 || c.OtherAddresses[0] != netip.MustParseAddr("192.0.2.2") {
+				t.Fatal(c.OtherAddresses)
+			}
+		}},
+		{name: "other address two v4", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.2\nother-address = 192.0.2.3", err: `x.conf:3: key "other-address": 192.0.2.2 and 192.0.2.3 are both IPv4; give one other-address per address family`},
+		{name: "other address is listener", file: "listen = udp://192.0.2.1:3478\nother-address = 192.0.2.1", err: `x.conf:2: key "other-address": 192.0.2.1 is also a listener address; other-address must be a second address of this host`},
+		{name: "other address wildcard listener", file: "listen = 0.0.0.0:3478\nother-address = 192.0.2.2", err: `x.conf:2: key "other-address": 192.0.2.2 needs a udp listener on a specific IPv4 address to pair with (RFC 5780 answers from both addresses)`},
+		{name: "other address bad", file: "other-address = 192.0.2", err: `x.conf:1: key "other-address": 192.0.2 is not an IP address`},
 		{name: "relay ip unspecified", file: "relay-ip = 0.0.0.0", err: `x.conf:1: key "relay-ip": 0.0.0.0 is unspecified`},
 		{name: "relay ip link local", file: "relay-ip = fe80::1", err: `x.conf:1: key "relay-ip": fe80::1 is link-local`},
 		{name: "relay ip bad", file: "relay-ip = 1.2.3", err: `x.conf:1: key "relay-ip": 1.2.3 is not an IP address`},

@@ -6,10 +6,10 @@ import (
 
 // fieldKeys maps Settings fields to their keys, for ChangedKeys.
 var fieldKeys = map[string]string{
-	"Listeners": "listen", "RelayIPs": "relay-ip", "MinPort": "min-port", "MaxPort": "max-port",
+	"Listeners": "listen", "RelayIPs": "relay-ip", "OtherAddresses": "other-address", "MinPort": "min-port", "MaxPort": "max-port",
 	"Realm": "realm", "Users": "user", "AuthSecrets": "auth-secret", "TLSCert": "tls-cert", "TLSKey": "tls-key",
 	"AllowPeers": "allow-peer", "DenyPeers": "deny-peer", "MaxAllocations": "max-allocations",
-	"MaxAllocationsPerUser": "max-allocations-per-user", "AlternateServers": "alternate-server", "BandwidthLimit": "bandwidth-limit",
+	"MaxAllocationsPerUser": "max-allocations-per-user", "AlternateServers": "alternate-server", "MaxTCPConnections": "max-tcp-connections", "BandwidthLimit": "bandwidth-limit",
 	"UnauthRate": "unauth-rate", "UnauthBurst": "unauth-burst", "DefaultLifetime": "default-lifetime",
 	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels",
 	"BPFFS": "bpffs", "StateFile": "state-file", "BatchSize": "batch-size", "Loops": "loops",

@@ -64,11 +64,14 @@ var keys = []Key{
 		Usage: "read settings from FILE (key = value lines; see docs/configuration.md)",
 		set:   func(s *Settings, v string) error { return nil }},
 	{Name: "listen", Arg: "ADDR:PORT", Repeatable: true, Default: "0.0.0.0:3478 (UDP and TCP)",
-		Usage: "listen on ADDR:PORT; plain = UDP and TCP, or udp://, tcp://, tls:// for one transport (repeatable)",
+		Usage: "listen on ADDR:PORT; plain = UDP and TCP, or udp://, tcp://, tls://, dtls:// for one transport (repeatable)",
 		set:   setListen, reset: func(s *Settings) { s.Listeners = nil }},
 	{Name: "relay-ip", Arg: "IP", Repeatable: true, Default: "the listener address, or the host's first global address",
 		Usage: "address relayed transport addresses are allocated on; one per family (repeatable)",
 		set:   setRelayIP, reset: func(s *Settings) { s.RelayIPs = nil }},
+	{Name: "other-address", Arg: "IP", Repeatable: true, Default: "none (RFC 5780 off)",
+		Usage: "a second address of this host for RFC 5780 NAT behaviour discovery: UDP listeners also answer Binding from it and from their port+1; one per family (repeatable)",
+		set:   setOtherAddress, reset: func(s *Settings) { s.OtherAddresses = nil }},
 	{Name: "min-port", Arg: "PORT", Default: "49152", Usage: "lowest relay port",
 		set: func(s *Settings, v string) error { p, err := parsePort(v); s.MinPort = p; return err }},
 	{Name: "max-port", Arg: "PORT", Default: "65535", Usage: "highest relay port",
@@ -81,9 +84,9 @@ var keys = []Key{
 	{Name: "auth-secret", Arg: "SECRET", Repeatable: true, Default: "none",
 		Usage: "TURN REST API shared secret, coturn's static-auth-secret; all are accepted, for rotation (repeatable)",
 		set:   setSecret, reset: func(s *Settings) { s.AuthSecrets = nil }},
-	{Name: "tls-cert", Arg: "FILE", Default: "none", Usage: "PEM certificate chain for tls:// listeners (re-read on SIGHUP)",
+	{Name: "tls-cert", Arg: "FILE", Default: "none", Usage: "PEM certificate chain for tls:// and dtls:// listeners (re-read on SIGHUP)",
 		set: func(s *Settings, v string) error { s.TLSCert = v; return nonEmpty(v) }},
-	{Name: "tls-key", Arg: "FILE", Default: "none", Usage: "PEM private key for tls:// listeners (re-read on SIGHUP)",
+	{Name: "tls-key", Arg: "FILE", Default: "none", Usage: "PEM private key for tls:// and dtls:// listeners (re-read on SIGHUP)",
 		set: func(s *Settings, v string) error { s.TLSKey = v; return nonEmpty(v) }},
 	{Name: "allow-peer", Arg: "CIDR", Repeatable: true, Default: "none",
 		Usage: "allow relaying to peers in CIDR; wins over deny-peer and the built-in deny list (repeatable)",
@@ -108,6 +111,12 @@ var keys = []Key{
 	{Name: "alternate-server", Arg: "ADDR:PORT", Repeatable: true, Default: "none",
 		Usage: "send new clients here (300 Try Alternate) while draining or at max-allocations; one of the client's family is picked, round robin (repeatable; reloaded on SIGHUP)",
 		set:   setAlternate, reset: func(s *Settings) { s.AlternateServers = nil }},
+	{Name: "max-tcp-connections", Arg: "N", Default: "64", Usage: "peer connections per RFC 6062 TCP relay allocation; 0 turns TCP relays off (Allocate for TCP gets 442)",
+		set: func(s *Settings, v string) error {
+			n, err := parseIntRange(v, 0, 65535)
+			s.MaxTCPConnections = n
+			return err
+		}},
 	{Name: "bandwidth-limit", Arg: "RATE", Default: "0 (unlimited)",
 		Usage: "per-allocation limit, both directions summed: bytes/s, or with a unit (500KB, 2MB, 10Mbit)",
 		set:   func(s *Settings, v string) error { n, err := parseRate(v); s.BandwidthLimit = n; return err }},
@@ -397,6 +406,24 @@ func setIface(s *Settings, v string) error {
 	return nil
 }
 
+func setOtherAddress(s *Settings, v string) error {
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return fmt.Errorf("%s is not an IP address", quoteIfOdd(v))
+	}
+	a = a.Unmap()
+	switch {
+	case a.Zone() != "":
+		return fmt.Errorf("%s has a zone; link-local addresses are not supported", v)
+	case a.IsUnspecified():
+		return fmt.Errorf("%s is unspecified; RFC 5780 needs a specific second address of this host", v)
+	case a.IsMulticast():
+		return fmt.Errorf("%s is a multicast address", v)
+	}
+	s.OtherAddresses = append(s.OtherAddresses, a)
+	return nil
+}
+
 func setRelayIP(s *Settings, v string) error {
 	a, err := netip.ParseAddr(v)
 	if err != nil {
@@ -437,18 +464,18 @@ func setAlternate(s *Settings, v string) error {
 	return nil
 }
 
-// setListen parses [udp://|tcp://|tls://]ADDR:PORT. Without a scheme the
+// setListen parses [udp://|tcp://|tls://|dtls://]ADDR:PORT. Without a scheme the
 // address is served over UDP and TCP, the usual pair for TURN on 3478.
 func setListen(s *Settings, v string) error {
 	networks := []string{"udp", "tcp"}
 	rest := v
 	if scheme, after, ok := strings.Cut(v, "://"); ok {
 		switch scheme {
-		case "udp", "tcp", "tls":
+		case "udp", "tcp", "tls", "dtls":
 			networks = []string{scheme}
 		default:
-			msg := fmt.Sprintf("%q is not a listener scheme (udp://, tcp://, tls://)", clip(scheme+"://"))
-			if m := suggest(scheme, []string{"udp", "tcp", "tls"}); m != "" {
+			msg := fmt.Sprintf("%q is not a listener scheme (udp://, tcp://, tls://, dtls://)", clip(scheme+"://"))
+			if m := suggest(scheme, []string{"udp", "tcp", "tls", "dtls"}); m != "" {
 				msg += fmt.Sprintf("; did you mean %s://?", m)
 			}
 			return errors.New(msg)

@@ -158,8 +158,8 @@ func (s *Settings) validate() error {
 	}
 	var tlsListener string
 	for _, l := range s.Listeners {
-		if l.Network == "tls" && tlsListener == "" {
-			tlsListener = "tls://" + l.Addr.String()
+		if (l.Network == "tls" || l.Network == "dtls") && tlsListener == "" {
+			tlsListener = l.Network + "://" + l.Addr.String()
 		}
 	}
 	if tlsListener != "" {
@@ -205,6 +205,9 @@ func (s *Settings) validate() error {
 			}
 		}
 	}
+	if err := s.validateOtherAddresses(); err != nil {
+		return err
+	}
 	if s.MaxAllocations > 0 && s.MaxAllocationsPerUser > s.MaxAllocations {
 		return s.keyError(fmt.Errorf("max-allocations-per-user %d is greater than max-allocations %d", s.MaxAllocationsPerUser, s.MaxAllocations), "max-allocations-per-user", "max-allocations")
 	}
@@ -249,7 +252,9 @@ func unknownKeyError(key string) error {
 var coturnNames = map[string]string{
 	"listening-ip":          "listen",
 	"listening-port":        "listen",
-	"tls-listening-port":    "listen = tls://ADDR:PORT",
+	"tls-listening-port":    "listen = tls://ADDR:PORT (and dtls://ADDR:PORT for DTLS)",
+	"no-tcp-relay":          "max-tcp-connections = 0",
+	"alt-listening-port":    "other-address IP (the alternate port is always the listener's port + 1)",
 	"relay-ip":              "relay-ip",
 	"external-ip":           "relay-ip",
 	"static-auth-secret":    "auth-secret",
@@ -307,4 +312,35 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// validateOtherAddresses checks the RFC 5780 alternate addresses: one per
+// family, not a listener address, and a UDP listener on a specific
+// address of the family to pair with (the responses come from both).
+func (s *Settings) validateOtherAddresses() error {
+	var v4, v6 netip.Addr
+	for _, a := range s.OtherAddresses {
+		prev := &v6
+		if a.Is4() {
+			prev = &v4
+		}
+		if prev.IsValid() {
+			return s.keyError(fmt.Errorf("%s and %s are both %s; give one other-address per address family", *prev, a, family(a)), "other-address")
+		}
+		*prev = a
+		paired := false
+		for _, l := range s.Listeners {
+			la := l.Addr.Addr()
+			if la == a {
+				return s.keyError(fmt.Errorf("%s is also a listener address; other-address must be a second address of this host", a), "other-address", "listen")
+			}
+			if l.Network == "udp" && !la.IsUnspecified() && la.Is4() == a.Is4() {
+				paired = true
+			}
+		}
+		if !paired {
+			return s.keyError(fmt.Errorf("%s needs a udp listener on a specific %s address to pair with (RFC 5780 answers from both addresses)", a, family(a)), "other-address", "listen")
+		}
+	}
+	return nil
 }

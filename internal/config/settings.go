@@ -13,8 +13,10 @@ import (
 type Settings struct {
 	Listeners []control.ListenerSpec
 	RelayIPs  []netip.Addr
-	MinPort   uint16
-	MaxPort   uint16
+	// OtherAddresses: RFC 5780 alternate addresses, one per family.
+	OtherAddresses []netip.Addr
+	MinPort        uint16
+	MaxPort        uint16
 
 	Realm       string
 	Users       map[string]string
@@ -31,9 +33,11 @@ type Settings struct {
 	// AlternateServers answer new Allocates with 300 Try Alternate while
 	// draining or at MaxAllocations.
 	AlternateServers []netip.AddrPort
-	BandwidthLimit   int64 // bytes per second per allocation; 0 unlimited
-	UnauthRate       float64
-	UnauthBurst      int
+	// MaxTCPConnections per RFC 6062 allocation; 0: TCP relays off.
+	MaxTCPConnections int
+	BandwidthLimit    int64 // bytes per second per allocation; 0 unlimited
+	UnauthRate        float64
+	UnauthBurst       int
 
 	DefaultLifetime time.Duration
 	MaxLifetime     time.Duration
@@ -83,6 +87,7 @@ func (s *Settings) Control() control.Config {
 	c := control.DefaultConfig()
 	c.Listeners = append([]control.ListenerSpec(nil), s.Listeners...)
 	c.RelayIPs = append([]netip.Addr(nil), s.RelayIPs...)
+	c.OtherAddresses = append([]netip.Addr(nil), s.OtherAddresses...)
 	c.MinPort, c.MaxPort = s.MinPort, s.MaxPort
 	c.Realm = s.Realm
 	c.Users = make(map[string]string, len(s.Users))
@@ -96,6 +101,10 @@ func (s *Settings) Control() control.Config {
 	c.MaxAllocations = s.MaxAllocations
 	c.MaxAllocationsPerUser = s.MaxAllocationsPerUser
 	c.AlternateServers = append([]netip.AddrPort(nil), s.AlternateServers...)
+	c.MaxTCPConnections = s.MaxTCPConnections
+	if s.MaxTCPConnections == 0 {
+		c.MaxTCPConnections = -1 // off; control's 0 means its default
+	}
 	c.BandwidthLimit = s.BandwidthLimit
 	c.UnauthRate, c.UnauthBurst = s.UnauthRate, s.UnauthBurst
 	c.DefaultLifetime, c.MaxLifetime = s.DefaultLifetime, s.MaxLifetime
@@ -121,6 +130,7 @@ func defaults() *Settings {
 		DenyPeers:             append([]netip.Prefix(nil), c.DenyPeers...),
 		MaxAllocations:        c.MaxAllocations,
 		MaxAllocationsPerUser: c.MaxAllocationsPerUser,
+		MaxTCPConnections:     c.MaxTCPConnections,
 		BandwidthLimit:        c.BandwidthLimit,
 		UnauthRate:            c.UnauthRate,
 		UnauthBurst:           c.UnauthBurst,

@@ -40,6 +40,18 @@ type netnsRelay struct {
 // it and removes the namespaces. mods adjust the configuration.
 func startNetnsRelay(t *testing.T, mods ...func(*control.Config)) *netnsRelay {
 	t.Helper()
+	return startNetnsRelayWith(t, func(_ *netns.Topology, c *control.Config) {
+		for _, mod := range mods {
+			mod(c)
+		}
+	})
+}
+
+// startNetnsRelayWith is startNetnsRelay with a hook that may change the
+// relay namespace (add addresses) and the configuration before the server
+// starts.
+func startNetnsRelayWith(t *testing.T, tweak func(*netns.Topology, *control.Config)) *netnsRelay {
+	t.Helper()
 	topo := netns.ForTest(t, netns.TopologyOptions{})
 	const port = 3478
 	cfg := control.DefaultConfig()
@@ -54,8 +66,8 @@ func startNetnsRelay(t *testing.T, mods ...func(*control.Config)) *netnsRelay {
 	cfg.Users = map[string]string{testUser: testPass}
 	cfg.AuthSecrets = []string{testSecret}
 	cfg.Datapath = "plain"
-	for _, mod := range mods {
-		mod(&cfg)
+	if tweak != nil {
+		tweak(topo, &cfg)
 	}
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {

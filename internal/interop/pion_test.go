@@ -582,20 +582,18 @@ func TestPionRetransmissions(t *testing.T) {
 	}
 }
 
-// TestPionTCPRelayRefused asks for a TCP relay (RFC 6062, pion's
-// AllocateTCP), which hybridrelay does not offer: the answer must be 442
-// Unsupported Transport Protocol (RFC 8656 section 7.2), and the
-// connection must still serve a UDP allocation afterwards.
-func TestPionTCPRelayRefused(t *testing.T) {
-	if referenceMode() {
-		t.Skip("coturn supports RFC 6062 TCP relays")
-	}
+// TestPionTCPRelayOverUDPRefused asks for a TCP relay (RFC 6062, pion's
+// AllocateTCP) over UDP: "If the client connection transport is not TCP or
+// TLS, the server MUST reject the request with a 400 (Bad Request) error"
+// (RFC 6062 section 5.1), and the same socket must still get a UDP
+// allocation afterwards. TCP relays themselves are TestPionTCPAllocation.
+func TestPionTCPRelayOverUDPRefused(t *testing.T) {
 	tgt := startTarget(t, nil)
-	c, err := net.DialTimeout("tcp", tgt.lt4.String(), 3*time.Second)
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tap := &tapConn{PacketConn: turn.NewSTUNConn(c), user: testUser, pass: testPass}
+	tap := &tapConn{PacketConn: c, user: testUser, pass: testPass}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.DefaultLogLevel = logging.LogLevelError
 	client, err := turn.NewClient(&turn.ClientConfig{
@@ -611,12 +609,12 @@ func TestPionTCPRelayRefused(t *testing.T) {
 	t.Cleanup(func() { client.Close(); _ = tap.Close() })
 	_, err = client.AllocateTCP()
 	var te *stun.TurnError
-	if !errors.As(err, &te) || te.ErrorCodeAttr.Code != stun.CodeUnsupportedTransProto {
-		t.Fatalf("AllocateTCP: %v, want 442 Unsupported Transport Protocol", err)
+	if !errors.As(err, &te) || te.ErrorCodeAttr.Code != stun.CodeBadRequest {
+		t.Fatalf("AllocateTCP over UDP: %v, want 400 Bad Request", err)
 	}
 	relay, err := client.Allocate()
 	if err != nil {
-		t.Fatalf("UDP Allocate on the same connection after the 442: %v", err)
+		t.Fatalf("UDP Allocate on the same socket after the 400: %v", err)
 	}
 	_ = relay.Close()
 }

@@ -53,6 +53,7 @@ var (
 	dTrustedTuples    = desc("trusted_tuples", "UDP 5-tuples with their own unauthenticated-request budget (they hold an allocation or authenticated within the nonce lifetime).")
 	dDraining         = desc("draining", "1 while the relay drains: new Allocates are sent to an alternate server (300) or refused (486); hybridrelay_allocations are then the allocations left.")
 	dMaxAllocations   = desc("max_allocations", "The max-allocations quota (0 = unlimited).")
+	dProtocol         = desc("protocol_events_total", "DTLS listener, RFC 5780 NAT discovery and RFC 6062 TCP allocation events, by event.", "event")
 )
 
 // collector turns a snapshot into metrics at scrape time.
@@ -64,7 +65,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
 		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass, dKernelDrops, dKernelDropBytes,
-		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples, dDraining, dMaxAllocations} {
+		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples, dDraining, dMaxAllocations, dProtocol} {
 		ch <- d
 	}
 	c.errors.Describe(ch)
@@ -126,6 +127,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}{{"install", srv.OffloadInstalls}, {"install_error", srv.OffloadInstallErrors}, {"table_full", srv.OffloadFull},
 			{"refresh_error", srv.OffloadRefreshErrors}, {"remove", srv.OffloadRemoves}, {"remove_error", srv.OffloadRemoveErrors}} {
 			counter(dOffload, e.v, e.name)
+		}
+		for _, k := range slices.Sorted(maps.Keys(srv.Protocol)) {
+			counter(dProtocol, srv.Protocol[k], k)
 		}
 	}
 	if k := s.Kernel; k != nil {

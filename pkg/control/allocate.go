@@ -26,11 +26,15 @@ func (s *Server) handleAllocate(r *reqCtx) {
 		r.fail(stun.CodeAllocMismatch)
 		return
 	}
-	// Step 3: REQUESTED-TRANSPORT missing or malformed → 400; not UDP →
-	// 442.
+	// Step 3: REQUESTED-TRANSPORT missing or malformed → 400; TCP is RFC
+	// 6062; anything else → 442.
 	proto, ok, err := getRequestedTransport(msg)
 	if err != nil || !ok {
 		r.fail(stun.CodeBadRequest)
+		return
+	}
+	if proto == protoTCP {
+		s.handleAllocateTCP(r) // RFC 6062 (tcpalloc.go)
 		return
 	}
 	if proto != protoUDP {

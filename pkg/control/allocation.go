@@ -198,6 +198,7 @@ func (a *allocation) release(keepOffload bool) bool {
 			s.releaseRelay(r)
 		}
 	}
+	s.closeTCPRelay(a) // RFC 6062 relays (tcpalloc.go)
 	return true
 }
 

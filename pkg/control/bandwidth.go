@@ -90,3 +90,13 @@ func (a *allocation) releaseUnpublished() {
 		a.meter.Release()
 	}
 }
+
+// bucket is the allocation's own token bucket (nil: unlimited, or metered
+// by the kernel), for the TCP relay's pacing (tcpconnect.go); TCP
+// allocations never get a kernel meter.
+func (a *allocation) bucket() *tokenBucket {
+	if b, ok := a.bw.(*bucketLimiter); ok {
+		return b.b
+	}
+	return nil
+}

@@ -13,6 +13,12 @@ func (s *Server) handleChannelBind(r *reqCtx) {
 	if a == nil {
 		return
 	}
+	// A TCP allocation (RFC 6062) relays on connections, not channels
+	// (coturn answers the same).
+	if s.tcpRelayOf(a) != nil {
+		r.fail(stun.CodeForbidden)
+		return
+	}
 	// "The request contains both a CHANNEL-NUMBER and an XOR-PEER-ADDRESS
 	// attribute" — otherwise 400.
 	num, ok, err := getChannelNumber(r.msg)

@@ -7,16 +7,16 @@ import (
 
 // ListenerSpec is one address the server answers STUN/TURN on.
 type ListenerSpec struct {
-	// Network is "udp", "tcp" or "tls".
+	// Network is "udp", "tcp", "tls" or "dtls".
 	Network string
 	Addr    netip.AddrPort
 }
 
-// NeedsTLS reports whether any of ls is a TLS listener, which needs a
+// NeedsTLS reports whether any of ls is a TLS or DTLS listener, which needs a
 // certificate and key (loaded by NewServer, re-read by ReloadTLS).
 func NeedsTLS(ls []ListenerSpec) bool {
 	for _, l := range ls {
-		if l.Network == "tls" {
+		if l.Network == "tls" || l.Network == "dtls" {
 			return true
 		}
 	}
@@ -45,6 +45,12 @@ type Config struct {
 	TLSCertFile string
 	TLSKeyFile  string
 
+	// OtherAddresses turn on RFC 5780 NAT behaviour discovery: at most one
+	// per family, an address of this host other than the listeners'. Each
+	// UDP listener on a specific address of that family answers Binding
+	// requests from four sockets (natdiscovery.go). Empty: off.
+	OtherAddresses []netip.Addr
+
 	// AllowPeers wins over DenyPeers and over the built-in deny list.
 	AllowPeers []netip.Prefix
 	DenyPeers  []netip.Prefix
@@ -69,6 +75,11 @@ type Config struct {
 	// per source IP (token bucket, requests per second).
 	UnauthRate  float64
 	UnauthBurst int
+
+	// MaxTCPConnections bounds the peer data connections of one RFC 6062
+	// TCP allocation (0: 64); negative turns TCP relay allocations off
+	// (Allocate for TCP is answered 442).
+	MaxTCPConnections int
 
 	MaxMessageSize    int // bytes; larger STUN messages are dropped
 	MaxAttributeCount int
@@ -101,6 +112,7 @@ func DefaultConfig() Config {
 		NonceLifetime:         10 * time.Minute,
 		MaxAllocationsPerUser: 100,
 		MaxAllocations:        10000,
+		MaxTCPConnections:     defaultMaxTCPConnections,
 		UnauthRate:            20,
 		UnauthBurst:           40,
 		MaxMessageSize:        1500,

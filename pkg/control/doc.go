@@ -1,5 +1,5 @@
 // Package control is the STUN/TURN control plane of hybridrelay (RFC 8489,
-// RFC 8656): listeners (UDP through a dataplane.Datapath, TCP, TLS),
+// RFC 8656): listeners (UDP through a dataplane.Datapath, TCP, TLS, DTLS),
 // long-term and TURN REST credentials, nonces, allocations, permissions,
 // channels, lifetimes, quotas, the peer policy and rate limits.
 //
@@ -25,7 +25,13 @@
 // MESSAGE-INTEGRITY-SHA256; policy.go the peer policy; ratelimit.go the
 // token buckets; allocation.go allocation lifetimes; relayports.go relay
 // sockets and the port pool; offload.go and offloadsync.go what the kernel
-// table is told; transport.go the TCP/TLS framing; state.go persistence.
+// table is told; bandwidth.go the bandwidth-limit and its kernel meter;
+// transport.go the TCP/TLS framing; dtls.go TURN over DTLS (RFC 7350);
+// natdiscovery.go RFC 5780 NAT behaviour discovery (other-address);
+// tcpalloc.go RFC 6062 TCP relay allocations, tcpconn.go their peer data
+// connections, tcpconnect.go Connect, ConnectionBind and the data pump;
+// protostats.go the counters of the protocol extensions; state.go
+// persistence.
 //
 // # Choices where the RFCs leave room (or real clients disagree)
 //
@@ -72,7 +78,12 @@
 //
 // # Kernel offload (docs/design.md "Kernel-path invariants" 1-3)
 //
-// A channel of a UDP client (of an allocation without a bandwidth limit)
+// DTLS clients and TCP relay allocations (RFC 6062) are never offloaded:
+// the first are not plain UDP 5-tuples, the second have no relay socket and
+// no channel.
+//
+// A channel of a UDP client (of an allocation without a bandwidth limit, or
+// with the kernel's meter for it)
 // is declared with KernelChannels.Bind before the ChannelBind success
 // response is sent. Its Expires is the earliest of the channel's, the
 // permission's and the allocation's expiry, and Bind is called again

@@ -104,7 +104,10 @@ func TestAllocateErrors(t *testing.T) {
 		}, send: sendSigned(udpTransport()), want: 438},
 		{name: "missing REQUESTED-TRANSPORT 400", send: signed(), want: 400},
 		{name: "malformed REQUESTED-TRANSPORT 400", send: signed(attr{stun.AttrRequestedTransport, []byte{17, 0}}), want: 400},
-		{name: "TCP transport 442", send: signed(attr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}}), want: 442},
+		// RFC 6062 section 5.1: a TCP allocation needs a TCP or TLS
+		// control connection (this client is on UDP).
+		{name: "TCP transport over UDP 400", send: signed(attr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}}), want: 400},
+		{name: "SCTP transport 442", send: signed(attr{stun.AttrRequestedTransport, []byte{132, 0, 0, 0}}), want: 442},
 		{name: "unknown comprehension-required 420", send: signed(udpTransport(), attr{0x0777, []byte{0}}), want: 420},
 		{name: "bad REQUESTED-ADDRESS-FAMILY 440", send: signed(udpTransport(), familyAttr(stun.AttrRequestedAddressFamily, 3)), want: 440},
 		{name: "IPv6 without IPv6 relay 440", send: signed(udpTransport(), familyAttr(stun.AttrRequestedAddressFamily, familyIPv6)), want: 440},

@@ -16,7 +16,7 @@ func (a *allocation) peerError(peer netip.AddrPort) stun.ErrorCode {
 	if !ip.IsValid() {
 		return stun.CodeBadRequest
 	}
-	if a.relay(familyOf(ip)) == nil {
+	if a.relay(familyOf(ip)) == nil && !a.s.tcpHasFamily(a, familyOf(ip)) {
 		return stun.CodePeerAddrFamilyMismatch
 	}
 	if a.s.policy.Load().check(ip) == peerDenied {

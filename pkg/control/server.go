@@ -37,6 +37,7 @@ const (
 	tUDP transport = iota
 	tTCP
 	tTLS
+	tDTLS // RFC 8656 section 3 and RFC 7350: TURN over DTLS over UDP
 )
 
 func (t transport) String() string {
@@ -45,6 +46,8 @@ func (t transport) String() string {
 		return "tcp"
 	case tTLS:
 		return "tls"
+	case tDTLS:
+		return "dtls"
 	}
 	return "udp"
 }
@@ -116,6 +119,8 @@ type Server struct {
 	drain drainState
 	// janitorTick is when the janitor last ran (unix ns), for Live.
 	janitorTick atomic.Int64
+	nat         natDiscovery // RFC 5780 (natdiscovery.go)
+	tcp         tcpState     // RFC 6062 (tcpalloc.go)
 
 	lnMu      sync.Mutex // guards the fields below
 	started   bool
@@ -161,6 +166,7 @@ func NewServer(cfg Config, opts Options) (*Server, error) {
 		s.log = slog.Default()
 	}
 	s.ports.init(cfg.MinPort, cfg.MaxPort, s.openRelay, s.releaseRelay)
+	s.tcp.init()
 	s.clock.Store(time.Now().UnixNano())
 	s.state.path = opts.StateFile
 	var err error
@@ -207,9 +213,9 @@ func normalizeConfig(c *Config) error {
 	}
 	for i, l := range c.Listeners {
 		switch l.Network {
-		case "udp", "tcp", "tls":
+		case "udp", "tcp", "tls", "dtls":
 		default:
-			return fmt.Errorf("listeners[%d].network: %q is not udp, tcp or tls", i, l.Network)
+			return fmt.Errorf("listeners[%d].network: %q is not udp, tcp, tls or dtls", i, l.Network)
 		}
 		if !l.Addr.Addr().IsValid() {
 			return fmt.Errorf("listeners[%d].addr: invalid address", i)
@@ -223,6 +229,10 @@ func normalizeConfig(c *Config) error {
 	if err := validateAlternates(c.AlternateServers); err != nil {
 		return err
 	}
+	if err := checkOtherAddresses(c); err != nil {
+		return err
+	}
+	normalizeTCP(c)
 	if len(c.RelayIPs) == 0 && len(relayIPsOf(c)) == 0 {
 		return errors.New("relay_ips: required when every listener address is unspecified")
 	}
@@ -278,7 +288,7 @@ func normalizeConfig(c *Config) error {
 		return fmt.Errorf("max_attribute_count: %d below 8", c.MaxAttributeCount)
 	}
 	if NeedsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
-		return errors.New("tls_cert_file/tls_key_file: required by a tls listener")
+		return errors.New("tls_cert_file/tls_key_file: required by a tls or dtls listener")
 	}
 	return nil
 }
@@ -313,7 +323,12 @@ func (s *Server) Start() error {
 		}
 		addrs = append(addrs, ListenerSpec{Network: l.Network, Addr: bound})
 	}
-	pol := newPeerPolicy(&s.cfg, s.relayIPs, addrs, host)
+	if err := s.openNATDiscovery(addrs); err != nil {
+		s.Close()
+		return fmt.Errorf("start: %w", err)
+	}
+	// The RFC 5780 alternate sockets are ours too: never a peer.
+	pol := newPeerPolicy(&s.cfg, s.relayIPs, append(slices.Clip(addrs), s.natListeners()...), host)
 	s.lnMu.Lock()
 	s.addrs = addrs
 	s.policy.Store(pol)
@@ -369,6 +384,8 @@ func (s *Server) openListener(l ListenerSpec) (netip.AddrPort, error) {
 		s.wg.Add(1)
 		go s.acceptLoop(ln, proto)
 		return netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port()), nil
+	case "dtls":
+		return s.openDTLS(l.Addr)
 	}
 	return netip.AddrPort{}, fmt.Errorf("unknown network %q", l.Network)
 }
@@ -445,6 +462,8 @@ func (s *Server) Shutdown(keepOffload bool) error {
 	for _, c := range streams {
 		c.close()
 	}
+	s.closeNATDiscovery()
+	s.closeAllTCP()
 	s.wg.Wait()
 	// Listeners are down: no request can change state any more.
 	if err := s.saveState(true); err != nil {
@@ -568,6 +587,7 @@ func (s *Server) Stats() ServerStats {
 			"panics":        c.panics.Load(),
 		},
 	}
+	st.Protocol = s.protocolStats()
 	for i := range c.authFailures {
 		st.AuthFailures[authFailureNames[i]] = c.authFailures[i].Load()
 	}
@@ -607,7 +627,9 @@ func (s *Server) Allocations() []AllocationInfo {
 	now := time.Now()
 	usage := s.kernelUsage()
 	s.allocs.Range(func(_, v any) bool {
-		out = append(out, v.(*allocation).info(now, usage))
+		ai := v.(*allocation).info(now, usage)
+		s.tcpInfo(v.(*allocation), &ai)
+		out = append(out, ai)
 		return true
 	})
 	slices.SortFunc(out, func(a, b AllocationInfo) int { return a.Client.Compare(b.Client) })

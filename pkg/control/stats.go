@@ -17,11 +17,13 @@ const (
 	mCreatePermission
 	mChannelBind
 	mSend
+	mConnect
+	mConnectionBind
 	mOther
 	numMethods
 )
 
-var methodNames = [numMethods]string{"binding", "allocate", "refresh", "create_permission", "channel_bind", "send_indication", "other"}
+var methodNames = [numMethods]string{"binding", "allocate", "refresh", "create_permission", "channel_bind", "send_indication", "connect", "connection_bind", "other"}
 
 func methodIndex(m stun.Method) int {
 	switch m {
@@ -37,12 +39,16 @@ func methodIndex(m stun.Method) int {
 		return mChannelBind
 	case methodSend:
 		return mSend
+	case methodConnect:
+		return mConnect
+	case methodConnectionBind:
+		return mConnectionBind
 	}
 	return mOther
 }
 
 // Results counted per method: "ok", "dropped" and the error codes used.
-var resultCodes = [...]int{0, -1, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508, 300}
+var resultCodes = [...]int{0, -1, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508, 300}
 
 const numResults = len(resultCodes)
 
@@ -52,7 +58,7 @@ func resultIndex(code int) int {
 			return i
 		}
 	}
-	return 13 // 500
+	return len(resultCodes) - 2 // 500
 }
 
 func resultName(i int) string {
@@ -94,6 +100,8 @@ type counters struct {
 	offloadRefreshErrors atomic.Uint64
 	offloadRemoves       atomic.Uint64
 	offloadRemoveErrors  atomic.Uint64
+
+	dtls dtlsCounters // dtls.go
 
 	// Kernel usage of channels whose offload entry is gone.
 	retiredToPeerPackets, retiredToPeerBytes     atomic.Uint64
@@ -159,6 +167,11 @@ type ServerStats struct {
 	MaxAllocations int `json:"max_allocations"`
 	// AlternateServers are the ALTERNATE-SERVER candidates.
 	AlternateServers []netip.AddrPort `json:"alternate_servers,omitempty"`
+
+	// Protocol counts events of the DTLS listeners, RFC 5780 NAT
+	// behaviour discovery and RFC 6062 TCP allocations, by name
+	// (protostats.go).
+	Protocol map[string]uint64 `json:"protocol"`
 }
 
 // PermissionInfo is one permission of an allocation.
@@ -183,14 +196,19 @@ type ChannelInfo struct {
 
 // AllocationInfo describes one allocation.
 type AllocationInfo struct {
-	Transport    string           `json:"transport"` // udp, tcp, tls
-	Client       netip.AddrPort   `json:"client"`
-	Server       netip.AddrPort   `json:"server"`
-	Username     string           `json:"username"`
-	Relays       []netip.AddrPort `json:"relays"`
-	Created      time.Time        `json:"created"`
-	Expires      time.Time        `json:"expires"`
-	DontFragment bool             `json:"dont_fragment"`
+	Transport string `json:"transport"` // udp, tcp, tls, dtls
+	// RelayTransport is tcp for an RFC 6062 allocation (its relayed
+	// address in Relays is a TCP listener), empty for udp.
+	RelayTransport string `json:"relay_transport,omitempty"`
+	// TCPConnections are an RFC 6062 allocation's peer data connections.
+	TCPConnections []TCPConnectionInfo `json:"tcp_connections,omitempty"`
+	Client         netip.AddrPort      `json:"client"`
+	Server         netip.AddrPort      `json:"server"`
+	Username       string              `json:"username"`
+	Relays         []netip.AddrPort    `json:"relays"`
+	Created        time.Time           `json:"created"`
+	Expires        time.Time           `json:"expires"`
+	DontFragment   bool                `json:"dont_fragment"`
 	// LastActivity: last datagram relayed for this allocation (as for
 	// ChannelInfo.LastActivity).
 	LastActivity time.Time        `json:"last_activity"`

@@ -86,7 +86,8 @@ func (s *Server) handleRequest(r *reqCtx) {
 	case methodBinding:
 		s.handleBinding(r)
 		return
-	case methodAllocate, methodRefresh, methodCreatePermission, methodChannelBind:
+	case methodAllocate, methodRefresh, methodCreatePermission, methodChannelBind,
+		methodConnect, methodConnectionBind:
 	default:
 		// RFC 8489 section 6.3.1: an unknown method is a bad request.
 		r.fail(stun.CodeBadRequest)
@@ -108,6 +109,10 @@ func (s *Server) handleRequest(r *reqCtx) {
 		s.handleCreatePermission(r)
 	case methodChannelBind:
 		s.handleChannelBind(r)
+	case methodConnect:
+		s.handleConnect(r) // RFC 6062 (tcpconnect.go)
+	case methodConnectionBind:
+		s.handleConnectionBind(r)
 	}
 }
 
@@ -303,6 +308,13 @@ func (f setterFunc) AddTo(m *stun.Message) error { return f(m) }
 // 8489 section 7.3.1); it needs no credentials and is rate limited like
 // every unauthenticated response.
 func (s *Server) handleBinding(r *reqCtx) {
+	if s.natBinding(r) { // RFC 5780, on a listener with an other address
+		return
+	}
+	if unk := natUnsupported(r.msg); len(unk) > 0 {
+		r.fail(stun.CodeUnknownAttribute, stun.UnknownAttributes(unk))
+		return
+	}
 	if unk := unknownRequired(r.msg); len(unk) > 0 {
 		r.fail(stun.CodeUnknownAttribute, stun.UnknownAttributes(unk))
 		return

@@ -59,9 +59,19 @@ type streamConn struct {
 	out       chan []byte
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	// RFC 6062 (tcpconnect.go): set by a successful ConnectionBind on the
+	// reader goroutine, which then hands the connection to runDataConn;
+	// handedOver is closed by the writer when it has written the last
+	// STUN message and stopped.
+	dataBind   *tcpConn
+	handedOver chan struct{}
 }
 
-func (c *streamConn) stream() bool { return true }
+// stream: TCP and TLS are byte streams; a DTLS connection carries one
+// message per record, like UDP, so its ChannelData needs no padding (RFC
+// 8656 section 12.5).
+func (c *streamConn) stream() bool { return c.tuple.proto != tDTLS }
 
 // send queues a copy of b; a client that does not read is dropped from,
 // never waited for, so a slow client cannot stall the relay loop that
@@ -139,6 +149,10 @@ func (c *streamConn) writeLoop() {
 		case <-c.closed:
 			return
 		case b := <-c.out:
+			if b == nil { // the connection becomes an RFC 6062 data connection
+				close(c.handedOver)
+				return
+			}
 			_ = c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			if _, err := c.nc.Write(b); err != nil {
 				c.close()
@@ -182,6 +196,10 @@ func (c *streamConn) readLoop() {
 			return
 		}
 		if !s.handleStreamFrame(c, frame) {
+			return
+		}
+		if c.dataBind != nil {
+			s.runDataConn(c, br)
 			return
 		}
 	}
