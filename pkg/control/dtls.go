@@ -107,24 +107,12 @@ func (s *Server) dtlsAcceptLoop(ln net.Listener, local netip.AddrPort, pending *
 			_ = nc.Close()
 			continue
 		}
-		c := &streamConn{
-			s: s, nc: nc,
-			tuple: fiveTuple{proto: tDTLS,
-				client: netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port()),
-				server: local},
-			unauth: newTokenBucket(s.cfg.UnauthRate, max(float64(s.cfg.UnauthBurst), 1), time.Now()),
-			out:    make(chan []byte, streamQueue),
-			closed: make(chan struct{}),
-		}
-		s.lnMu.Lock()
-		if s.closed || len(s.streams) >= maxStreamConns {
-			s.lnMu.Unlock()
-			_ = nc.Close()
+		c := s.newStreamConn(nc, fiveTuple{proto: tDTLS,
+			client: netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port()),
+			server: local})
+		if !s.trackStream(c, 1) {
 			continue
 		}
-		s.streams[c] = struct{}{}
-		s.wg.Add(1)
-		s.lnMu.Unlock()
 		pending.Add(1)
 		go c.dtlsServe(dc, pending)
 	}

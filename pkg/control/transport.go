@@ -119,27 +119,41 @@ func (s *Server) acceptLoop(ln net.Listener, proto transport) {
 			_ = nc.Close()
 			continue
 		}
-		c := &streamConn{
-			s: s, nc: nc,
-			tuple: fiveTuple{proto: proto,
-				client: netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port()),
-				server: netip.AddrPortFrom(la.AddrPort().Addr().Unmap(), la.AddrPort().Port())},
-			unauth: newTokenBucket(s.cfg.UnauthRate, max(float64(s.cfg.UnauthBurst), 1), time.Now()),
-			out:    make(chan []byte, streamQueue),
-			closed: make(chan struct{}),
-		}
-		s.lnMu.Lock()
-		if s.closed || len(s.streams) >= maxStreamConns {
-			s.lnMu.Unlock()
-			_ = nc.Close()
+		c := s.newStreamConn(nc, fiveTuple{proto: proto,
+			client: netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port()),
+			server: netip.AddrPortFrom(la.AddrPort().Addr().Unmap(), la.AddrPort().Port())})
+		if !s.trackStream(c, 2) {
 			continue
 		}
-		s.streams[c] = struct{}{}
-		s.wg.Add(2)
-		s.lnMu.Unlock()
 		go c.writeLoop()
 		go c.readLoop()
 	}
+}
+
+// newStreamConn is a stream client connection (TCP, TLS or DTLS) with its
+// own budget for unauthenticated responses.
+func (s *Server) newStreamConn(nc net.Conn, t fiveTuple) *streamConn {
+	return &streamConn{
+		s: s, nc: nc, tuple: t,
+		unauth: newTokenBucket(s.cfg.UnauthRate, max(float64(s.cfg.UnauthBurst), 1), time.Now()),
+		out:    make(chan []byte, streamQueue),
+		closed: make(chan struct{}),
+	}
+}
+
+// trackStream registers c and adds its goroutines to the server's wait
+// group; a closed server or one at maxStreamConns closes c's connection
+// instead and reports false.
+func (s *Server) trackStream(c *streamConn, goroutines int) bool {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.closed || len(s.streams) >= maxStreamConns {
+		_ = c.nc.Close()
+		return false
+	}
+	s.streams[c] = struct{}{}
+	s.wg.Add(goroutines)
+	return true
 }
 
 func (c *streamConn) writeLoop() {
