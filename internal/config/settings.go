@@ -143,7 +143,7 @@ func defaults() *Settings {
 		BatchSize:             64,
 		Loops:                 0,
 		SocketBuffer:          4 << 20,
-		MaxQueueDelay:         5 * time.Millisecond,
+		MaxQueueDelay:         -1,
 		LogLevel:              "info",
 		LogFormat:             "text",
 		AdminSocket:           "/run/hybridrelay/admin.sock",

@@ -58,12 +58,7 @@ func startHybridrelay(t *testing.T, tweak func(*control.Config)) *hrServer {
 		dp := dataplane.NewPlain()
 		if cfg.Datapath == "gso" {
 			var err error
-			// These tests count every datagram. On a loaded test
-			// machine a burst of new clients can hold datagrams past the
-			// default queue-delay bound, which then (by design) drops
-			// them; the bound is tested where it is the subject
-			// (pkg/dataplane, internal/xdpe2e TestOverloadLatencyBounded).
-			if dp, err = dataplane.NewGSO(dataplane.GSOOptions{Logger: logger, MaxQueueDelay: -1}); err != nil {
+			if dp, err = dataplane.NewGSO(dataplane.GSOOptions{Logger: logger}); err != nil {
 				t.Fatalf("gso datapath: %v", err)
 			}
 		}

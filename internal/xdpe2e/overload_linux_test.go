@@ -66,8 +66,8 @@ func TestOverloadLatencyBounded(t *testing.T) {
 	}
 	variants := []overloadVariant{
 		{"gso-unbounded", false, -1},
-		{"gso", false, dataplane.DefaultMaxQueueDelay},
-		{"xdp", true, dataplane.DefaultMaxQueueDelay},
+		{"gso", false, dataplane.RecommendedMaxQueueDelay},
+		{"xdp", true, dataplane.RecommendedMaxQueueDelay},
 	}
 	runs := map[string][]overloadRun{}
 	for r := range repeats {

@@ -89,12 +89,7 @@ func datapaths(t *testing.T) map[string]func() dataplane.Datapath {
 	return map[string]func() dataplane.Datapath{
 		"plain": dataplane.NewPlain,
 		"gso": func() dataplane.Datapath {
-			// These tests count every datagram of a burst. On a loaded
-			// test machine the process can stall for longer than the
-			// default queue-delay bound, which would then (correctly)
-			// drop what waited; the bound has tests of its own
-			// (pkg/dataplane, internal/xdpe2e TestOverloadLatencyBounded).
-			dp, err := dataplane.NewGSO(dataplane.GSOOptions{Loops: 2, SocketBuffer: 1 << 20, MaxQueueDelay: -1})
+			dp, err := dataplane.NewGSO(dataplane.GSOOptions{Loops: 2, SocketBuffer: 1 << 20})
 			if err != nil {
 				t.Skipf("gso datapath: %v", err)
 			}

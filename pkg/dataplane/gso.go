@@ -31,17 +31,20 @@ type GSOOptions struct {
 	// Under overload the queue then holds about MaxQueueDelay of traffic
 	// instead of a full buffer's worth, so what is relayed stays fresh:
 	// for real-time media a packet that is late is worse than one that is
-	// lost. 0 = DefaultMaxQueueDelay; negative = no bound.
+	// lost. 0 or negative: no bound (the default, see
+	// RecommendedMaxQueueDelay).
 	MaxQueueDelay time.Duration
 	// Logger receives the one-time warnings (GSO fallback, missing kernel
 	// features). nil = slog.Default().
 	Logger *slog.Logger
 }
 
-// DefaultMaxQueueDelay is GSOOptions.MaxQueueDelay's default: half of the
-// 10 ms of added latency a real-time flow can take from one relay, leaving
-// the rest for processing and the send queue.
-const DefaultMaxQueueDelay = 5 * time.Millisecond
+// RecommendedMaxQueueDelay is the bound for a media edge that must add at
+// most 10 ms of latency under overload: half of it, leaving the rest for
+// processing and the send queue. It is not the default: the bound drops
+// whatever waited past it, also in a burst on a host whose CPU is busy with
+// other work, which an operator chooses (docs/design.md, Queue delay).
+const RecommendedMaxQueueDelay = 5 * time.Millisecond
 
 const (
 	defaultBatchSize    = 64
@@ -61,9 +64,6 @@ func (o GSOOptions) withDefaults() GSOOptions {
 	}
 	if o.SocketBuffer <= 0 {
 		o.SocketBuffer = defaultSocketBuffer
-	}
-	if o.MaxQueueDelay == 0 {
-		o.MaxQueueDelay = DefaultMaxQueueDelay
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

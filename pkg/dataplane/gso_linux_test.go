@@ -460,8 +460,8 @@ func TestGSOKernelDrops(t *testing.T) {
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		st := dp.Stats()
-		// What queued behind the blocked handler for longer than
-		// max-queue-delay is dropped as stale, not received.
+		// With a queue-delay bound, what queued behind the blocked
+		// handler for longer is dropped as stale, not received.
 		if st.RxKernelDrops > 0 && st.RxPackets+st.RxKernelDrops+st.RxStaleDrops == 305 {
 			break
 		}
