@@ -715,7 +715,9 @@ func TestFailoverGatewayMACChange(t *testing.T) {
 		ctl := evs[0]
 		sent, got := r.delivered(ctl.t1+20*time.Millisecond, evs[1].t0)
 		t.Logf("%s: %d of %d datagrams sent after it arrived (frames to the old MAC are dropped)", ctl.name, got['A']+got['B'], sent)
-		if sent < 100 || got['A']+got['B'] > sent/20 {
+		// At ~1 kpps the window holds about 300; a loaded machine's
+		// generator sends fewer, and 50 still show the drop.
+		if sent < 50 || got['A']+got['B'] > sent/20 {
 			t.Fatalf("control: %d of %d datagrams sent after a silent MAC change arrived; the peer should drop frames to its old MAC, or the run is too short", got['A']+got['B'], sent)
 		}
 		for i, ev := range evs[1:] {
