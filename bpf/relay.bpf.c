@@ -40,6 +40,17 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
+/* bpf2go -type finds only types the object's BTF has, and clang emits the
+ * types of what the object defines. This variable puts the constant enums
+ * of consts.h there. Its section is none the loader (cilium/ebpf) makes a
+ * map of, so it costs nothing at run time. */
+struct hr_btf_anchor {
+	enum hr_family family;
+	enum hr_chan_flag flag;
+	enum hr_map_size map_size;
+	enum hr_chandata_limit chandata;
+} hr_btf_anchor SEC(".hr_btf") = {HR_FAMILY_V4, HR_F_DONT_FRAGMENT, HR_DEFAULT_MAX_CHANNELS, HR_CHANNEL_MIN};
+
 /* Largest ChannelData data length handled. The program does not set
  * xdp.frags, so frames are single buffers of at most a page; the bound only
  * keeps packet offsets small enough for the verifier. */

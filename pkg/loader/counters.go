@@ -150,6 +150,9 @@ func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 		}
 		want[uint32(i)] = true
 	}
+	if len(want) > maxRedirectIfaces {
+		return fmt.Errorf("set redirect interfaces: %d interfaces, the devmap holds %d", len(want), maxRedirectIfaces)
+	}
 	var stale []uint32
 	var keep []int
 	var k, v uint32

@@ -17,8 +17,9 @@ import (
 // otherwise.
 const DefaultPinDir = "/sys/fs/bpf/hybridrelay"
 
-// DefaultMaxChannels sizes the channel maps when Options.MaxChannels is 0.
-const DefaultMaxChannels = 1024
+// DefaultMaxChannels sizes the channel maps when Options.MaxChannels is 0
+// (the maps' size in bpf/maps.h).
+const DefaultMaxChannels = int(relayHrMapSizeHR_DEFAULT_MAX_CHANNELS)
 
 var (
 	// ErrFull means the channel maps have no room; the channel stays on

@@ -63,6 +63,22 @@ type relayEgressEntry struct {
 	Pad     uint32
 }
 
+type relayHrChanFlag uint32
+
+const (
+	relayHrChanFlagHR_F_DONT_FRAGMENT relayHrChanFlag = 1
+	relayHrChanFlagHR_F_HAIRPIN       relayHrChanFlag = 2
+)
+
+type relayHrChandataLimit uint32
+
+const (
+	relayHrChandataLimitHR_CHANNELDATA_HLEN relayHrChandataLimit = 4
+	relayHrChandataLimitHR_CHANNEL_MIN      relayHrChandataLimit = 16384
+	relayHrChandataLimitHR_CHANNEL_MAX      relayHrChandataLimit = 32767
+	relayHrChandataLimitHR_MAX_PAD          relayHrChandataLimit = 3
+)
+
 type relayHrCounter uint32
 
 const (
@@ -88,6 +104,21 @@ const (
 	relayHrCounterHR_CNT_PASS_TTL              relayHrCounter = 19
 	relayHrCounterHR_CNT_PASS_OTHER            relayHrCounter = 20
 	relayHrCounterHR_CNT_MAX                   relayHrCounter = 21
+)
+
+type relayHrFamily uint32
+
+const (
+	relayHrFamilyHR_FAMILY_V4 relayHrFamily = 4
+	relayHrFamilyHR_FAMILY_V6 relayHrFamily = 6
+)
+
+type relayHrMapSize uint32
+
+const (
+	relayHrMapSizeHR_DEFAULT_MAX_CHANNELS relayHrMapSize = 1024
+	relayHrMapSizeHR_DEFAULT_MAX_EGRESS   relayHrMapSize = 2048
+	relayHrMapSizeHR_MAX_IFACES           relayHrMapSize = 64
 )
 
 type relayP2cKey struct {
