@@ -63,11 +63,25 @@ enum hr_map_size {
 	HR_DEFAULT_MAX_CHANNELS = 1024,
 	HR_DEFAULT_MAX_EGRESS = 2048,
 	HR_MAX_IFACES = 64,
+	HR_MAX_LISTENERS = 256, /* UDP listener addresses (the loader expands wildcards) */
+};
+
+/* STUN message header (RFC 8489 section 5): 20 bytes, the magic cookie at
+ * offset 4. */
+enum hr_stun {
+	HR_STUN_HLEN = 20,
+	HR_STUN_MAGIC = 0x2112A442,
+};
+
+/* listener_val.flags */
+enum hr_listener_flag {
+	HR_L_PREFILTER = 0x1, /* drop datagrams neither STUN nor ChannelData shaped */
 };
 
 /* Indexes of the per-CPU counters array. Every XDP_PASS has exactly one
- * reason; HR_CNT_PASS_MAP_FULL is written by userspace only (a channel the
- * control plane could not install), the program never touches it. */
+ * reason, and so has every XDP_DROP of the listener pre-filter;
+ * HR_CNT_PASS_MAP_FULL is written by userspace only (a channel the control
+ * plane could not install), the program never touches it. */
 enum hr_counter {
 	HR_CNT_FWD_TO_PEER_PACKETS = 0,
 	HR_CNT_FWD_TO_PEER_BYTES,    /* ChannelData data bytes relayed */
@@ -93,6 +107,13 @@ enum hr_counter {
 	HR_CNT_PASS_MAP_FULL,        /* userspace: channel left to userspace, table full */
 	HR_CNT_PASS_TTL,             /* TTL/hop limit <= 1 (RFC 8656 section 14) */
 	HR_CNT_PASS_OTHER,           /* not IP/UDP, IPv4 options, fragments, IPv6 ext headers, QinQ */
+	/* The listener pre-filter (docs/design.md "Kernel-path invariants"):
+	 * UDP to a listener address the server would discard by its framing
+	 * alone (internal/turnproto ClassifyDatagram), dropped. */
+	HR_CNT_DROP_PREFILTER_SHORT,              /* under 4 bytes, or a STUN header under 20 */
+	HR_CNT_DROP_PREFILTER_NOT_TURN,           /* first bits 10/11, or 00 without the magic cookie */
+	HR_CNT_DROP_PREFILTER_STUN_LENGTH,        /* STUN length not a multiple of 4 or not the datagram's */
+	HR_CNT_DROP_PREFILTER_CHANNELDATA_LENGTH, /* ChannelData length beyond the datagram, or more than padding after it */
 	HR_CNT_MAX,
 };
 

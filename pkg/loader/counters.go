@@ -14,8 +14,9 @@ type Counter int
 // The counters. Forwarded bytes are data bytes (ChannelData payload to the
 // peer, peer datagram payload to the client). Hairpin counts relay-to-relay
 // ChannelData the program turned into another client's ChannelData. Every XDP_PASS counts exactly
-// one reason; PassMapFull is counted by userspace (a channel the table had
-// no room for), never by the program.
+// one reason, every pre-filter XDP_DROP one drop_prefilter_* reason;
+// PassMapFull is counted by userspace (a channel the table had no room
+// for), never by the program.
 const (
 	FwdToPeerPackets   = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS)
 	FwdToPeerBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
@@ -38,7 +39,13 @@ const (
 	PassMapFull        = Counter(relayHrCounterHR_CNT_PASS_MAP_FULL)
 	PassTTL            = Counter(relayHrCounterHR_CNT_PASS_TTL)
 	PassOther          = Counter(relayHrCounterHR_CNT_PASS_OTHER)
-	NumCounters        = int(relayHrCounterHR_CNT_MAX)
+	// The listener pre-filter's drops (SetListeners), by the framing that
+	// makes the server discard the datagram.
+	DropPrefilterShort             = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_SHORT)
+	DropPrefilterNotTURN           = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_NOT_TURN)
+	DropPrefilterSTUNLength        = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_STUN_LENGTH)
+	DropPrefilterChannelDataLength = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_CHANNELDATA_LENGTH)
+	NumCounters                    = int(relayHrCounterHR_CNT_MAX)
 )
 
 var counterNames = [NumCounters]string{
@@ -63,6 +70,11 @@ var counterNames = [NumCounters]string{
 	PassMapFull:        "pass_map_full",
 	PassTTL:            "pass_ttl",
 	PassOther:          "pass_other",
+
+	DropPrefilterShort:             "drop_prefilter_short",
+	DropPrefilterNotTURN:           "drop_prefilter_not_turn",
+	DropPrefilterSTUNLength:        "drop_prefilter_stun_length",
+	DropPrefilterChannelDataLength: "drop_prefilter_channeldata_length",
 }
 
 // String is the counter's name: fwd_to_peer_packets, pass_no_entry, ...

@@ -57,6 +57,10 @@ type Options struct {
 	// beside a running daemon, the maps' one writer: no egress
 	// resolution, no writes; PutChannel and friends fail.
 	ReadOnly bool
+	// Prefilter lets the program drop datagrams to the listener
+	// addresses given to SetListeners that the server would discard by
+	// their framing alone (docs/design.md "Kernel-path invariants").
+	Prefilter bool
 }
 
 // XDP is the loaded program with its maps. Its methods are safe for
@@ -184,6 +188,11 @@ func Load(opts Options) (*XDP, error) {
 		x.closeResolver()
 		x.objs.Close()
 		return nil, err
+	}
+	if err := x.applyPrefilterSetting(); err != nil {
+		x.closeResolver()
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: %w", err)
 	}
 	// A re-adopted devmap keeps redirecting: its devices stay
 	// transmittable until SetRedirectIfaces says otherwise.
@@ -326,7 +335,7 @@ func (x *XDP) Unpin() error {
 	}
 	if !x.closed {
 		for _, m := range []*ebpf.Map{x.objs.C2pChannels, x.objs.P2cChannels, x.objs.ChanUsage,
-			x.objs.Counters, x.objs.TxPorts, x.objs.Egress} {
+			x.objs.Counters, x.objs.TxPorts, x.objs.Egress, x.objs.Listeners} {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))
 			}
@@ -357,7 +366,7 @@ func (x *XDP) Unpin() error {
 // pinnedMapNames are the maps Load pins by name (bpf/maps.h).
 var pinnedMapNames = map[string]bool{
 	relayMapC2pChannels: true, relayMapP2cChannels: true, relayMapChanUsage: true,
-	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true,
+	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true, relayMapListeners: true,
 }
 
 // linkPin is the pin path of the link on ifindex.
