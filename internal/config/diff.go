@@ -11,7 +11,7 @@ var fieldKeys = map[string]string{
 	"AllowPeers": "allow-peer", "DenyPeers": "deny-peer", "MaxAllocations": "max-allocations",
 	"MaxAllocationsPerUser": "max-allocations-per-user", "BandwidthLimit": "bandwidth-limit",
 	"UnauthRate": "unauth-rate", "UnauthBurst": "unauth-burst", "DefaultLifetime": "default-lifetime",
-	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels",
+	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels", "XDPPrefilter": "xdp-prefilter",
 	"BPFFS": "bpffs", "StateFile": "state-file", "BatchSize": "batch-size", "Loops": "loops",
 	"SocketBuffer": "socket-buffer", "LogLevel": "log-level", "LogFormat": "log-format",
 	"AdminSocket": "admin-socket", "MetricsListen": "metrics-listen",

@@ -43,6 +43,7 @@ var (
 	dDrops            = desc("drops_total", "Datagrams the control plane dropped, by reason.", "reason")
 	dOffload          = desc("offload_events_total", "Kernel fast path table operations, by event.", "event")
 	dKernelPass       = desc("kernel_pass_total", "Packets the XDP program passed to the kernel stack, by reason; group is normal (userspace's traffic by design), misconfiguration (the host keeps the kernel path from forwarding) or other.", "reason", "group")
+	dKernelPrefilter  = desc("kernel_prefilter_drops_total", "Datagrams to a UDP listener the XDP pre-filter dropped because the server would discard them by their framing alone, by reason.", "reason")
 	dKernelChannels   = desc("kernel_channels", "Entries in the kernel channel table.")
 	dKernelMax        = desc("kernel_channels_max", "Capacity of the kernel channel table.")
 	dBatchSize        = desc("rx_batch_size", "Datagrams per receive batch of the userspace datapath.", "datapath")
@@ -59,7 +60,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
 		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass,
-		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources} {
+		dKernelPrefilter, dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources} {
 		ch <- d
 	}
 	c.errors.Describe(ch)
@@ -129,6 +130,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dBytes, k.Counters["fwd_hairpin_bytes"], "xdp", "hairpin")
 		for _, p := range admin.PassCounts(k.Counters) {
 			counter(dKernelPass, p.Packets, p.Name, p.Group)
+		}
+		for _, p := range admin.PrefilterCounts(k.Counters) {
+			counter(dKernelPrefilter, p.Packets, p.Name)
 		}
 		gauge(dKernelChannels, float64(k.Channels))
 		gauge(dKernelMax, float64(k.MaxChannels))
