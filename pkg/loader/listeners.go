@@ -107,27 +107,45 @@ func (x *XDP) Listeners() ([]Listener, error) {
 	return out, nil
 }
 
-// applyPrefilterSetting makes re-adopted listener entries follow
-// Options.Prefilter before the control plane calls SetListeners: a
-// restart with the pre-filter turned off stops dropping at once.
-func (x *XDP) applyPrefilterSetting() error {
-	if x.opts.Prefilter {
-		return nil
+// SetPrefilter turns the pre-filter on or off for the installed listener
+// addresses (and the ones SetListeners installs later), in place: the
+// program reads the flag per packet.
+func (x *XDP) SetPrefilter(on bool) error {
+	if x.opts.ReadOnly {
+		return fmt.Errorf("set prefilter: %w", errReadOnly)
 	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.opts.Prefilter = on
+	if err := x.applyPrefilterSetting(); err != nil {
+		return fmt.Errorf("set prefilter: %w", err)
+	}
+	return nil
+}
+
+// applyPrefilterSetting makes the installed listener entries follow
+// Options.Prefilter. Load calls it before the control plane calls
+// SetListeners: a restart with the pre-filter turned off stops dropping at
+// once.
+func (x *XDP) applyPrefilterSetting() error {
 	ls, err := x.Listeners()
 	if err != nil {
 		return err
 	}
+	want := relayListenerVal{}
+	if x.opts.Prefilter {
+		want.Flags = uint32(relayHrListenerFlagHR_L_PREFILTER)
+	}
 	for _, l := range ls {
-		if !l.Prefilter {
+		if l.Prefilter == x.opts.Prefilter {
 			continue
 		}
 		k, err := listenerKey(l.Addr)
 		if err != nil {
 			continue
 		}
-		if err := x.objs.Listeners.Put(k, relayListenerVal{}); err != nil {
-			return fmt.Errorf("turn the pre-filter off on %s: %w", l.Addr, err)
+		if err := x.objs.Listeners.Put(k, want); err != nil {
+			return fmt.Errorf("pre-filter on %s: %w", l.Addr, err)
 		}
 	}
 	return nil

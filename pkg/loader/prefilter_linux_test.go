@@ -265,7 +265,7 @@ func TestPrefilterDropsOnlyWhatUserspaceDiscards(t *testing.T) {
 // TestPrefilterOff: a process loaded with the pre-filter off, re-adopting
 // the pins of one that had it on, stops dropping at once (before it sets
 // its listeners) and after SetListeners: every frame the pre-filter
-// drops passes, unmodified.
+// drops passes, unmodified. SetPrefilter turns it back on in place.
 func TestPrefilterOff(t *testing.T) {
 	e := newProgEnv(t, 16)
 	installGolden(t, e.x)
@@ -328,6 +328,15 @@ func TestPrefilterOff(t *testing.T) {
 	for _, r := range prefilterReason {
 		if d := c.Get(r) - base.Get(r); d != 0 {
 			t.Fatalf("%s counted %d with the pre-filter off", r, d)
+		}
+	}
+	// Turned on at run time, in place.
+	if err := x2.SetPrefilter(true); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range dropCases {
+		if ret, _, err := e.run(x2.Program(), append([]byte(nil), tc.in...), e.rc0); err != nil || ret != xdpDrop {
+			t.Fatalf("%s: return %d (%v) with the pre-filter turned on again", tc.name, ret, err)
 		}
 	}
 }
