@@ -112,6 +112,11 @@ func (p *xdpPath) kernelCounters() (map[string]uint64, error) {
 func (p *xdpPath) setListeners(ls []control.ListenerSpec, host []ifaceAddr) {
 	addrs := listenerAddrs(ls, host)
 	if err := p.x.SetListeners(addrs); err != nil {
+		// Entries re-adopted from the previous process may name
+		// addresses that are no longer listeners: none is better.
+		if cerr := p.x.SetListeners(nil); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
 		p.log.Warn("xdp: listener pre-filter not installed; junk to the listeners reaches userspace", "err", err)
 		return
 	}
