@@ -24,6 +24,10 @@
 #define HR_IP_MF     0x2000
 #define HR_IP_OFFSET 0x1FFF
 
+/* The constants below are enums, not macros, so that they are in the
+ * object's BTF and bpf2go -type generates them for the Go loader
+ * (pkg/loader uses only the generated values). */
+
 /* ChannelData (RFC 8656 section 12.4): 2-byte channel number, 2-byte
  * length, then the data. The first two bits are 01, which tells
  * ChannelData apart from STUN (00). RFC 8656 section 12 allows channels
@@ -33,29 +37,51 @@
  * range and forwards only installed channels. Over UDP the padding to a
  * multiple of 4 is optional (section 12.5), so at most 3 bytes may follow
  * the data. */
-#define HR_CHANNELDATA_HLEN 4
-#define HR_CHANNEL_MIN      0x4000
-#define HR_CHANNEL_MAX      0x7FFF
-#define HR_MAX_PAD          3
+enum hr_chandata_limit {
+	HR_CHANNELDATA_HLEN = 4,
+	HR_CHANNEL_MIN = 0x4000,
+	HR_CHANNEL_MAX = 0x7FFF,
+	HR_MAX_PAD = 3,
+};
 
 /* Address family tags in map keys (not AF_* values: they are stable on
  * every OS the loader may be built on). */
-#define HR_FAMILY_V4 4
-#define HR_FAMILY_V6 6
+enum hr_family {
+	HR_FAMILY_V4 = 4,
+	HR_FAMILY_V6 = 6,
+};
 
 /* c2p_val.flags */
-#define HR_F_DONT_FRAGMENT 0x1
-#define HR_F_HAIRPIN       0x2 /* relay-to-relay: rewrite to the hp_* client */
+enum hr_chan_flag {
+	HR_F_DONT_FRAGMENT = 0x1,
+	HR_F_HAIRPIN = 0x2, /* relay-to-relay: rewrite to the hp_* client */
+};
 
 /* Defaults for map sizes; the loader overrides max_entries before load
  * (the egress table gets two slots per channel: one per direction). */
-#define HR_DEFAULT_MAX_CHANNELS 1024
-#define HR_DEFAULT_MAX_EGRESS   2048
-#define HR_MAX_IFACES           64
+enum hr_map_size {
+	HR_DEFAULT_MAX_CHANNELS = 1024,
+	HR_DEFAULT_MAX_EGRESS = 2048,
+	HR_MAX_IFACES = 64,
+	HR_MAX_LISTENERS = 256, /* UDP listener addresses (the loader expands wildcards) */
+};
+
+/* STUN message header (RFC 8489 section 5): 20 bytes, the magic cookie at
+ * offset 4. */
+enum hr_stun {
+	HR_STUN_HLEN = 20,
+	HR_STUN_MAGIC = 0x2112A442,
+};
+
+/* listener_val.flags */
+enum hr_listener_flag {
+	HR_L_PREFILTER = 0x1, /* drop datagrams neither STUN nor ChannelData shaped */
+};
 
 /* Indexes of the per-CPU counters array. Every XDP_PASS has exactly one
- * reason; HR_CNT_PASS_MAP_FULL is written by userspace only (a channel the
- * control plane could not install), the program never touches it. */
+ * reason, and so has every XDP_DROP of the listener pre-filter;
+ * HR_CNT_PASS_MAP_FULL is written by userspace only (a channel the control
+ * plane could not install), the program never touches it. */
 enum hr_counter {
 	HR_CNT_FWD_TO_PEER_PACKETS = 0,
 	HR_CNT_FWD_TO_PEER_BYTES,    /* ChannelData data bytes relayed */
@@ -84,6 +110,13 @@ enum hr_counter {
 	HR_CNT_DROP_BANDWIDTH_PACKETS, /* over the allocation's bandwidth-limit (meter.h): XDP_DROP */
 	HR_CNT_DROP_BANDWIDTH_BYTES,
 	HR_CNT_PASS_METER_BUSY,      /* the meter could not decide (contended): userspace meters it */
+	/* The listener pre-filter (docs/design.md "Kernel-path invariants"):
+	 * UDP to a listener address the server would discard by its framing
+	 * alone (internal/turnproto ClassifyDatagram), dropped. */
+	HR_CNT_DROP_PREFILTER_SHORT,              /* under 4 bytes, or a STUN header under 20 */
+	HR_CNT_DROP_PREFILTER_NOT_TURN,           /* first bits 10/11, or 00 without the magic cookie */
+	HR_CNT_DROP_PREFILTER_STUN_LENGTH,        /* STUN length not a multiple of 4 or not the datagram's */
+	HR_CNT_DROP_PREFILTER_CHANNELDATA_LENGTH, /* ChannelData length beyond the datagram, or more than padding after it */
 	HR_CNT_MAX,
 };
 

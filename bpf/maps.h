@@ -78,5 +78,15 @@ struct {
 	__type(value, struct hr_meter);
 	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
 } meters SEC(".maps");
+/* The server's UDP listener addresses (wildcard listeners expanded to the
+ * host's addresses by the control plane), for the pre-filter: with
+ * HR_L_PREFILTER, a datagram to one of them that is neither STUN- nor
+ * ChannelData-shaped is dropped. Nothing else is ever dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct listener_key);
+	__type(value, struct listener_val);
+	__uint(max_entries, HR_MAX_LISTENERS);
+} listeners SEC(".maps");
 
 #endif

@@ -194,4 +194,50 @@ static __always_inline int hr_chandata_len(const struct hr_chandata *cd, __u32 p
 	return HR_PARSE_OK;
 }
 
+/* What a datagram to a listener is by its framing alone, the way the
+ * server demultiplexes it (RFC 8656 section 12: first bits 00 STUN, 01
+ * ChannelData). This mirrors internal/turnproto ClassifyDatagram, and
+ * pkg/loader's tests prove the two agree: the server discards every
+ * datagram of a kind other than STUN and CHANNELDATA. */
+enum hr_framing {
+	HR_FRAMING_STUN,               /* header checks of RFC 8489 section 6.3 pass */
+	HR_FRAMING_CHANNELDATA,        /* length fits, at most 3 bytes after (RFC 8656 12.4, 12.5) */
+	HR_FRAMING_SHORT,              /* under 4 bytes, or a STUN header under 20 */
+	HR_FRAMING_NOT_TURN,           /* first bits 10/11, or 00 without the magic cookie */
+	HR_FRAMING_STUN_LENGTH,        /* message length not a multiple of 4 or not the datagram's */
+	HR_FRAMING_CHANNELDATA_LENGTH, /* length beyond the datagram, or more than padding after it */
+};
+
+/* Classify the UDP payload at payload; cd is its header as
+ * hr_parse_chandata read it (the first 4 bytes, when there are 4). A read
+ * the verifier cannot prove in bounds (never, for a packet that parsed)
+ * classifies as STUN, which nothing drops. */
+static __always_inline enum hr_framing hr_classify(const struct hr_pkt *p, const void *payload, const void *end,
+						   const struct hr_chandata *cd)
+{
+	__u32 n = p->payload_len;
+	if (n < HR_CHANNELDATA_HLEN)
+		return HR_FRAMING_SHORT;
+	__u8 top = bpf_ntohs(cd->channel) >> 14;
+	if (top == 1) {
+		__u32 data_len, trail;
+		if (hr_chandata_len(cd, n, &data_len, &trail) != HR_PARSE_OK)
+			return HR_FRAMING_CHANNELDATA_LENGTH;
+		return HR_FRAMING_CHANNELDATA;
+	}
+	if (top != 0)
+		return HR_FRAMING_NOT_TURN;
+	if (n < HR_STUN_HLEN)
+		return HR_FRAMING_SHORT;
+	const __be32 *w = payload;
+	if ((const void *)(w + 2) > end)
+		return HR_FRAMING_STUN;
+	if (w[1] != bpf_htonl(HR_STUN_MAGIC))
+		return HR_FRAMING_NOT_TURN;
+	__u32 mlen = bpf_ntohs(cd->len); /* the STUN message length is the same word */
+	if ((mlen & 3) || HR_STUN_HLEN + mlen != n)
+		return HR_FRAMING_STUN_LENGTH;
+	return HR_FRAMING_STUN;
+}
+
 #endif

@@ -12,9 +12,11 @@
  *    needs no clocksource read, and the control plane stores expiries
  *    early by the coarse clock's lag, so it is never late);
  *  - everything else is XDP_PASS, unmodified: the program never returns
- *    XDP_ABORTED, and XDP_DROP only for a bound channel's packet over its
- *    allocation's bandwidth-limit (meter.h), which userspace would drop on
- *    the same meter; it decides egress (the egress slot the control plane
+ *    XDP_ABORTED, and XDP_DROP only in the listener pre-filter (a
+ *    datagram to a UDP listener the server would discard by its framing
+ *    alone) and for a bound channel's packet over its allocation's
+ *    bandwidth-limit (meter.h), which userspace would drop on the same
+ *    meter; it decides egress (the egress slot the control plane
  *    resolved, MTU, devmap) before it touches the packet;
  *  - egress never depends on the host forwarding IP: bpf_fib_lookup is
  *    not used (it refuses every lookup when forwarding is off);
@@ -43,6 +45,20 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
+/* bpf2go -type finds only types the object's BTF has, and clang emits the
+ * types of what the object defines. This variable puts the constant enums
+ * of consts.h there. Its section is none the loader (cilium/ebpf) makes a
+ * map of, so it costs nothing at run time. */
+struct hr_btf_anchor {
+	enum hr_family family;
+	enum hr_chan_flag flag;
+	enum hr_map_size map_size;
+	enum hr_chandata_limit chandata;
+	enum hr_listener_flag listener;
+	enum hr_stun stun;
+} hr_btf_anchor SEC(".hr_btf") = {HR_FAMILY_V4, HR_F_DONT_FRAGMENT, HR_DEFAULT_MAX_CHANNELS, HR_CHANNEL_MIN,
+				  HR_L_PREFILTER, HR_STUN_HLEN};
+
 /* Largest ChannelData data length handled. The program does not set
  * xdp.frags, so frames are single buffers of at most a page; the bound only
  * keeps packet offsets small enough for the verifier. */
@@ -62,6 +78,31 @@ static __attribute__((noinline)) int hr_pass(enum hr_counter reason)
 {
 	hr_count(reason, 1);
 	return XDP_PASS;
+}
+
+/* The listener pre-filter's drop, the program's only XDP_DROP. */
+static __attribute__((noinline)) int hr_drop(enum hr_counter reason)
+{
+	hr_count(reason, 1);
+	return XDP_DROP;
+}
+
+/* The drop counter of a framing the server discards; 0 for STUN and
+ * ChannelData, which go on to userspace. */
+static __always_inline __u32 hr_prefilter_reason(enum hr_framing f)
+{
+	switch (f) {
+	case HR_FRAMING_SHORT:
+		return HR_CNT_DROP_PREFILTER_SHORT;
+	case HR_FRAMING_NOT_TURN:
+		return HR_CNT_DROP_PREFILTER_NOT_TURN;
+	case HR_FRAMING_STUN_LENGTH:
+		return HR_CNT_DROP_PREFILTER_STUN_LENGTH;
+	case HR_FRAMING_CHANNELDATA_LENGTH:
+		return HR_CNT_DROP_PREFILTER_CHANNELDATA_LENGTH;
+	default:
+		return 0;
+	}
 }
 
 /* Which half of a channel's usage (struct chan_stats) a packet counts in. */
@@ -490,6 +531,23 @@ static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, 
 	struct p2c_val *pv = bpf_map_lookup_elem(&p2c_channels, &pk);
 	if (pv)
 		return hr_to_client(ctx, p, pv, l2, fam);
+
+	/* Pre-filter: a datagram to one of the server's UDP listeners that
+	 * it would discard by its framing alone is dropped here, before it
+	 * costs the stack and userspace anything. Only listener addresses
+	 * the control plane installed, only UDP that parsed, only what is
+	 * not forwarded above. */
+	struct listener_key lk;
+	__builtin_memset(&lk, 0, sizeof(lk));
+	hr_addr(lk.addr, p, fam, HR_END_DST);
+	lk.port = p->udp.dest;
+	lk.family = fam;
+	const struct listener_val *l = bpf_map_lookup_elem(&listeners, &lk);
+	if (l && (l->flags & HR_L_PREFILTER)) {
+		__u32 reason = hr_prefilter_reason(hr_classify(p, data + l2 + l3 + HR_UDP_HLEN, end, &cd));
+		if (reason)
+			return hr_drop(reason);
+	}
 	return hr_pass(shape == HR_CD_SHAPED ? HR_CNT_PASS_NO_ENTRY : HR_CNT_PASS_NOT_CHANNELDATA);
 }
 

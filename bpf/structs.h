@@ -115,5 +115,16 @@ struct hr_meter {
 	__u8 owner[40];
 };
 
+/* A UDP listener address of the server, as it appears as a destination. */
+struct listener_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family; /* HR_FAMILY_V4 / HR_FAMILY_V6 */
+	__u8 pad;
+};
+
+struct listener_val {
+	__u32 flags; /* enum hr_listener_flag */
+};
 
 #endif

@@ -37,7 +37,9 @@ func TestRenderStatsGolden(t *testing.T) {
 			Kernel: &admin.Kernel{Source: "daemon", PinDir: "/sys/fs/bpf/hybridrelay", Channels: 4, MaxChannels: 16384, Ifaces: []string{"eth0"},
 				Counters: map[string]uint64{"fwd_to_peer_packets": 1000000 * scale, "fwd_to_peer_bytes": 120000000 * scale,
 					"fwd_to_client_packets": 900000 * scale, "fwd_to_client_bytes": 108000000 * scale, "pass_no_entry": 12, "pass_expired": 1,
-					"pass_no_route": 3 * scale, "pass_no_nexthop": 1, "pass_too_big": 0}},
+					"pass_no_route": 3 * scale, "pass_no_nexthop": 1, "pass_too_big": 0,
+					"drop_prefilter_not_turn": 50000 * scale, "drop_prefilter_short": 0, "drop_prefilter_stun_length": 2},
+				PrefilterAddrs: []string{"192.0.2.10:3478", "[2001:db8::10]:3478"}},
 		}
 	}
 	first, second := mk(t0.Add(time.Hour), 1), mk(t0.Add(time.Hour+2*time.Second), 3)

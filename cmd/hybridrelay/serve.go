@@ -255,6 +255,7 @@ func (d *daemon) start() error {
 	}
 	d.srv = srv
 	if dp.kernel != nil {
+		dp.kernel.setListeners(srv.Addrs(), hostAddrs())
 		dp.kernel.afterStart()
 	}
 	if d.demo != nil {

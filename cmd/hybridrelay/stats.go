@@ -45,7 +45,8 @@ kernel counters are read straight from the maps pinned under --bpffs.
 With --watch DUR the numbers are printed again every DUR, with rates (per
 second) computed over the interval. With --json each report is one JSON
 object per line: {"snapshot": ..., "rates": {...}} (rates only when watching);
-snapshot.kernel.pass has each pass reason with its group and meaning.
+snapshot.kernel.pass has each pass reason with its group and meaning,
+snapshot.kernel.prefilter each pre-filter drop reason.
 
 ` + passReasonHelp(),
 		Flags: []cli.Flag{
@@ -364,6 +365,35 @@ func renderStats(w io.Writer, s admin.Snapshot, rates map[string]float64) {
 		}
 		fmt.Fprintln(w)
 		renderPass(w, k.Counters)
+		renderPrefilter(w, k)
+	}
+}
+
+// renderPrefilter writes what the listener pre-filter dropped, by reason,
+// and the meaning of every non-zero reason.
+func renderPrefilter(w io.Writer, k *admin.Kernel) {
+	var parts []string
+	var explain []admin.PrefilterCount
+	for _, p := range admin.PrefilterCounts(k.Counters) {
+		if p.Packets > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", p.Name, p.Packets))
+			explain = append(explain, p)
+		}
+	}
+	if len(parts) == 0 {
+		parts = []string{"none"}
+	}
+	on := "off"
+	if len(k.PrefilterAddrs) > 0 {
+		on = "on for " + strings.Join(k.PrefilterAddrs, ", ")
+	}
+	fmt.Fprintf(w, "  dropped by the listener pre-filter (%s): %s\n", on, strings.Join(parts, ", "))
+	for _, p := range explain {
+		meaning := p.Meaning
+		if meaning == "" {
+			meaning = "(not known to this hybridrelay build)"
+		}
+		fmt.Fprintf(w, "    %s: %s\n", p.Name, meaning)
 	}
 }
 
@@ -408,6 +438,10 @@ func passReasonHelp() string {
 				fmt.Fprintf(&b, "  %-16s %s\n", r.Name, r.Meaning)
 			}
 		}
+	}
+	b.WriteString("\nKernel pre-filter drops (datagrams to a UDP listener that the server would\ndiscard by their framing alone; xdp-prefilter on), by reason:\n\n")
+	for _, r := range admin.PrefilterReasons {
+		fmt.Fprintf(&b, "  %-18s %s\n", r.Name, r.Meaning)
 	}
 	return strings.TrimSuffix(b.String(), "\n")
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/hybridrelay/hybridrelay/internal/config"
@@ -19,6 +20,8 @@ type xdpPath struct {
 	// offload is x as the control plane's kernel channel table.
 	offload control.KernelChannels
 	ifaces  []string
+	// prefilter is the xdp-prefilter setting.
+	prefilter bool
 	// keepPinned: on Close leave maps and links pinned (a restart with a
 	// state file re-adopts them); otherwise unpin, which detaches.
 	keepPinned bool
@@ -47,11 +50,11 @@ func openXDP(log *slog.Logger, s *config.Settings, facts hostFacts) (*xdpPath, e
 	}
 	_, statErr := os.Stat(s.BPFFS)
 	fresh := errors.Is(statErr, os.ErrNotExist)
-	x, err := loader.Load(loader.Options{MaxChannels: s.XDPMaxChannels, PinDir: s.BPFFS, Logger: log})
+	x, err := loader.Load(loader.Options{MaxChannels: s.XDPMaxChannels, PinDir: s.BPFFS, Logger: log, Prefilter: s.XDPPrefilter})
 	if err != nil {
 		return nil, err
 	}
-	p := &xdpPath{log: log, x: x, ifaces: names}
+	p := &xdpPath{log: log, x: x, ifaces: names, prefilter: s.XDPPrefilter}
 	fail := func(err error) (*xdpPath, error) {
 		// Pins this run created go; pins a previous run left (re-adopted
 		// state) stay for the next attempt.
@@ -100,6 +103,54 @@ func (p *xdpPath) kernelCounters() (map[string]uint64, error) {
 		return nil, err
 	}
 	return c.Map(), nil
+}
+
+// setListeners tells the program the server's UDP listener addresses, which
+// the pre-filter guards when xdp-prefilter is on. A wildcard listener
+// stands for the host's addresses of its family as they are now (udp4 for
+// 0.0.0.0, udp6 only for [::]): an address added later is simply not
+// pre-filtered. A failure leaves the pre-filter off, which is safe.
+func (p *xdpPath) setListeners(ls []control.ListenerSpec, host []ifaceAddr) {
+	addrs := listenerAddrs(ls, host)
+	if err := p.x.SetListeners(addrs); err != nil {
+		// Entries re-adopted from the previous process may name
+		// addresses that are no longer listeners: none is better.
+		if cerr := p.x.SetListeners(nil); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		p.log.Warn("xdp: listener pre-filter not installed; junk to the listeners reaches userspace", "err", err)
+		return
+	}
+	p.log.Info("xdp listeners", "addrs", addrs, "prefilter", p.prefilter)
+}
+
+// listenerAddrs lists the destination addresses of the UDP listeners ls,
+// a wildcard listener expanded to the host addresses of its family.
+func listenerAddrs(ls []control.ListenerSpec, host []ifaceAddr) []netip.AddrPort {
+	var addrs []netip.AddrPort
+	seen := map[netip.AddrPort]bool{}
+	add := func(a netip.AddrPort) {
+		if !seen[a] {
+			seen[a] = true
+			addrs = append(addrs, a)
+		}
+	}
+	for _, l := range ls {
+		if l.Network != "udp" {
+			continue
+		}
+		a := l.Addr.Addr().Unmap()
+		if !a.IsUnspecified() {
+			add(netip.AddrPortFrom(a, l.Addr.Port()))
+			continue
+		}
+		for _, h := range host {
+			if h.Addr.Is4() == a.Is4() {
+				add(netip.AddrPortFrom(h.Addr, l.Addr.Port()))
+			}
+		}
+	}
+	return addrs
 }
 
 // afterStart deletes kernel entries re-adopted from a previous process that

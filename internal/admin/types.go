@@ -51,10 +51,15 @@ type Kernel struct {
 	Counters map[string]uint64 `json:"counters"`
 	// Pass is the pass_* counters again, each with its group (normal,
 	// misconfiguration, other) and what it means, in display order.
-	Pass        []PassCount `json:"pass"`
-	Channels    int         `json:"channels"`
-	MaxChannels int         `json:"max_channels"`
-	Ifaces      []string    `json:"ifaces,omitempty"`
+	Pass []PassCount `json:"pass"`
+	// Prefilter is the drop_prefilter_* counters again, with what each
+	// means; PrefilterAddrs the listener addresses the pre-filter guards
+	// (none: it is off).
+	Prefilter      []PrefilterCount `json:"prefilter"`
+	PrefilterAddrs []string         `json:"prefilter_addrs,omitempty"`
+	Channels       int              `json:"channels"`
+	MaxChannels    int              `json:"max_channels"`
+	Ifaces         []string         `json:"ifaces,omitempty"`
 	// ProgramID is the kernel's id of the relay program (bpftool prog
 	// show id N); ids are global, so a CLI in another namespace can
 	// measure it (stats --prog-cost).
@@ -100,7 +105,15 @@ func KernelFromLoader(x *loader.XDP, source string, ifaces []string) (*Kernel, e
 	// Len is the loader's index, rebuilt from the maps at Load and kept by
 	// every install and delete: no walk over the table per scrape.
 	m := c.Map()
-	k := &Kernel{Source: source, PinDir: x.PinDir(), Counters: m, Pass: PassCounts(m), Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}
+	k := &Kernel{Source: source, PinDir: x.PinDir(), Counters: m, Pass: PassCounts(m), Prefilter: PrefilterCounts(m),
+		Channels: x.Len(), MaxChannels: x.MaxChannels(), Ifaces: ifaces}
+	if ls, err := x.Listeners(); err == nil {
+		for _, l := range ls {
+			if l.Prefilter {
+				k.PrefilterAddrs = append(k.PrefilterAddrs, l.Addr.String())
+			}
+		}
+	}
 	if info, err := x.Program().Info(); err == nil {
 		if id, ok := info.ID(); ok {
 			k.ProgramID = uint32(id)

@@ -11,7 +11,7 @@ var fieldKeys = map[string]string{
 	"AllowPeers": "allow-peer", "DenyPeers": "deny-peer", "MaxAllocations": "max-allocations",
 	"MaxAllocationsPerUser": "max-allocations-per-user", "AlternateServers": "alternate-server", "MaxTCPConnections": "max-tcp-connections", "BandwidthLimit": "bandwidth-limit",
 	"UnauthRate": "unauth-rate", "UnauthBurst": "unauth-burst", "DefaultLifetime": "default-lifetime",
-	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels",
+	"MaxLifetime": "max-lifetime", "Datapath": "datapath", "XDPMode": "xdp-mode", "XDPIfaces": "xdp-iface", "XDPMaxChannels": "xdp-max-channels", "XDPPrefilter": "xdp-prefilter",
 	"BPFFS": "bpffs", "StateFile": "state-file", "BatchSize": "batch-size", "Loops": "loops",
 	"SocketBuffer": "socket-buffer", "MaxQueueDelay": "max-queue-delay", "LogLevel": "log-level", "LogFormat": "log-format",
 	"AdminSocket": "admin-socket", "MetricsListen": "metrics-listen",

@@ -141,6 +141,8 @@ var keys = []Key{
 			s.XDPMaxChannels = n
 			return err
 		}},
+	{Name: "xdp-prefilter", Arg: "on|off", Default: "on", Usage: "drop in XDP the datagrams to a UDP listener that are neither STUN nor ChannelData (userspace would discard them)",
+		set: func(s *Settings, v string) error { s.XDPPrefilter = v == "on"; return oneOf(v, "on", "off") }},
 	{Name: "bpffs", Arg: "DIR", Default: "/sys/fs/bpf/hybridrelay", Usage: "directory on a bpf filesystem where maps and links are pinned",
 		set: func(s *Settings, v string) error { s.BPFFS = v; return absPath(v) }},
 	{Name: "state-file", Arg: "FILE", Default: "none", Usage: "save allocations here so a restart re-adopts them",

@@ -49,8 +49,11 @@ type Settings struct {
 	XDPIfaces []string
 	// XDPMaxChannels sizes the kernel channel maps.
 	XDPMaxChannels int
-	BPFFS          string
-	StateFile      string
+	// XDPPrefilter lets the XDP program drop datagrams to a UDP listener
+	// that the server would discard by their framing alone.
+	XDPPrefilter bool
+	BPFFS        string
+	StateFile    string
 
 	BatchSize    int
 	Loops        int
@@ -139,6 +142,7 @@ func defaults() *Settings {
 		Datapath:              c.Datapath,
 		XDPMode:               "auto",
 		XDPMaxChannels:        16384,
+		XDPPrefilter:          true,
 		BPFFS:                 "/sys/fs/bpf/hybridrelay",
 		BatchSize:             64,
 		Loops:                 0,

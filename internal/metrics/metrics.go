@@ -45,6 +45,7 @@ var (
 	dKernelPass       = desc("kernel_pass_total", "Packets the XDP program passed to the kernel stack, by reason; group is normal (userspace's traffic by design), misconfiguration (the host keeps the kernel path from forwarding) or other.", "reason", "group")
 	dKernelDrops      = desc("kernel_drops_total", "Packets the XDP program dropped, by reason (bandwidth: over the allocation's bandwidth-limit).", "reason")
 	dKernelDropBytes  = desc("kernel_drop_bytes_total", "Payload bytes of the packets the XDP program dropped, by reason.", "reason")
+	dKernelPrefilter  = desc("kernel_prefilter_drops_total", "Datagrams to a UDP listener the XDP pre-filter dropped because the server would discard them by their framing alone, by reason.", "reason")
 	dKernelChannels   = desc("kernel_channels", "Entries in the kernel channel table.")
 	dKernelMax        = desc("kernel_channels_max", "Capacity of the kernel channel table.")
 	dBatchSize        = desc("rx_batch_size", "Datagrams per receive batch of the userspace datapath.", "datapath")
@@ -64,7 +65,7 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dUp, dAllocations, dPermissions, dChannels, dOffloaded, dAllocEvents,
-		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass, dKernelDrops, dKernelDropBytes,
+		dAuthFailures, dRequests, dPackets, dBytes, dDataIndications, dDrops, dOffload, dKernelPass, dKernelDrops, dKernelDropBytes, dKernelPrefilter,
 		dKernelChannels, dKernelMax, dBatchSize, dIO, dRateLimitSources, dTrustedTuples, dDraining, dMaxAllocations, dProtocol} {
 		ch <- d
 	}
@@ -147,6 +148,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(dKernelDropBytes, k.Counters["drop_bandwidth_bytes"], "bandwidth")
 		for _, p := range admin.PassCounts(k.Counters) {
 			counter(dKernelPass, p.Packets, p.Name, p.Group)
+		}
+		for _, p := range admin.PrefilterCounts(k.Counters) {
+			counter(dKernelPrefilter, p.Packets, p.Name)
 		}
 		gauge(dKernelChannels, float64(k.Channels))
 		gauge(dKernelMax, float64(k.MaxChannels))

@@ -184,7 +184,8 @@ func TestKernelPassGroups(t *testing.T) {
 	snap := func() (admin.Snapshot, error) {
 		return admin.Snapshot{Time: time.Now(), Datapath: "xdp", Kernel: &admin.Kernel{Source: "daemon",
 			Counters: map[string]uint64{"fwd_to_peer_packets": 5, "pass_no_entry": 3, "pass_local": 4,
-				"pass_no_route": 2, "pass_link_down": 1, "pass_no_nexthop": 6, "pass_from_the_future": 8}}}, nil
+				"pass_no_route": 2, "pass_link_down": 1, "pass_no_nexthop": 6, "pass_from_the_future": 8,
+				"drop_prefilter_not_turn": 70, "drop_prefilter_channeldata_length": 9}}}, nil
 	}
 	srv := httptest.NewServer(Handler(snap, nil))
 	defer srv.Close()
@@ -202,6 +203,8 @@ func TestKernelPassGroups(t *testing.T) {
 		`hybridrelay_kernel_pass_total{group="other",reason="no_nexthop"} 6`,
 		`hybridrelay_kernel_pass_total{group="other",reason="from_the_future"} 8`,
 		`hybridrelay_relayed_packets_total{datapath="xdp",direction="to_peer"} 5`,
+		`hybridrelay_kernel_prefilter_drops_total{reason="not_turn"} 70`,
+		`hybridrelay_kernel_prefilter_drops_total{reason="channeldata_length"} 9`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
@@ -209,5 +212,8 @@ func TestKernelPassGroups(t *testing.T) {
 	}
 	if strings.Contains(string(body), `reason="fwd_to_peer_packets"`) {
 		t.Error("a forwarding counter is exported as a pass reason")
+	}
+	if strings.Contains(string(body), `kernel_pass_total{group="other",reason="prefilter`) {
+		t.Error("a pre-filter drop is exported as a pass reason")
 	}
 }

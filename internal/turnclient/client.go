@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/hybridrelay/hybridrelay/internal/turnproto"
 )
 
 // Protocol numbers for REQUESTED-TRANSPORT (IANA).
@@ -247,7 +249,7 @@ type Allocation struct {
 func (c *Client) Allocate(ctx context.Context, opt AllocateOptions) (Allocation, error) {
 	setters := []stun.Setter{requestedTransport(protoUDP)}
 	if opt.IPv6 {
-		setters = append(setters, requestedFamily(0x02))
+		setters = append(setters, requestedFamily(turnproto.FamilyIPv6))
 	}
 	if opt.Lifetime > 0 {
 		setters = append(setters, lifetime(opt.Lifetime))

@@ -13,18 +13,20 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/hybridrelay/hybridrelay/internal/turnproto"
 )
 
 // Channel numbers a client may bind: 0x4000 through 0x4FFF (RFC 8656
 // section 12).
 const (
-	MinChannel uint16 = 0x4000
-	MaxChannel uint16 = 0x4FFF
+	MinChannel = turnproto.MinChannel
+	MaxChannel = turnproto.MaxChannel
 )
 
 // ChannelDataHeaderSize is the 4-byte ChannelData header: channel number and
 // length (RFC 8656 section 12.4).
-const ChannelDataHeaderSize = 4
+const ChannelDataHeaderSize = turnproto.ChannelDataHeaderSize
 
 // Credentials are long-term credentials (RFC 8489 section 9.2).
 type Credentials struct {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/hybridrelay/hybridrelay/internal/turnproto"
 )
 
 // TURN methods, RFC 8656 section 18 (and Binding from RFC 8489 section 18.2).
@@ -33,25 +35,23 @@ const (
 // Address families of REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY
 // (RFC 8656 section 18.10 and 18.11).
 const (
-	familyIPv4 byte = 0x01
-	familyIPv6 byte = 0x02
+	familyIPv4 = turnproto.FamilyIPv4
+	familyIPv6 = turnproto.FamilyIPv6
 )
 
 // magicCookie is the fixed STUN header value (RFC 8489 section 5).
-const magicCookie = 0x2112A442
+const magicCookie = turnproto.MagicCookie
 
 // protoUDP is the REQUESTED-TRANSPORT value for UDP (RFC 8656 section 18.7:
 // an IANA protocol number).
 const protoUDP = 17
 
-// Channel number range. RFC 8656 section 12 allows 0x4000-0x4FFF; RFC 5766
-// section 11 allowed 0x4000-0x7FFF, and RFC 5766 clients still pick from
-// that range (coturn's turnutils_uclient picks randomly in it), so the
-// wider range is accepted unless Config.StrictChannelNumbers is set.
+// Channel number range (turnproto): RFC 5766's wider range is accepted
+// unless Config.StrictChannelNumbers is set.
 const (
-	minChannel        = 0x4000
-	maxChannel        = 0x4FFF
-	maxChannelRFC5766 = 0x7FFF
+	minChannel        = turnproto.MinChannel
+	maxChannel        = turnproto.MaxChannel
+	maxChannelRFC5766 = turnproto.MaxChannelRFC5766
 )
 
 // maxChannelNumber is the highest channel number this server binds.

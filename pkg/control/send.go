@@ -9,6 +9,7 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/turnproto"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -70,8 +71,8 @@ func (s *Server) handleSend(r *reqCtx) {
 // (bpf/relay.bpf.c, HR_MAX_PAD), so both paths treat a datagram alike.
 func (s *Server) channelDataFromClient(tx dataplane.Tx, t fiveTuple, p []byte) {
 	num := binary.BigEndian.Uint16(p[0:2])
-	l := int(binary.BigEndian.Uint16(p[2:4]))
-	if trail := len(p) - 4 - l; trail < 0 || trail > 3 || num > s.maxChannelNumber() {
+	l, framed := turnproto.ChannelDataLen(p)
+	if !framed || num > s.maxChannelNumber() {
 		s.stats.dropMalformed.Add(1)
 		return
 	}

@@ -1,12 +1,12 @@
 package control
 
 import (
-	"encoding/binary"
 	"sync"
 	"time"
 
 	"github.com/pion/stun/v3"
 
+	"github.com/hybridrelay/hybridrelay/internal/turnproto"
 	"github.com/hybridrelay/hybridrelay/pkg/dataplane"
 )
 
@@ -42,8 +42,7 @@ func (s *Server) handleSTUN(tx dataplane.Tx, sink clientSink, t fiveTuple, p []b
 	}
 	// RFC 8489 section 6.3: the two top bits are zero, the magic cookie is
 	// present, the length is a multiple of 4 and matches the datagram.
-	if len(p) < 20 || binary.BigEndian.Uint32(p[4:8]) != magicCookie ||
-		len(p)%4 != 0 || 20+int(binary.BigEndian.Uint16(p[2:4])) != len(p) {
+	if !turnproto.IsSTUNFrame(p) {
 		s.stats.dropMalformed.Add(1)
 		return
 	}

@@ -14,30 +14,39 @@ type Counter int
 // The counters. Forwarded bytes are data bytes (ChannelData payload to the
 // peer, peer datagram payload to the client). Hairpin counts relay-to-relay
 // ChannelData the program turned into another client's ChannelData. Every XDP_PASS counts exactly
-// one reason; PassMapFull is counted by userspace (a channel the table had
-// no room for), never by the program.
+// one reason, every pre-filter XDP_DROP one drop_prefilter_* reason;
+// PassMapFull is counted by userspace (a channel the table had no room
+// for), never by the program.
 const (
-	FwdToPeerPackets     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS)
-	FwdToPeerBytes       = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
-	FwdToClientPackets   = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS)
-	FwdToClientBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES)
-	FwdHairpinPackets    = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS)
-	FwdHairpinBytes      = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES)
-	PassNoEntry          = Counter(relayHrCounterHR_CNT_PASS_NO_ENTRY)
-	PassExpired          = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
-	PassTooBig           = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
-	PassNoNeigh          = Counter(relayHrCounterHR_CNT_PASS_NO_NEIGH)
-	PassNoRoute          = Counter(relayHrCounterHR_CNT_PASS_NO_ROUTE)
-	PassLocal            = Counter(relayHrCounterHR_CNT_PASS_LOCAL)
-	PassLinkDown         = Counter(relayHrCounterHR_CNT_PASS_LINK_DOWN)
-	PassNoNextHop        = Counter(relayHrCounterHR_CNT_PASS_NO_NEXTHOP)
-	PassNoEgress         = Counter(relayHrCounterHR_CNT_PASS_NO_EGRESS)
-	PassNotChannelData   = Counter(relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA)
-	PassMalformed        = Counter(relayHrCounterHR_CNT_PASS_MALFORMED)
-	PassHeadroom         = Counter(relayHrCounterHR_CNT_PASS_HEADROOM)
-	PassMapFull          = Counter(relayHrCounterHR_CNT_PASS_MAP_FULL)
-	PassTTL              = Counter(relayHrCounterHR_CNT_PASS_TTL)
-	PassOther            = Counter(relayHrCounterHR_CNT_PASS_OTHER)
+	FwdToPeerPackets   = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS)
+	FwdToPeerBytes     = Counter(relayHrCounterHR_CNT_FWD_TO_PEER_BYTES)
+	FwdToClientPackets = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS)
+	FwdToClientBytes   = Counter(relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES)
+	FwdHairpinPackets  = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS)
+	FwdHairpinBytes    = Counter(relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES)
+	PassNoEntry        = Counter(relayHrCounterHR_CNT_PASS_NO_ENTRY)
+	PassExpired        = Counter(relayHrCounterHR_CNT_PASS_EXPIRED)
+	PassTooBig         = Counter(relayHrCounterHR_CNT_PASS_TOO_BIG)
+	PassNoNeigh        = Counter(relayHrCounterHR_CNT_PASS_NO_NEIGH)
+	PassNoRoute        = Counter(relayHrCounterHR_CNT_PASS_NO_ROUTE)
+	PassLocal          = Counter(relayHrCounterHR_CNT_PASS_LOCAL)
+	PassLinkDown       = Counter(relayHrCounterHR_CNT_PASS_LINK_DOWN)
+	PassNoNextHop      = Counter(relayHrCounterHR_CNT_PASS_NO_NEXTHOP)
+	PassNoEgress       = Counter(relayHrCounterHR_CNT_PASS_NO_EGRESS)
+	PassNotChannelData = Counter(relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA)
+	PassMalformed      = Counter(relayHrCounterHR_CNT_PASS_MALFORMED)
+	PassHeadroom       = Counter(relayHrCounterHR_CNT_PASS_HEADROOM)
+	PassMapFull        = Counter(relayHrCounterHR_CNT_PASS_MAP_FULL)
+	PassTTL            = Counter(relayHrCounterHR_CNT_PASS_TTL)
+	PassOther          = Counter(relayHrCounterHR_CNT_PASS_OTHER)
+	// The listener pre-filter's drops (SetListeners), by the framing that
+	// makes the server discard the datagram.
+	DropPrefilterShort             = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_SHORT)
+	DropPrefilterNotTURN           = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_NOT_TURN)
+	DropPrefilterSTUNLength        = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_STUN_LENGTH)
+	DropPrefilterChannelDataLength = Counter(relayHrCounterHR_CNT_DROP_PREFILTER_CHANNELDATA_LENGTH)
+	// Over an allocation's bandwidth-limit (meter.h), dropped; a meter
+	// too contended to decide passes (userspace meters the packet).
 	DropBandwidthPackets = Counter(relayHrCounterHR_CNT_DROP_BANDWIDTH_PACKETS)
 	DropBandwidthBytes   = Counter(relayHrCounterHR_CNT_DROP_BANDWIDTH_BYTES)
 	PassMeterBusy        = Counter(relayHrCounterHR_CNT_PASS_METER_BUSY)
@@ -45,27 +54,33 @@ const (
 )
 
 var counterNames = [NumCounters]string{
-	FwdToPeerPackets:     "fwd_to_peer_packets",
-	FwdToPeerBytes:       "fwd_to_peer_bytes",
-	FwdToClientPackets:   "fwd_to_client_packets",
-	FwdToClientBytes:     "fwd_to_client_bytes",
-	FwdHairpinPackets:    "fwd_hairpin_packets",
-	FwdHairpinBytes:      "fwd_hairpin_bytes",
-	PassNoEntry:          "pass_no_entry",
-	PassExpired:          "pass_expired",
-	PassTooBig:           "pass_too_big",
-	PassNoNeigh:          "pass_no_neigh",
-	PassNoRoute:          "pass_no_route",
-	PassLocal:            "pass_local",
-	PassLinkDown:         "pass_link_down",
-	PassNoNextHop:        "pass_no_nexthop",
-	PassNoEgress:         "pass_no_egress",
-	PassNotChannelData:   "pass_not_channeldata",
-	PassMalformed:        "pass_malformed",
-	PassHeadroom:         "pass_headroom",
-	PassMapFull:          "pass_map_full",
-	PassTTL:              "pass_ttl",
-	PassOther:            "pass_other",
+	FwdToPeerPackets:   "fwd_to_peer_packets",
+	FwdToPeerBytes:     "fwd_to_peer_bytes",
+	FwdToClientPackets: "fwd_to_client_packets",
+	FwdToClientBytes:   "fwd_to_client_bytes",
+	FwdHairpinPackets:  "fwd_hairpin_packets",
+	FwdHairpinBytes:    "fwd_hairpin_bytes",
+	PassNoEntry:        "pass_no_entry",
+	PassExpired:        "pass_expired",
+	PassTooBig:         "pass_too_big",
+	PassNoNeigh:        "pass_no_neigh",
+	PassNoRoute:        "pass_no_route",
+	PassLocal:          "pass_local",
+	PassLinkDown:       "pass_link_down",
+	PassNoNextHop:      "pass_no_nexthop",
+	PassNoEgress:       "pass_no_egress",
+	PassNotChannelData: "pass_not_channeldata",
+	PassMalformed:      "pass_malformed",
+	PassHeadroom:       "pass_headroom",
+	PassMapFull:        "pass_map_full",
+	PassTTL:            "pass_ttl",
+	PassOther:          "pass_other",
+
+	DropPrefilterShort:             "drop_prefilter_short",
+	DropPrefilterNotTURN:           "drop_prefilter_not_turn",
+	DropPrefilterSTUNLength:        "drop_prefilter_stun_length",
+	DropPrefilterChannelDataLength: "drop_prefilter_channeldata_length",
+
 	DropBandwidthPackets: "drop_bandwidth_packets",
 	DropBandwidthBytes:   "drop_bandwidth_bytes",
 	PassMeterBusy:        "pass_meter_busy",
@@ -155,6 +170,9 @@ func (x *XDP) SetRedirectIfaces(ifindexes []int) error {
 			return fmt.Errorf("set redirect interfaces: ifindex %d is a VLAN device", i)
 		}
 		want[uint32(i)] = true
+	}
+	if len(want) > maxRedirectIfaces {
+		return fmt.Errorf("set redirect interfaces: %d interfaces, the devmap holds %d", len(want), maxRedirectIfaces)
 	}
 	var stale []uint32
 	var keep []int

@@ -48,6 +48,12 @@
 // is ErrUnsupported. Channel numbers 0x4000-0x7FFF are accepted (RFC 8656
 // and RFC 5766 ranges): the control plane decides what it binds.
 //
+// listeners (hash) holds the server's UDP listener addresses
+// (SetListeners, listeners.go); with Options.Prefilter (or SetPrefilter)
+// the program drops datagrams to them that the server would discard by
+// their framing alone, its only XDP_DROP, counted in DropPrefilter*
+// (docs/design.md "Kernel-path invariants" 9).
+//
 // # Map layout and byte order
 //
 // Keys and values are the C structs of bpf/structs.h. Addresses, ports and the

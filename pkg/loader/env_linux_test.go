@@ -141,7 +141,7 @@ func newProgEnvPin(t testing.TB, maxChannels int, pin bool) *progEnv {
 			t.Fatal(err)
 		}
 	}
-	opts := Options{MaxChannels: maxChannels, DisablePin: !pin, NetNS: "/run/netns/" + ns.Name}
+	opts := Options{MaxChannels: maxChannels, DisablePin: !pin, NetNS: "/run/netns/" + ns.Name, Prefilter: true}
 	if pin {
 		opts.PinDir = testPinDir(t)
 	}

@@ -8,9 +8,11 @@ import (
 )
 
 // FuzzXDPProgram feeds arbitrary frames to the program (BPF_PROG_RUN, in
-// the golden-test namespace with the golden channels installed). Whatever
-// the frame: the program never drops or aborts, a passed frame leaves
-// unmodified, and a frame is only forwarded if a live channel matches it.
+// the golden-test namespace with the golden channels and listeners
+// installed). Whatever the frame: the program never aborts, drops only
+// what the listener pre-filter may (checkPrefilterDrop), a passed frame
+// leaves unmodified, and a frame is only forwarded if a live channel
+// matches it.
 func FuzzXDPProgram(f *testing.F) {
 	e := newProgEnvPin(f, 64, false)
 	installGolden(f, e.x)
@@ -58,8 +60,10 @@ func FuzzXDPProgram(f *testing.F) {
 					t.Fatalf("forwarded frame: %v\n in %x\nout %x", err, frame, out)
 				}
 			}
+		case xdpDrop:
+			checkPrefilterDrop(t, frame)
 		default:
-			t.Fatalf("return %d: never drop or abort", ret)
+			t.Fatalf("return %d: never abort", ret)
 		}
 	})
 }

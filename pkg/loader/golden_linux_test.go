@@ -2,7 +2,9 @@ package loader
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -62,7 +64,14 @@ var (
 var goldenLive = []Channel{chV4, chV4DF, chV6, chTX, chVlan4, chVlan6, chNoNeigh, chHairpin, chNoEgress, chVlanMix, chHigh,
 	chHpA, chHpB, chHpA6, chHpB6}
 
+// goldenListeners are the server's UDP listeners: the pre-filter guards
+// them (the progEnv loads with Options.Prefilter).
+var goldenListeners = []netip.AddrPort{ap("198.18.0.2:3478"), ap("[2001:2::2]:3478"), ap("198.18.2.2:3478"), ap("[2001:2:0:2::2]:3478")}
+
 func installGolden(t testing.TB, x *XDP) {
+	if err := x.SetListeners(goldenListeners); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range goldenLive {
 		c.Expires = hour()
 		if err := x.PutChannel(c); err != nil {
@@ -222,8 +231,8 @@ func goldenCases() []goldenCase {
 		{"unknown peer", p2cIn(Channel{Peer: ap("198.18.1.1:1"), Relay: chV4.Relay}, d100, nil), onRP0, xdpPass, nil, PassNotChannelData},
 		{"stun to listener", c2pIn(chV4, nil, nil, func(f *frameSpec) { f.payload = append([]byte{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42}, seq(12)...) }), onRC0, xdpPass, nil, PassNotChannelData},
 		{"rfc 5766 channel without entry", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0x5000}, d100, nil, nil), onRC0, xdpPass, nil, PassNoEntry},
-		{"first bits 10 is not channeldata", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0x8000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
-		{"first bits 11 is not channeldata", c2pIn(Channel{Client: chV4.Client, Listener: chV4.Listener, Number: 0xC000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"first bits 10 is not channeldata", c2pIn(Channel{Client: chV4.Client, Listener: notListener, Number: 0x8000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"first bits 11 is not channeldata", c2pIn(Channel{Client: chV4.Client, Listener: notListener, Number: 0xC000}, d100, nil, nil), onRC0, xdpPass, nil, PassNotChannelData},
 		{"expired c2p", c2pIn(chExpired, d100, nil, nil), onRC0, xdpPass, nil, PassExpired},
 		{"expired p2c", p2cIn(chExpired, d100, nil), onRP0, xdpPass, nil, PassExpired},
 		{"no neighbour", c2pIn(chNoNeigh, d100, nil, nil), onRC0, xdpPass, nil, PassNoNeigh},
@@ -254,7 +263,71 @@ func goldenCases() []goldenCase {
 		{"tcp", c2pIn(chV4, d100, nil, func(f *frameSpec) { f.proto = 6 }), onRC0, xdpPass, nil, PassOther},
 		{"arp", mutate(c2pIn(chV4, d100, nil, nil), func(b []byte) { b[12], b[13] = 0x08, 0x06 }), onRC0, xdpPass, nil, PassOther},
 		{"qinq", mutate(c2pIn(chVlan4, d100, nil, vlan(100)), func(b []byte) { b[16], b[17] = 0x81, 0x00 }), onRC0, xdpPass, nil, PassOther},
+
+		// The listener pre-filter: what the server discards by framing
+		// alone is dropped, counted by reason ...
+		{"prefilter empty datagram", toListener(chV4.Listener, nil, nil), onRC0, xdpDrop, nil, DropPrefilterShort},
+		{"prefilter 3 bytes", toListener(chV4.Listener, []byte{0x40, 0x00, 0x00}, nil), onRC0, xdpDrop, nil, DropPrefilterShort},
+		{"prefilter stun header cut", toListener(chV4.Listener, stunMsg(0, 19), nil), onRC0, xdpDrop, nil, DropPrefilterShort},
+		{"prefilter first bits 10", toListener(chV4.Listener, channelData(0x8000, d100, nil), nil), onRC0, xdpDrop, nil, DropPrefilterNotTURN},
+		{"prefilter first bits 11", toListener(chV4.Listener, channelData(0xC000, d5, nil), nil), onRC0, xdpDrop, nil, DropPrefilterNotTURN},
+		{"prefilter stun without magic cookie", toListener(chV4.Listener, mutate(stunMsg(4, 24), func(b []byte) { b[5] ^= 1 }), nil), onRC0, xdpDrop, nil, DropPrefilterNotTURN},
+		{"prefilter stun length short of datagram", toListener(chV4.Listener, stunMsg(4, 28), nil), onRC0, xdpDrop, nil, DropPrefilterSTUNLength},
+		{"prefilter stun length beyond datagram", toListener(chV4.Listener, stunMsg(8, 24), nil), onRC0, xdpDrop, nil, DropPrefilterSTUNLength},
+		{"prefilter stun length not a multiple of 4", toListener(chV4.Listener, stunMsg(2, 22), nil), onRC0, xdpDrop, nil, DropPrefilterSTUNLength},
+		{"prefilter channeldata length beyond datagram", toListener(chV4.Listener, mutate(channelData(0x4abc, d5, nil), func(b []byte) { b[3] = 6 }), nil), onRC0, xdpDrop, nil, DropPrefilterChannelDataLength},
+		{"prefilter four bytes after channeldata", toListener(chV4.Listener, channelData(0x4abc, d5, []byte{0, 0, 0, 0}), nil), onRC0, xdpDrop, nil, DropPrefilterChannelDataLength},
+		{"prefilter v6", toListener(chV6.Listener, seq(100), func(f *frameSpec) { f.payload[0] = 0xff }), onRC0, xdpDrop, nil, DropPrefilterNotTURN},
+		{"prefilter v4 vlan", toListener(chVlan4.Listener, []byte{0x80, 1, 2, 3, 4}, vlan(100)), onRC0, xdpDrop, nil, DropPrefilterNotTURN},
+		{"prefilter v6 vlan", toListener(chVlan6.Listener, []byte{1}, vlan(100)), onRC0, xdpDrop, nil, DropPrefilterShort},
+		{"prefilter zero udp checksum", toListener(chV4.Listener, []byte{0xde, 0xad, 0xbe, 0xef, 0, 0}, zero), onRC0, xdpDrop, nil, DropPrefilterNotTURN},
+		// ... and everything else passes: STUN and ChannelData, bound or
+		// not, other ports and addresses, other protocols.
+		{"prefilter passes stun binding", toListener(chV4.Listener, stunMsg(0, 20), nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"prefilter passes stun with attributes", toListener(chV6.Listener, stunMsg(12, 32), nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"prefilter passes unbound channeldata", toListener(chV4.Listener, channelData(0x4abc, d5, []byte{0, 0, 0}), nil), onRC0, xdpPass, nil, PassNoEntry},
+		{"prefilter passes empty channeldata", toListener(chV4.Listener, channelData(0x7fff, nil, nil), nil), onRC0, xdpPass, nil, PassNoEntry},
+		{"prefilter passes another port", toListener(notListener, []byte{0xff}, nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"prefilter passes another address", toListener(ap("198.18.0.3:3478"), []byte{0xff}, nil), onRC0, xdpPass, nil, PassNotChannelData},
+		{"prefilter passes peer traffic to a relay port", p2cIn(Channel{Peer: ap("198.18.1.1:1"), Relay: chV4.Relay}, []byte{0xff}, nil), onRP0, xdpPass, nil, PassNotChannelData},
+		{"prefilter passes tcp", toListener(chV4.Listener, []byte{0xff}, func(f *frameSpec) { f.proto = 6 }), onRC0, xdpPass, nil, PassOther},
+		{"prefilter passes fragments", toListener(chV4.Listener, []byte{0xff}, func(f *frameSpec) { f.fragOff = 0x2000 }), onRC0, xdpPass, nil, PassOther},
+		{"prefilter passes a truncated frame", toListener(chV4.Listener, []byte{0xff, 1, 2, 3, 4, 5}, nil)[:14+20+8+2], onRC0, xdpPass, nil, PassMalformed},
 	}
+}
+
+// notListener is the listener's address on a port that is no listener.
+var notListener = ap("198.18.0.2:3479")
+
+// toListener is a UDP datagram with payload p from a client to dst.
+func toListener(dst netip.AddrPort, p []byte, mod func(*frameSpec)) []byte {
+	src := ap("198.18.0.1:50100")
+	if dst.Addr().Is6() {
+		src = ap("[2001:2::1]:50100")
+	}
+	if dst.Addr() == chVlan4.Listener.Addr() {
+		src = ap("198.18.2.1:50100")
+	} else if dst.Addr() == chVlan6.Listener.Addr() {
+		src = ap("[2001:2:0:2::1]:50100")
+	}
+	f := frameSpec{dstMAC: macRC0, srcMAC: macCli, src: src, dst: dst, payload: append([]byte(nil), p...)}
+	if mod != nil {
+		mod(&f)
+	}
+	return f.build()
+}
+
+// stunMsg is a total-byte STUN Binding request header with message length
+// field msgLen (RFC 8489 section 5) and filler bytes.
+func stunMsg(msgLen, total int) []byte {
+	b := make([]byte, max(total, 8))
+	binary.BigEndian.PutUint16(b[0:], 0x0001)
+	binary.BigEndian.PutUint16(b[2:], uint16(msgLen))
+	binary.BigEndian.PutUint32(b[4:], 0x2112A442)
+	for i := 8; i < len(b); i++ {
+		b[i] = byte(i)
+	}
+	return b[:total]
 }
 
 func TestGoldenPackets(t *testing.T) {
@@ -271,8 +344,8 @@ func TestGoldenPackets(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ret == xdpDrop || ret == xdpAborted {
-				t.Fatalf("program returned %d: it must never drop", ret)
+			if ret == xdpAborted || ret == xdpDrop && tc.ret != xdpDrop {
+				t.Fatalf("program returned %d: it drops only in the pre-filter", ret)
 			}
 			if ret != tc.ret {
 				t.Fatalf("return %d, want %d", ret, tc.ret)
@@ -281,7 +354,11 @@ func TestGoldenPackets(t *testing.T) {
 			if want == nil {
 				want = tc.in
 			}
-			if !bytes.Equal(out, want) {
+			if ret == xdpDrop {
+				// A dropped frame is judged by the userspace
+				// classification of its payload.
+				checkPrefilterDrop(t, tc.in)
+			} else if !bytes.Equal(out, want) {
 				t.Fatalf("output differs\n got %s\nwant %s", hex.EncodeToString(out), hex.EncodeToString(want))
 			}
 			if tc.ret != xdpPass {

@@ -107,6 +107,3 @@ func (x *XDP) rewriteDependentsLocked(pk relayP2cKey) error {
 	}
 	return first
 }
-
-// flagHairpin is HR_F_HAIRPIN of bpf/consts.h.
-const flagHairpin = 0x2

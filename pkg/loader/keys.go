@@ -6,10 +6,21 @@ import (
 	"net/netip"
 )
 
-// Family tags of the map keys (bpf/consts.h HR_FAMILY_*).
+// The program's constants (bpf/consts.h), as bpf2go generated them from
+// the object's BTF.
 const (
-	familyV4 = 4
-	familyV6 = 6
+	// Family tags of the map keys.
+	familyV4 = uint8(relayHrFamilyHR_FAMILY_V4)
+	familyV6 = uint8(relayHrFamilyHR_FAMILY_V6)
+	// c2p_val.flags.
+	flagDontFragment = uint32(relayHrChanFlagHR_F_DONT_FRAGMENT)
+	flagHairpin      = uint32(relayHrChanFlagHR_F_HAIRPIN)
+	// The channel numbers the program treats as ChannelData: the whole
+	// 01 range, RFC 8656 section 12 and RFC 5766 section 11.
+	channelMin = uint16(relayHrChandataLimitHR_CHANNEL_MIN)
+	channelMax = uint16(relayHrChandataLimitHR_CHANNEL_MAX)
+	// maxRedirectIfaces is the size of the tx_ports devmap.
+	maxRedirectIfaces = int(relayHrMapSizeHR_MAX_IFACES)
 )
 
 // wire16 returns the uint16 whose in-memory bytes are v in network order,
@@ -52,8 +63,8 @@ func addrFrom(b [16]byte, family uint8) netip.Addr {
 func (c Channel) keys(slot uint32, expires uint64) (ck relayC2pKey, cv relayC2pVal, pk relayP2cKey, pv relayP2cVal, err error) {
 	// RFC 8656 section 12 (0x4000-0x4FFF) and RFC 5766 section 11
 	// (0x4000-0x7FFF): whatever the control plane bound.
-	if c.Number < 0x4000 || c.Number > 0x7FFF {
-		return ck, cv, pk, pv, fmt.Errorf("channel %#x outside 0x4000-0x7FFF: %w", c.Number, ErrUnsupported)
+	if c.Number < channelMin || c.Number > channelMax {
+		return ck, cv, pk, pv, fmt.Errorf("channel %#x outside %#x-%#x: %w", c.Number, channelMin, channelMax, ErrUnsupported)
 	}
 	if !c.Client.IsValid() || !c.Listener.IsValid() || !c.Relay.IsValid() || !c.Peer.IsValid() {
 		return ck, cv, pk, pv, fmt.Errorf("channel %#x: missing address: %w", c.Number, ErrUnsupported)
@@ -121,6 +132,3 @@ func channelFrom(k relayC2pKey, v relayC2pVal) Channel {
 		Meter:        v.Meter,
 	}
 }
-
-// flagDontFragment is HR_F_DONT_FRAGMENT of bpf/consts.h.
-const flagDontFragment = 0x1

@@ -19,8 +19,9 @@ import (
 // otherwise.
 const DefaultPinDir = "/sys/fs/bpf/hybridrelay"
 
-// DefaultMaxChannels sizes the channel maps when Options.MaxChannels is 0.
-const DefaultMaxChannels = 1024
+// DefaultMaxChannels sizes the channel maps when Options.MaxChannels is 0
+// (the maps' size in bpf/maps.h).
+const DefaultMaxChannels = int(relayHrMapSizeHR_DEFAULT_MAX_CHANNELS)
 
 var (
 	// ErrFull means the channel maps have no room; the channel stays on
@@ -58,6 +59,10 @@ type Options struct {
 	// beside a running daemon, the maps' one writer: no egress
 	// resolution, no writes; PutChannel and friends fail.
 	ReadOnly bool
+	// Prefilter lets the program drop datagrams to the listener
+	// addresses given to SetListeners that the server would discard by
+	// their framing alone (docs/design.md "Kernel-path invariants").
+	Prefilter bool
 }
 
 // XDP is the loaded program with its maps. Its methods are safe for
@@ -199,6 +204,11 @@ func Load(opts Options) (*XDP, error) {
 		x.unmapMeters()
 		x.objs.Close()
 		return nil, err
+	}
+	if err := x.applyPrefilterSetting(); err != nil {
+		x.closeResolver()
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: %w", err)
 	}
 	// A re-adopted devmap keeps redirecting: its devices stay
 	// transmittable until SetRedirectIfaces says otherwise.
@@ -342,7 +352,7 @@ func (x *XDP) Unpin() error {
 	}
 	if !x.closed {
 		for _, m := range []*ebpf.Map{x.objs.C2pChannels, x.objs.P2cChannels, x.objs.ChanUsage,
-			x.objs.Counters, x.objs.TxPorts, x.objs.Egress, x.objs.Meters} {
+			x.objs.Counters, x.objs.TxPorts, x.objs.Egress, x.objs.Meters, x.objs.Listeners} {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))
 			}
@@ -373,7 +383,7 @@ func (x *XDP) Unpin() error {
 // pinnedMapNames are the maps Load pins by name (bpf/maps.h).
 var pinnedMapNames = map[string]bool{
 	relayMapC2pChannels: true, relayMapP2cChannels: true, relayMapChanUsage: true,
-	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true, relayMapMeters: true,
+	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true, relayMapMeters: true, relayMapListeners: true,
 }
 
 // linkPin is the pin path of the link on ifindex.

@@ -65,34 +65,76 @@ type relayEgressEntry struct {
 	Pad     uint32
 }
 
+type relayHrChanFlag uint32
+
+const (
+	relayHrChanFlagHR_F_DONT_FRAGMENT relayHrChanFlag = 1
+	relayHrChanFlagHR_F_HAIRPIN       relayHrChanFlag = 2
+)
+
+type relayHrChandataLimit uint32
+
+const (
+	relayHrChandataLimitHR_CHANNELDATA_HLEN relayHrChandataLimit = 4
+	relayHrChandataLimitHR_CHANNEL_MIN      relayHrChandataLimit = 16384
+	relayHrChandataLimitHR_CHANNEL_MAX      relayHrChandataLimit = 32767
+	relayHrChandataLimitHR_MAX_PAD          relayHrChandataLimit = 3
+)
+
 type relayHrCounter uint32
 
 const (
-	relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS    relayHrCounter = 0
-	relayHrCounterHR_CNT_FWD_TO_PEER_BYTES      relayHrCounter = 1
-	relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS  relayHrCounter = 2
-	relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES    relayHrCounter = 3
-	relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS    relayHrCounter = 4
-	relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES      relayHrCounter = 5
-	relayHrCounterHR_CNT_PASS_NO_ENTRY          relayHrCounter = 6
-	relayHrCounterHR_CNT_PASS_EXPIRED           relayHrCounter = 7
-	relayHrCounterHR_CNT_PASS_TOO_BIG           relayHrCounter = 8
-	relayHrCounterHR_CNT_PASS_NO_NEIGH          relayHrCounter = 9
-	relayHrCounterHR_CNT_PASS_NO_ROUTE          relayHrCounter = 10
-	relayHrCounterHR_CNT_PASS_LOCAL             relayHrCounter = 11
-	relayHrCounterHR_CNT_PASS_LINK_DOWN         relayHrCounter = 12
-	relayHrCounterHR_CNT_PASS_NO_NEXTHOP        relayHrCounter = 13
-	relayHrCounterHR_CNT_PASS_NO_EGRESS         relayHrCounter = 14
-	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA   relayHrCounter = 15
-	relayHrCounterHR_CNT_PASS_MALFORMED         relayHrCounter = 16
-	relayHrCounterHR_CNT_PASS_HEADROOM          relayHrCounter = 17
-	relayHrCounterHR_CNT_PASS_MAP_FULL          relayHrCounter = 18
-	relayHrCounterHR_CNT_PASS_TTL               relayHrCounter = 19
-	relayHrCounterHR_CNT_PASS_OTHER             relayHrCounter = 20
-	relayHrCounterHR_CNT_DROP_BANDWIDTH_PACKETS relayHrCounter = 21
-	relayHrCounterHR_CNT_DROP_BANDWIDTH_BYTES   relayHrCounter = 22
-	relayHrCounterHR_CNT_PASS_METER_BUSY        relayHrCounter = 23
-	relayHrCounterHR_CNT_MAX                    relayHrCounter = 24
+	relayHrCounterHR_CNT_FWD_TO_PEER_PACKETS               relayHrCounter = 0
+	relayHrCounterHR_CNT_FWD_TO_PEER_BYTES                 relayHrCounter = 1
+	relayHrCounterHR_CNT_FWD_TO_CLIENT_PACKETS             relayHrCounter = 2
+	relayHrCounterHR_CNT_FWD_TO_CLIENT_BYTES               relayHrCounter = 3
+	relayHrCounterHR_CNT_FWD_HAIRPIN_PACKETS               relayHrCounter = 4
+	relayHrCounterHR_CNT_FWD_HAIRPIN_BYTES                 relayHrCounter = 5
+	relayHrCounterHR_CNT_PASS_NO_ENTRY                     relayHrCounter = 6
+	relayHrCounterHR_CNT_PASS_EXPIRED                      relayHrCounter = 7
+	relayHrCounterHR_CNT_PASS_TOO_BIG                      relayHrCounter = 8
+	relayHrCounterHR_CNT_PASS_NO_NEIGH                     relayHrCounter = 9
+	relayHrCounterHR_CNT_PASS_NO_ROUTE                     relayHrCounter = 10
+	relayHrCounterHR_CNT_PASS_LOCAL                        relayHrCounter = 11
+	relayHrCounterHR_CNT_PASS_LINK_DOWN                    relayHrCounter = 12
+	relayHrCounterHR_CNT_PASS_NO_NEXTHOP                   relayHrCounter = 13
+	relayHrCounterHR_CNT_PASS_NO_EGRESS                    relayHrCounter = 14
+	relayHrCounterHR_CNT_PASS_NOT_CHANNELDATA              relayHrCounter = 15
+	relayHrCounterHR_CNT_PASS_MALFORMED                    relayHrCounter = 16
+	relayHrCounterHR_CNT_PASS_HEADROOM                     relayHrCounter = 17
+	relayHrCounterHR_CNT_PASS_MAP_FULL                     relayHrCounter = 18
+	relayHrCounterHR_CNT_PASS_TTL                          relayHrCounter = 19
+	relayHrCounterHR_CNT_PASS_OTHER                        relayHrCounter = 20
+	relayHrCounterHR_CNT_DROP_BANDWIDTH_PACKETS            relayHrCounter = 21
+	relayHrCounterHR_CNT_DROP_BANDWIDTH_BYTES              relayHrCounter = 22
+	relayHrCounterHR_CNT_PASS_METER_BUSY                   relayHrCounter = 23
+	relayHrCounterHR_CNT_DROP_PREFILTER_SHORT              relayHrCounter = 24
+	relayHrCounterHR_CNT_DROP_PREFILTER_NOT_TURN           relayHrCounter = 25
+	relayHrCounterHR_CNT_DROP_PREFILTER_STUN_LENGTH        relayHrCounter = 26
+	relayHrCounterHR_CNT_DROP_PREFILTER_CHANNELDATA_LENGTH relayHrCounter = 27
+	relayHrCounterHR_CNT_MAX                               relayHrCounter = 28
+)
+
+type relayHrFamily uint32
+
+const (
+	relayHrFamilyHR_FAMILY_V4 relayHrFamily = 4
+	relayHrFamilyHR_FAMILY_V6 relayHrFamily = 6
+)
+
+type relayHrListenerFlag uint32
+
+const (
+	relayHrListenerFlagHR_L_PREFILTER relayHrListenerFlag = 1
+)
+
+type relayHrMapSize uint32
+
+const (
+	relayHrMapSizeHR_DEFAULT_MAX_CHANNELS relayHrMapSize = 1024
+	relayHrMapSizeHR_DEFAULT_MAX_EGRESS   relayHrMapSize = 2048
+	relayHrMapSizeHR_MAX_IFACES           relayHrMapSize = 64
+	relayHrMapSizeHR_MAX_LISTENERS        relayHrMapSize = 256
 )
 
 type relayHrMeter struct {
@@ -103,6 +145,26 @@ type relayHrMeter struct {
 	DropPackets uint64
 	DropBytes   uint64
 	Owner       [40]uint8
+}
+
+type relayHrStun uint32
+
+const (
+	relayHrStunHR_STUN_HLEN  relayHrStun = 20
+	relayHrStunHR_STUN_MAGIC relayHrStun = 554869826
+)
+
+type relayListenerKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Family uint8
+	Pad    uint8
+}
+
+type relayListenerVal struct {
+	_     structs.HostLayout
+	Flags uint32
 }
 
 type relayP2cKey struct {
@@ -138,6 +200,7 @@ const (
 	relayMapChanUsage    = "chan_usage"
 	relayMapCounters     = "counters"
 	relayMapEgress       = "egress"
+	relayMapListeners    = "listeners"
 	relayMapMeters       = "meters"
 	relayMapP2cChannels  = "p2c_channels"
 	relayMapTxPorts      = "tx_ports"
@@ -199,6 +262,7 @@ type relayMapSpecs struct {
 	ChanUsage   *ebpf.MapSpec `ebpf:"chan_usage"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Egress      *ebpf.MapSpec `ebpf:"egress"`
+	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	Meters      *ebpf.MapSpec `ebpf:"meters"`
 	P2cChannels *ebpf.MapSpec `ebpf:"p2c_channels"`
 	TxPorts     *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -234,6 +298,7 @@ type relayMaps struct {
 	ChanUsage   *ebpf.Map `ebpf:"chan_usage"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Egress      *ebpf.Map `ebpf:"egress"`
+	Listeners   *ebpf.Map `ebpf:"listeners"`
 	Meters      *ebpf.Map `ebpf:"meters"`
 	P2cChannels *ebpf.Map `ebpf:"p2c_channels"`
 	TxPorts     *ebpf.Map `ebpf:"tx_ports"`
@@ -245,6 +310,7 @@ func (m *relayMaps) Close() error {
 		m.ChanUsage,
 		m.Counters,
 		m.Egress,
+		m.Listeners,
 		m.Meters,
 		m.P2cChannels,
 		m.TxPorts,
