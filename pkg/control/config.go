@@ -1,7 +1,10 @@
 package control
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -119,4 +122,111 @@ func DefaultConfig() Config {
 		MaxAttributeCount:     32,
 		Datapath:              "auto",
 	}
+}
+
+// relayIPsOf returns cfg.RelayIPs, or the specified listener addresses.
+func relayIPsOf(cfg *Config) []netip.Addr {
+	var out []netip.Addr
+	if len(cfg.RelayIPs) > 0 {
+		for _, a := range cfg.RelayIPs {
+			out = append(out, a.Unmap())
+		}
+		return out
+	}
+	for _, l := range cfg.Listeners {
+		a := l.Addr.Addr().Unmap()
+		if !a.IsUnspecified() && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// normalizeConfig fills zero values from DefaultConfig and rejects bad
+// ones, naming the field.
+func normalizeConfig(c *Config) error {
+	d := DefaultConfig()
+	if len(c.Listeners) == 0 {
+		return errors.New("listeners: at least one is required")
+	}
+	for i, l := range c.Listeners {
+		switch l.Network {
+		case "udp", "tcp", "tls", "dtls":
+		default:
+			return fmt.Errorf("listeners[%d].network: %q is not udp, tcp, tls or dtls", i, l.Network)
+		}
+		if !l.Addr.Addr().IsValid() {
+			return fmt.Errorf("listeners[%d].addr: invalid address", i)
+		}
+	}
+	for i, a := range c.RelayIPs {
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("relay_ips[%d]: %v is not a unicast address", i, a)
+		}
+	}
+	if err := validateAlternates(c.AlternateServers); err != nil {
+		return err
+	}
+	if err := checkOtherAddresses(c); err != nil {
+		return err
+	}
+	normalizeTCP(c)
+	if len(c.RelayIPs) == 0 && len(relayIPsOf(c)) == 0 {
+		return errors.New("relay_ips: required when every listener address is unspecified")
+	}
+	if c.MinPort == 0 && c.MaxPort == 0 {
+		c.MinPort, c.MaxPort = d.MinPort, d.MaxPort
+	}
+	if c.MinPort == 0 || c.MinPort > c.MaxPort {
+		return fmt.Errorf("min_port/max_port: range %d-%d is empty or starts at 0", c.MinPort, c.MaxPort)
+	}
+	if c.Realm == "" {
+		c.Realm = d.Realm
+	}
+	for _, f := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"default_lifetime", &c.DefaultLifetime, d.DefaultLifetime},
+		{"max_lifetime", &c.MaxLifetime, d.MaxLifetime},
+		{"permission_lifetime", &c.PermissionLifetime, d.PermissionLifetime},
+		{"channel_lifetime", &c.ChannelLifetime, d.ChannelLifetime},
+		{"nonce_lifetime", &c.NonceLifetime, d.NonceLifetime},
+	} {
+		if *f.v < 0 {
+			return fmt.Errorf("%s: negative duration %v", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if c.MaxLifetime < c.DefaultLifetime {
+		return fmt.Errorf("max_lifetime: %v is below default_lifetime %v", c.MaxLifetime, c.DefaultLifetime)
+	}
+	if c.MaxAllocations < 0 || c.MaxAllocationsPerUser < 0 {
+		return errors.New("max_allocations/max_allocations_per_user: negative")
+	}
+	if c.BandwidthLimit < 0 {
+		return errors.New("bandwidth_limit: negative")
+	}
+	if c.UnauthRate < 0 || c.UnauthBurst < 0 {
+		return errors.New("unauth_rate/unauth_burst: negative")
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = d.MaxMessageSize
+	}
+	if c.MaxMessageSize < 548 || c.MaxMessageSize > 65535 {
+		return fmt.Errorf("max_message_size: %d outside 548-65535", c.MaxMessageSize)
+	}
+	if c.MaxAttributeCount == 0 {
+		c.MaxAttributeCount = d.MaxAttributeCount
+	}
+	if c.MaxAttributeCount < 8 {
+		return fmt.Errorf("max_attribute_count: %d below 8", c.MaxAttributeCount)
+	}
+	if NeedsTLS(c.Listeners) && (c.TLSCertFile == "" || c.TLSKeyFile == "") {
+		return errors.New("tls_cert_file/tls_key_file: required by a tls or dtls listener")
+	}
+	return nil
 }

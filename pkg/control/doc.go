@@ -31,7 +31,9 @@
 // tcpalloc.go RFC 6062 TCP relay allocations, tcpconn.go their peer data
 // connections, tcpconnect.go Connect, ConnectionBind and the data pump;
 // protostats.go the counters of the protocol extensions; state.go
-// persistence.
+// persistence. server.go is the server's lifecycle (listeners, shutdown,
+// the janitor), config.go its configuration and how it is checked,
+// stats.go the counters and the Stats/Allocations snapshots.
 //
 // # Choices where the RFCs leave room (or real clients disagree)
 //

@@ -2,6 +2,7 @@ package control
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -220,4 +221,85 @@ type AllocationInfo struct {
 	// BandwidthDropped: datagrams dropped over bandwidth-limit, by the
 	// kernel and userspace together (nil: not limited).
 	BandwidthDropped *PathCounters `json:"bandwidth_dropped,omitempty"`
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() ServerStats {
+	c := &s.stats
+	st := ServerStats{
+		AllocationsCreated:   c.allocationsCreated.Load(),
+		AllocationsExpired:   c.allocationsExpired.Load(),
+		AllocationsDeleted:   c.allocationsDeleted.Load(),
+		AuthFailures:         map[string]uint64{},
+		Requests:             map[string]map[string]uint64{},
+		UserspaceToPeer:      PathCounters{c.toPeerPackets.Load(), c.toPeerBytes.Load()},
+		UserspaceToClient:    PathCounters{c.toClientPackets.Load(), c.toClientBytes.Load()},
+		DataIndications:      c.dataIndications.Load(),
+		OffloadInstalls:      c.offloadInstalls.Load(),
+		OffloadInstallErrors: c.offloadInstallErrors.Load(),
+		OffloadFull:          c.offloadFull.Load(),
+		OffloadRefreshErrors: c.offloadRefreshErrors.Load(),
+		OffloadRemoves:       c.offloadRemoves.Load(),
+		OffloadRemoveErrors:  c.offloadRemoveErrors.Load(),
+		RateLimiterSources:   s.limiter.size(),
+		TrustedTuples:        s.trusted.size(),
+		Drops: map[string]uint64{
+			"malformed":     c.dropMalformed.Load(),
+			"no_allocation": c.dropNoAllocation.Load(),
+			"no_permission": c.dropNoPermission.Load(),
+			"no_channel":    c.dropNoChannel.Load(),
+			"bandwidth":     c.dropBandwidth.Load(),
+			"peer_policy":   c.dropPolicy.Load(),
+			"oversize":      c.dropOversize.Load(),
+			"stream_queue":  c.dropStreamQueue.Load(),
+			"panics":        c.panics.Load(),
+		},
+	}
+	st.Protocol = s.protocolStats()
+	for i := range c.authFailures {
+		st.AuthFailures[authFailureNames[i]] = c.authFailures[i].Load()
+	}
+	for m := range c.requests {
+		rm := map[string]uint64{}
+		for r := range c.requests[m] {
+			if n := c.requests[m][r].Load(); n > 0 {
+				rm[resultName(r)] = n
+			}
+		}
+		st.Requests[methodNames[m]] = rm
+	}
+	st.KernelToPeer = PathCounters{c.retiredToPeerPackets.Load(), c.retiredToPeerBytes.Load()}
+	st.KernelToClient = PathCounters{c.retiredToClientPackets.Load(), c.retiredToClientBytes.Load()}
+	now := time.Now()
+	usage := s.kernelUsage()
+	s.allocs.Range(func(_, v any) bool {
+		a := v.(*allocation)
+		perms, chans, offl, u := a.counts(now, usage)
+		st.Allocations++
+		st.Permissions += perms
+		st.Channels += chans
+		st.OffloadedChannels += offl
+		st.KernelToPeer.Packets += u.ToPeerPackets
+		st.KernelToPeer.Bytes += u.ToPeerBytes
+		st.KernelToClient.Packets += u.ToClientPackets
+		st.KernelToClient.Bytes += u.ToClientBytes
+		return true
+	})
+	s.drainStats(&st)
+	return st
+}
+
+// Allocations describes every live allocation, sorted by client address.
+func (s *Server) Allocations() []AllocationInfo {
+	var out []AllocationInfo
+	now := time.Now()
+	usage := s.kernelUsage()
+	s.allocs.Range(func(_, v any) bool {
+		ai := v.(*allocation).info(now, usage)
+		s.tcpInfo(v.(*allocation), &ai)
+		out = append(out, ai)
+		return true
+	})
+	slices.SortFunc(out, func(a, b AllocationInfo) int { return a.Client.Compare(b.Client) })
+	return out
 }
