@@ -2,10 +2,10 @@ package control
 
 import (
 	"net/netip"
-
-	"github.com/hybridrelay/hybridrelay/internal/kchan"
 	"sync/atomic"
 	"time"
+
+	"github.com/hybridrelay/hybridrelay/internal/kchan"
 )
 
 // BandwidthMeter is one allocation's bandwidth-limit budget kept by the
