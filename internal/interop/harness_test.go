@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -185,6 +186,33 @@ func startProcess(t *testing.T, bin string, args ...string) *syncBuffer {
 		}
 	})
 	return out
+}
+
+// toolRun is one finished run of a command-line client.
+type toolRun struct {
+	cmdline string // bin and its arguments, for messages
+	out     []byte
+	err     error
+}
+
+// runAll runs bin once per argument list, all at once (coturn's clients
+// spend most of their time in their own timers), each bounded by timeout,
+// and returns the runs in the order of argsList.
+func runAll(bin string, argsList [][]string, timeout time.Duration) []toolRun {
+	runs := make([]toolRun, len(argsList))
+	var wg sync.WaitGroup
+	for i, args := range argsList {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			out, err := runBounded(ctx, bin, args...)
+			runs[i] = toolRun{bin + " " + strings.Join(args, " "), out, err}
+		}()
+	}
+	wg.Wait()
+	return runs
 }
 
 // runBounded runs bin to completion, killing its process group when ctx

@@ -2,14 +2,12 @@ package interop
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -184,34 +182,20 @@ func TestNetnsUclient(t *testing.T) {
 		{"udp4-channel-client-to-client", r.addr4, peer4, []string{"-y", "-w", testPass}, 2},
 		{"tcp4-send-client-to-client", r.addr4, peer4, []string{"-y", "-t", "-s", "-w", testPass}, 2},
 	}
-	type result struct {
-		args []string
-		out  []byte
-		err  error
-	}
-	results := make([]result, len(tests))
-	var wg sync.WaitGroup
-	for i, tc := range tests {
+	var argsList [][]string
+	for _, tc := range tests {
 		args := append([]string{"netns", "exec", r.topo.Client.Name, "turnutils_uclient",
 			"-c", "-n", strconv.Itoa(msgs), "-l", strconv.Itoa(msgLen), "-z", "5",
 			"-p", strconv.Itoa(int(tc.server.Port())),
 			"-e", tc.peer.Addr().String(), "-r", strconv.Itoa(int(tc.peer.Port())),
 			"-u", testUser}, tc.flags...)
-		args = append(args, tc.server.Addr().String())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			out, err := runBounded(ctx, "ip", args...)
-			results[i] = result{args, out, err}
-		}()
+		argsList = append(argsList, append(args, tc.server.Addr().String()))
 	}
-	wg.Wait()
+	results := runAll("ip", argsList, 30*time.Second)
 	for i, tc := range tests {
 		res := results[i]
 		t.Run(tc.name, func(t *testing.T) {
-			cmdline := "ip " + strings.Join(res.args, " ")
+			cmdline := res.cmdline
 			if res.err != nil {
 				t.Fatalf("%s: %v\n%s", cmdline, res.err, res.out)
 			}

@@ -1,10 +1,7 @@
 package interop
 
 import (
-	"context"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,14 +34,8 @@ func TestUclientTCPRelay(t *testing.T) {
 		{name: "tcp-4-clients", extra: []string{"-m", "4"}, clients: 4},
 		{name: "tcp-large-messages", extra: []string{"-l", "1400"}, clients: 2},
 	}
-	type result struct {
-		args []string
-		out  []byte
-		err  error
-	}
-	results := make([]result, len(tests))
-	var wg sync.WaitGroup
-	for i, tc := range tests {
+	var argsList [][]string
+	for _, tc := range tests {
 		server := tgt.lt4
 		switch {
 		case tc.tls && tc.rest:
@@ -65,21 +56,13 @@ func TestUclientTCPRelay(t *testing.T) {
 			args = append(args, "-S")
 		}
 		args = append(args, tc.extra...)
-		args = append(args, server.Addr().String())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-			defer cancel()
-			out, err := runBounded(ctx, "turnutils_uclient", args...)
-			results[i] = result{args, out, err}
-		}()
+		argsList = append(argsList, append(args, server.Addr().String()))
 	}
-	wg.Wait()
+	results := runAll("turnutils_uclient", argsList, 40*time.Second)
 	for i, tc := range tests {
 		res := results[i]
 		t.Run(tc.name, func(t *testing.T) {
-			cmdline := "turnutils_uclient " + strings.Join(res.args, " ")
+			cmdline := res.cmdline
 			if res.err != nil {
 				t.Fatalf("%s: %v\n%s", cmdline, res.err, res.out)
 			}

@@ -2,10 +2,7 @@ package interop
 
 import (
 	"bytes"
-	"context"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -77,14 +74,8 @@ func TestUclient(t *testing.T) {
 	}
 	// All clients run at once (uclient spends most of its time in its own
 	// timers); each case's assertions then run as a subtest.
-	type result struct {
-		args []string
-		out  []byte
-		err  error
-	}
-	results := make([]result, len(tests))
-	var wg sync.WaitGroup
-	for i, tc := range tests {
+	var argsList [][]string
+	for _, tc := range tests {
 		server, peer := tgt.lt4, peer4
 		switch {
 		case tc.tls && tc.rest:
@@ -124,17 +115,9 @@ func TestUclient(t *testing.T) {
 			args = append(args, "-x")
 		}
 		args = append(args, tc.extra...)
-		args = append(args, server.Addr().String())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			out, err := runBounded(ctx, "turnutils_uclient", args...)
-			results[i] = result{args: args, out: out, err: err}
-		}()
+		argsList = append(argsList, append(args, server.Addr().String()))
 	}
-	wg.Wait()
+	results := runAll("turnutils_uclient", argsList, 30*time.Second)
 	if tgt.hybridrelay != nil {
 		t.Cleanup(func() {
 			if t.Failed() {
@@ -147,7 +130,7 @@ func TestUclient(t *testing.T) {
 	for i, tc := range tests {
 		res := results[i]
 		t.Run(tc.name, func(t *testing.T) {
-			cmdline := "turnutils_uclient " + strings.Join(res.args, " ")
+			cmdline := res.cmdline
 			if res.err != nil {
 				hint := ""
 				if bytes.Contains(res.out, []byte("channel bind: error 400")) {
