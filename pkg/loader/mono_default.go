@@ -14,4 +14,4 @@ func monoNow() (int64, time.Time) {
 }
 
 // coarseLag: see mono_linux.go.
-const coarseLag = uint64(10 * time.Millisecond)
+const coarseLag = uint64(70 * time.Millisecond)

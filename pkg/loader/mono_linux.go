@@ -18,13 +18,19 @@ func monoNow() (int64, time.Time) {
 }
 
 // coarseLag bounds how far the program's clock, bpf_ktime_get_coarse_ns
-// (CLOCK_MONOTONIC_COARSE: the timekeeper's value at the last tick, no
-// clocksource read), trails CLOCK_MONOTONIC: one tick, which
-// clock_getres reports for the coarse clock. Twice that, at least 1 ms.
+// (CLOCK_MONOTONIC_COARSE: the timekeeper's value at the last jiffies
+// update, no clocksource read), trails CLOCK_MONOTONIC. One CPU, the
+// do_timer CPU, advances it each tick (clock_getres reports the tick for
+// the coarse clock). When that CPU is held up (a VM exit, stop_machine) the
+// others wait MAX_STALLED_JIFFIES (5) of their own ticks before forcing the
+// update (kernel/time/tick-sched.c, since Linux 6.0), so the clock can
+// trail by six ticks and a little; the bound is seven ticks, at least 7 ms.
+// The cost of a generous bound is only that userspace carries a channel for
+// its last few tens of milliseconds.
 var coarseLag = func() uint64 {
 	var ts unix.Timespec
 	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
-		return uint64(10 * time.Millisecond) // HZ=100, the slowest tick
+		return uint64(70 * time.Millisecond) // HZ=100, the slowest tick
 	}
-	return uint64(max(2*ts.Nano(), int64(time.Millisecond)))
+	return uint64(max(7*ts.Nano(), int64(7*time.Millisecond)))
 }()
