@@ -10,7 +10,9 @@
  * little-endian BPF target this program is built for (bpfel).
  *
  * Updates follow RFC 1624 equation 3: HC' = ~(~HC + ~m + m'). The sum is
- * kept in 64 bits and folded once at the end. */
+ * kept in 64 bits and folded once at the end; address-sized runs are
+ * summed in 32-bit words (RFC 1071 section 2(C): the sum may be taken in
+ * wider words and folded). */
 #ifndef HR_CSUM_H
 #define HR_CSUM_H
 
@@ -45,6 +47,18 @@ static __always_inline __u64 hr_csum_replace(__u64 sum, const __u16 *old, const 
 	return sum;
 }
 
+/* Replace n 32-bit words old[] by new[]: the one's complement sum of a
+ * 32-bit word is that of its two 16-bit halves, and ~ of the word is ~ of
+ * each half, so this equals hr_csum_replace over the 2n halves with half
+ * the operations. Both arrays must be 4-aligned. */
+static __always_inline __u64 hr_csum_replace32(__u64 sum, const __u32 *old, const __u32 *new, const int n)
+{
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		sum += (__u64)(__u32)~old[i] + new[i];
+	return sum;
+}
+
 /* The word contribution of byte b at offset off of the summed stream. */
 static __always_inline __u16 hr_csum_byte(__u8 b, __u32 off)
 {
@@ -72,11 +86,11 @@ static __always_inline __u16 hr_csum_finish(__u64 sum)
 
 /* Full sum of an IPv4 header without options (10 words); a correct header
  * folds to 0xffff. */
-static __always_inline __u16 hr_ip4_hdr_sum(const __u16 *w)
+static __always_inline __u16 hr_ip4_hdr_sum(const __u32 *w)
 {
 	__u64 sum = 0;
 #pragma unroll
-	for (int i = 0; i < 10; i++)
+	for (int i = 0; i < 5; i++)
 		sum += w[i];
 	return hr_csum_fold(sum);
 }

@@ -29,7 +29,7 @@ struct hr_vlan_hdr {
 };
 
 struct hr_pkt {
-	struct ethhdr eth;
+	__be16 eth_proto; /* the outer EtherType (the rewrite writes new MACs) */
 	__u16 vlan_tci; /* host order, valid if has_vlan */
 	__u8 has_vlan;
 	__u8 family; /* HR_FAMILY_V4 / HR_FAMILY_V6 */
@@ -64,7 +64,7 @@ static __always_inline int hr_parse(struct xdp_md *ctx, struct hr_pkt *p)
 
 	if ((void *)(eth + 1) > end)
 		return HR_PARSE_MALFORMED;
-	__builtin_memcpy(&p->eth, eth, sizeof(*eth));
+	p->eth_proto = eth->h_proto;
 	__be16 proto = eth->h_proto;
 	void *l3 = (void *)(eth + 1);
 
@@ -105,7 +105,7 @@ static __always_inline int hr_parse(struct xdp_md *ctx, struct hr_pkt *p)
 			return HR_PARSE_MALFORMED;
 		/* A header with a bad checksum would be dropped by the stack;
 		 * an incremental update would only carry the error on. */
-		if (hr_ip4_hdr_sum((const __u16 *)ip) != 0xffff)
+		if (hr_ip4_hdr_sum((const __u32 *)ip) != 0xffff)
 			return HR_PARSE_MALFORMED;
 		__builtin_memcpy(&p->ip4, ip, sizeof(*ip));
 		p->family = HR_FAMILY_V4;

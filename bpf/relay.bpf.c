@@ -193,7 +193,7 @@ static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_
 	struct ethhdr *eth = data;
 	__builtin_memcpy(eth->h_dest, eg->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, eg->smac, ETH_ALEN);
-	eth->h_proto = p->eth.h_proto;
+	eth->h_proto = p->eth_proto;
 	if (l2 > HR_ETH_HLEN) {
 		struct hr_vlan_hdr *vh = data + HR_ETH_HLEN;
 		vh->tci = bpf_htons(tci);
@@ -235,8 +235,8 @@ enum hr_df {
  * c2p or p2c entry (addresses point into the map value). */
 struct hr_target {
 	__u64 expires_ns;
-	const __u8 *saddr; /* new source: relayed or listener address */
-	const __u8 *daddr; /* new destination: peer or client address */
+	const __u32 *saddr; /* new source: relayed or listener address (4-aligned in the value) */
+	const __u32 *daddr; /* new destination: peer or client address */
 	__be16 sport;
 	__be16 dport;
 	__be16 channel;    /* the outgoing header's channel number (not HR_CD_STRIP) */
@@ -325,26 +325,29 @@ static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p
 	__u64 sum;
 	if (v6) {
 		__builtin_memcpy(&n6, &p->ip6, sizeof(n6));
-		__builtin_memcpy(&n6.saddr, t->saddr, 16);
-		__builtin_memcpy(&n6.daddr, t->daddr, 16);
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			n6.saddr.in6_u.u6_addr32[i] = t->saddr[i];
+			n6.daddr.in6_u.u6_addr32[i] = t->daddr[i];
+		}
 		n6.payload_len = bpf_htons(new_ulen);
 		n6.hop_limit = ttl - 1;
 		sum = hr_csum_start(p->udp.check);
-		sum = hr_csum_replace(sum, (const __u16 *)&p->ip6.saddr, (const __u16 *)&n6.saddr, 16);
+		sum = hr_csum_replace32(sum, (const __u32 *)&p->ip6.saddr, (const __u32 *)&n6.saddr, 8);
 	} else {
 		__builtin_memcpy(&n4, &p->ip4, sizeof(n4));
-		__builtin_memcpy(&n4.saddr, t->saddr, 4);
-		__builtin_memcpy(&n4.daddr, t->daddr, 4);
+		n4.saddr = t->saddr[0];
+		n4.daddr = t->daddr[0];
 		n4.tot_len = bpf_htons(HR_IP4_HLEN + new_ulen);
 		n4.ttl = ttl - 1;
 		if (t->df != HR_DF_COPY)
 			n4.frag_off = t->df == HR_DF_SET ? bpf_htons(HR_IP_DF) : 0;
 		/* n4.check still holds the old value, so it cancels out. */
 		__u64 isum = hr_csum_start(p->ip4.check);
-		isum = hr_csum_replace(isum, (const __u16 *)&p->ip4, (const __u16 *)&n4, 10);
+		isum = hr_csum_replace32(isum, (const __u32 *)&p->ip4, (const __u32 *)&n4, 5);
 		n4.check = hr_csum_finish(isum);
 		sum = hr_csum_start(p->udp.check);
-		sum = hr_csum_replace(sum, (const __u16 *)&p->ip4.saddr, (const __u16 *)&n4.saddr, 4);
+		sum = hr_csum_replace32(sum, (const __u32 *)&p->ip4.saddr, (const __u32 *)&n4.saddr, 2);
 	}
 	/* RFC 768: a zero IPv4 UDP checksum means "none" and stays so. */
 	if (v6 || p->udp.check != 0) {
@@ -442,8 +445,8 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 {
 	struct hr_target t = {.expires_ns = v->expires_ns, .slot = v->slot, .meter = v->meter};
 	if (v->flags & HR_F_HAIRPIN) {
-		t.saddr = v->hp_listener_addr;
-		t.daddr = v->hp_client_addr;
+		t.saddr = (const __u32 *)v->hp_listener_addr;
+		t.daddr = (const __u32 *)v->hp_client_addr;
 		t.sport = v->hp_listener_port;
 		t.dport = v->hp_client_port;
 		t.channel = v->hp_channel;
@@ -452,8 +455,8 @@ static __always_inline int hr_to_peer(struct xdp_md *ctx, const struct hr_pkt *p
 		t.other_slot = v->hp_slot;
 		return hr_forward(ctx, p, &t, cd, HR_CD_RENUMBER, l2, fam);
 	}
-	t.saddr = v->relay_addr;
-	t.daddr = v->peer_addr;
+	t.saddr = (const __u32 *)v->relay_addr;
+	t.daddr = (const __u32 *)v->peer_addr;
 	t.sport = v->relay_port;
 	t.dport = v->peer_port;
 	t.df = (v->flags & HR_F_DONT_FRAGMENT) ? HR_DF_SET : HR_DF_CLEAR;
@@ -468,8 +471,8 @@ static __always_inline int hr_to_client(struct xdp_md *ctx, const struct hr_pkt 
 {
 	const struct hr_target t = {
 		.expires_ns = v->expires_ns,
-		.saddr = v->listener_addr,
-		.daddr = v->client_addr,
+		.saddr = (const __u32 *)v->listener_addr,
+		.daddr = (const __u32 *)v->client_addr,
 		.sport = v->listener_port,
 		.dport = v->client_port,
 		.channel = v->channel,
@@ -487,12 +490,20 @@ enum hr_end {
 	HR_END_DST,
 };
 
+/* dst is a key's 4-aligned address array. Word stores, so that the hash
+ * and the key compare, which load words, read them without a
+ * store-forwarding stall. */
 static __always_inline void hr_addr(__u8 *dst, const struct hr_pkt *p, const int fam, const enum hr_end end)
 {
-	if (fam == HR_FAMILY_V6)
-		__builtin_memcpy(dst, end == HR_END_SRC ? (const void *)&p->ip6.saddr : (const void *)&p->ip6.daddr, 16);
-	else
-		__builtin_memcpy(dst, end == HR_END_SRC ? (const void *)&p->ip4.saddr : (const void *)&p->ip4.daddr, 4);
+	__u32 *w = (__u32 *)dst;
+	if (fam == HR_FAMILY_V6) {
+		const __u32 *a = end == HR_END_SRC ? p->ip6.saddr.in6_u.u6_addr32 : p->ip6.daddr.in6_u.u6_addr32;
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			w[i] = a[i];
+	} else {
+		w[0] = end == HR_END_SRC ? p->ip4.saddr : p->ip4.daddr;
+	}
 }
 
 /* Classify a parsed UDP packet: ChannelData for a bound channel, payload

@@ -21,7 +21,7 @@ struct c2p_key {
 	__be16 channel; /* 0x4000-0x7FFF, network order */
 	__u8 family;    /* HR_FAMILY_V4 / HR_FAMILY_V6 */
 	__u8 pad;
-};
+} __attribute__((aligned(4))); /* word stores and loads of the addresses (relay.bpf.c hr_addr) */
 
 struct c2p_val {
 	__u64 expires_ns;     /* CLOCK_MONOTONIC_COARSE ns (bpf_ktime_get_coarse_ns); now >= expires -> PASS */
@@ -56,7 +56,7 @@ struct p2c_key {
 	__be16 relay_port;
 	__u8 family;
 	__u8 pad[3];
-};
+} __attribute__((aligned(4))); /* word stores and loads of the addresses (relay.bpf.c hr_addr) */
 
 struct p2c_val {
 	__u64 expires_ns;
@@ -121,7 +121,7 @@ struct listener_key {
 	__be16 port;
 	__u8 family; /* HR_FAMILY_V4 / HR_FAMILY_V6 */
 	__u8 pad;
-};
+} __attribute__((aligned(4))); /* word stores and loads of the addresses (relay.bpf.c hr_addr) */
 
 struct listener_val {
 	__u32 flags; /* enum hr_listener_flag */
