@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
 /* Incremental Internet checksum updates (RFC 1071, RFC 1624).
  *
- * All arithmetic is done on 16-bit words exactly as they sit in memory
+ * All arithmetic is done on 16- or 32-bit words exactly as they sit in memory
  * (loaded natively, never byte-swapped): the one's complement sum is byte
  * order independent (RFC 1071 section 2(B)), so the result can be stored
  * back as is. A byte at an even offset of the summed stream is the first
@@ -84,8 +84,8 @@ static __always_inline __u16 hr_csum_finish(__u64 sum)
 	return (__u16)~hr_csum_fold(sum);
 }
 
-/* Full sum of an IPv4 header without options (10 words); a correct header
- * folds to 0xffff. */
+/* Full sum of an IPv4 header without options (five 32-bit words, loaded
+ * from the packet); a correct header folds to 0xffff. */
 static __always_inline __u16 hr_ip4_hdr_sum(const __u32 *w)
 {
 	__u64 sum = 0;
