@@ -132,15 +132,7 @@ func isDone(ch <-chan struct{}) bool {
 func (c *streamConn) dtlsServe(dc *dtls.Conn, pending *atomic.Int64) {
 	s := c.s
 	defer s.wg.Done()
-	defer func() {
-		c.close()
-		if a := s.lookup(c.tuple); a != nil {
-			a.delete("connection closed")
-		}
-		s.lnMu.Lock()
-		delete(s.streams, c)
-		s.lnMu.Unlock()
-	}()
+	defer c.retire()
 	ctx, cancel := context.WithTimeout(context.Background(), dtlsHandshakeTimeout)
 	go func() {
 		select {

@@ -176,6 +176,20 @@ func (c *streamConn) writeLoop() {
 	}
 }
 
+// retire ends a stream connection's life: the connection is closed, the
+// allocation of its 5-tuple deleted (the 5-tuple names the allocation,
+// so it cannot outlive the connection) and the server forgets it. Both the stream and the DTLS read loops end with it.
+func (c *streamConn) retire() {
+	s := c.s
+	c.close()
+	if a := s.lookup(c.tuple); a != nil {
+		a.delete("connection closed")
+	}
+	s.lnMu.Lock()
+	delete(s.streams, c)
+	s.lnMu.Unlock()
+}
+
 // readLoop splits the byte stream into STUN messages (20-byte header plus
 // length) and ChannelData frames (4-byte header plus length padded to a
 // multiple of 4, RFC 8656 section 12.5). Anything else cannot be
@@ -183,15 +197,7 @@ func (c *streamConn) writeLoop() {
 func (c *streamConn) readLoop() {
 	s := c.s
 	defer s.wg.Done()
-	defer func() {
-		c.close()
-		if a := s.lookup(c.tuple); a != nil {
-			a.delete("connection closed")
-		}
-		s.lnMu.Lock()
-		delete(s.streams, c)
-		s.lnMu.Unlock()
-	}()
+	defer c.retire()
 	br := bufio.NewReaderSize(c.nc, 4096)
 	buf := make([]byte, 4+65535+3)
 	for {
