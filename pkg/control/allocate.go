@@ -100,24 +100,8 @@ func (s *Server) handleAllocate(r *reqCtx) {
 	} else if ok {
 		life = clampLifetime(req, s.cfg.DefaultLifetime, s.cfg.MaxLifetime)
 	}
-	// "At any point, the server MAY choose to reject the request with a
-	// 300 (Try Alternate) error if it wishes to redirect the client to a
-	// different server": a draining server takes no new allocation
-	// (refuseAllocate: 300 with ALTERNATE-SERVER, or 486 without one).
-	if on, _ := s.Draining(); on {
-		r.refuseAllocate()
-		return
-	}
-	// Step 9 (quota): "the server checks if it ... has the resources...
-	// If not, 486 (Allocation Quota Reached)." A full server redirects
-	// like a draining one; a user over its own quota gets 486 everywhere.
-	quotaKey := s.creds.Load().quotaKey(r.username)
-	switch s.reserveQuota(quotaKey) {
-	case quotaTotalReached:
-		r.refuseAllocate()
-		return
-	case quotaUserReached:
-		r.fail(stun.CodeAllocQuotaReached)
+	quotaKey, admitted := s.admitAllocation(r)
+	if !admitted {
 		return
 	}
 	quotaHeld := true
@@ -323,6 +307,33 @@ const (
 	quotaTotalReached
 	quotaUserReached
 )
+
+// admitAllocation is the admission every Allocate (UDP or TCP relay)
+// passes before anything is opened. "At any point, the server MAY choose
+// to reject the request with a 300 (Try Alternate) error if it wishes to
+// redirect the client to a different server": a draining server takes no
+// new allocation (refuseAllocate: 300 with ALTERNATE-SERVER, or 486
+// without one). Step 9 (quota): "the server checks if it ... has the
+// resources... If not, 486 (Allocation Quota Reached)." A full server
+// redirects like a draining one; a user over its own quota gets 486
+// everywhere. On success the quota is reserved under the returned key and
+// the caller owns its release; otherwise the answer has been sent.
+func (s *Server) admitAllocation(r *reqCtx) (quotaKey string, ok bool) {
+	if on, _ := s.Draining(); on {
+		r.refuseAllocate()
+		return "", false
+	}
+	quotaKey = s.creds.Load().quotaKey(r.username)
+	switch s.reserveQuota(quotaKey) {
+	case quotaTotalReached:
+		r.refuseAllocate()
+		return "", false
+	case quotaUserReached:
+		r.fail(stun.CodeAllocQuotaReached)
+		return "", false
+	}
+	return quotaKey, true
+}
 
 // reserveQuota counts a new allocation against the total and per-user
 // quotas; nothing is counted when either is reached.

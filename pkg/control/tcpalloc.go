@@ -155,18 +155,9 @@ func (s *Server) handleAllocateTCP(r *reqCtx) {
 		return
 	}
 	// A draining or full server sends TCP allocations elsewhere like UDP
-	// ones (drain.go); a user over its own quota gets 486.
-	if on, _ := s.Draining(); on {
-		r.refuseAllocate()
-		return
-	}
-	quotaKey := s.creds.Load().quotaKey(r.username)
-	switch s.reserveQuota(quotaKey) {
-	case quotaTotalReached:
-		r.refuseAllocate()
-		return
-	case quotaUserReached:
-		r.fail(stun.CodeAllocQuotaReached)
+	// ones; a user over its own quota gets 486.
+	quotaKey, admitted := s.admitAllocation(r)
+	if !admitted {
 		return
 	}
 	a := newAllocation(s, r.tuple, r.sink, r.username, r.now)
