@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
 /* Header parsing: Ethernet, at most one 802.1Q/802.1ad tag, IPv4 without
  * options or fragmentation, IPv6 without extension headers, UDP. Every
- * access is preceded by its bounds check against data_end. The parsed
- * headers are copied to the stack (struct hr_pkt) so the rewrite can build
- * the new headers there and write them once the packet is committed. */
+ * access is preceded by its bounds check against data_end. The IP and UDP
+ * headers are copied to the stack (struct hr_pkt) in 32-bit words, the
+ * size the rewrite and the keys read them in (words.h), so that the
+ * rewrite can compute the new headers from them after the packet has
+ * moved. */
 #ifndef HR_PARSE_H
 #define HR_PARSE_H
 
@@ -38,9 +40,33 @@ struct hr_pkt {
 	union {
 		struct iphdr ip4;
 		struct ipv6hdr ip6;
+		__u32 ip_w[HR_IP6_HLEN / 4]; /* IPv4: the first 5 */
 	};
-	struct udphdr udp;
+	union {
+		struct udphdr udp;
+		__u32 udp_w[2]; /* ports; length and checksum */
+	};
 };
+
+/* The IPv4 and IPv6 words the addresses start at (struct hr_pkt ip_w). */
+enum hr_ip_word {
+	HR_IP4_W_SADDR = 3,
+	HR_IP4_W_DADDR = 4,
+	HR_IP6_W_SADDR = 2,
+	HR_IP6_W_DADDR = 6,
+};
+
+/* Copy n 32-bit words of a header from the packet (bounds already
+ * checked; the verifier accepts unaligned packet loads where the CPU does
+ * them efficiently, and the IP header is 2 bytes off a word boundary behind
+ * Ethernet). */
+static __always_inline void hr_copy_words(__u32 *dst, const void *src, const int n)
+{
+	const __u32 *w = src;
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		dst[i] = w[i];
+}
 
 static __always_inline int hr_parse_udp(struct hr_pkt *p, struct udphdr *udp, void *end, __u32 l4len)
 {
@@ -51,7 +77,7 @@ static __always_inline int hr_parse_udp(struct hr_pkt *p, struct udphdr *udp, vo
 	 * claims less or more than the IP packet carries is not ours to fix. */
 	if (ulen < HR_UDP_HLEN || ulen != l4len)
 		return HR_PARSE_MALFORMED;
-	__builtin_memcpy(&p->udp, udp, sizeof(*udp));
+	hr_copy_words(p->udp_w, udp, 2);
 	p->payload_len = ulen - HR_UDP_HLEN;
 	return HR_PARSE_OK;
 }
@@ -107,7 +133,7 @@ static __always_inline int hr_parse(struct xdp_md *ctx, struct hr_pkt *p)
 		 * an incremental update would only carry the error on. */
 		if (hr_ip4_hdr_sum((const __u32 *)ip) != 0xffff)
 			return HR_PARSE_MALFORMED;
-		__builtin_memcpy(&p->ip4, ip, sizeof(*ip));
+		hr_copy_words(p->ip_w, ip, HR_IP4_HLEN / 4);
 		p->family = HR_FAMILY_V4;
 		return hr_parse_udp(p, (struct udphdr *)(ip + 1), end, tot - HR_IP4_HLEN);
 	}
@@ -124,7 +150,7 @@ static __always_inline int hr_parse(struct xdp_md *ctx, struct hr_pkt *p)
 			return HR_PARSE_MALFORMED;
 		if ((void *)(ip6 + 1) + plen > end)
 			return HR_PARSE_MALFORMED;
-		__builtin_memcpy(&p->ip6, ip6, sizeof(*ip6));
+		hr_copy_words(p->ip_w, ip6, HR_IP6_HLEN / 4);
 		p->family = HR_FAMILY_V6;
 		int rc = hr_parse_udp(p, (struct udphdr *)(ip6 + 1), end, plen);
 		/* The UDP checksum is mandatory over IPv6 (RFC 8200 section

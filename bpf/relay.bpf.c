@@ -40,6 +40,7 @@
 #include "structs.h"
 #include "maps.h"
 #include "csum.h"
+#include "words.h"
 #include "parse.h"
 #include "meter.h"
 
@@ -176,12 +177,37 @@ static __always_inline int hr_egress(struct xdp_md *ctx, const struct hr_pkt *p,
 	return XDP_REDIRECT;
 }
 
+/* Where a forwarded packet goes and how it is counted: the fields of one
+ * c2p or p2c entry (addresses point into the map value). */
+struct hr_target {
+	__u64 expires_ns;
+	const __u32 *saddr; /* new source: relayed or listener address (4-aligned in the value) */
+	const __u32 *daddr; /* new destination: peer or client address */
+	__be16 sport;
+	__be16 dport;
+	__be16 channel;    /* the outgoing header's channel number (not HR_CD_STRIP) */
+	__u16 df;          /* enum hr_df */
+	__u32 egress;      /* egress slot of the destination */
+	__u32 slot;        /* usage slot, counted in the op's direction */
+	__u32 other_slot;  /* HR_CD_RENUMBER: the other channel's slot, counted toward its client */
+	__u32 meter;       /* the allocation's bandwidth meter; 0: not limited */
+};
+
+/* The new IP and UDP header words that are not copied from the entry
+ * (words.h): IPv4 words 0-2, IPv6 words 0-1 (the addresses follow), and
+ * both UDP words. */
+struct hr_new_hdrs {
+	__u32 ip[3];
+	__u32 udp[2];
+};
+
 /* Write the new L2-L4 headers at the start of the (already resized)
- * packet. hdrs = l2 + l3 + UDP. Returns 0, or -1 if the packet is
- * shorter than the headers (cannot happen after a successful resize). */
+ * packet, in whole words: the MACs from the egress entry, the addresses
+ * from t, the rest from h. Returns 0, or -1 if the packet is shorter than
+ * the headers (cannot happen after a successful resize). */
 static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_pkt *p,
 					    const struct egress_entry *eg, __u16 tci,
-					    const void *ip, const struct udphdr *udp,
+					    const struct hr_new_hdrs *h, const struct hr_target *t,
 					    const __u32 l2, const int fam)
 {
 	const __u32 l3 = fam == HR_FAMILY_V6 ? HR_IP6_HLEN : HR_IP4_HLEN;
@@ -190,17 +216,34 @@ static __always_inline int hr_write_headers(struct xdp_md *ctx, const struct hr_
 
 	if (data + l2 + l3 + HR_UDP_HLEN > end)
 		return -1;
-	struct ethhdr *eth = data;
-	__builtin_memcpy(eth->h_dest, eg->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eg->smac, ETH_ALEN);
-	eth->h_proto = p->eth_proto;
-	if (l2 > HR_ETH_HLEN) {
-		struct hr_vlan_hdr *vh = data + HR_ETH_HLEN;
-		vh->tci = bpf_htons(tci);
-		vh->proto = p->l3_proto;
+	/* Destination then source MAC: the entry's first 12 bytes. */
+	const __u32 *mac = (const __u32 *)eg;
+	__u32 *w = data;
+	w[0] = mac[0];
+	w[1] = mac[1];
+	w[2] = mac[2];
+	*(__be16 *)(data + 2 * ETH_ALEN) = p->eth_proto;
+	if (l2 > HR_ETH_HLEN)
+		*(__u32 *)(data + HR_ETH_HLEN) = hr_w32(bpf_htons(tci), p->l3_proto);
+	__u32 *ip = data + l2;
+	if (fam == HR_FAMILY_V6) {
+		ip[0] = h->ip[0];
+		ip[1] = h->ip[1];
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			ip[HR_IP6_W_SADDR + i] = t->saddr[i];
+			ip[HR_IP6_W_DADDR + i] = t->daddr[i];
+		}
+	} else {
+#pragma unroll
+		for (int i = 0; i < 3; i++)
+			ip[i] = h->ip[i];
+		ip[HR_IP4_W_SADDR] = t->saddr[0];
+		ip[HR_IP4_W_DADDR] = t->daddr[0];
 	}
-	__builtin_memcpy(data + l2, ip, l3);
-	__builtin_memcpy(data + l2 + l3, udp, HR_UDP_HLEN);
+	__u32 *udp = data + l2 + l3;
+	udp[0] = h->udp[0];
+	udp[1] = h->udp[1];
 	return 0;
 }
 
@@ -229,22 +272,6 @@ enum hr_df {
 	HR_DF_COPY,  /* toward a client: as it arrived */
 	HR_DF_CLEAR, /* toward a peer, DONT-FRAGMENT not asked */
 	HR_DF_SET,   /* toward a peer, DONT-FRAGMENT asked */
-};
-
-/* Where a forwarded packet goes and how it is counted: the fields of one
- * c2p or p2c entry (addresses point into the map value). */
-struct hr_target {
-	__u64 expires_ns;
-	const __u32 *saddr; /* new source: relayed or listener address (4-aligned in the value) */
-	const __u32 *daddr; /* new destination: peer or client address */
-	__be16 sport;
-	__be16 dport;
-	__be16 channel;    /* the outgoing header's channel number (not HR_CD_STRIP) */
-	__u16 df;          /* enum hr_df */
-	__u32 egress;      /* egress slot of the destination */
-	__u32 slot;        /* usage slot, counted in the op's direction */
-	__u32 other_slot;  /* HR_CD_RENUMBER: the other channel's slot, counted toward its client */
-	__u32 meter;       /* the allocation's bandwidth meter; 0: not limited */
 };
 
 /* The counter pair (packets; bytes at +1) and usage half of each op. */
@@ -310,50 +337,48 @@ static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p
 			}
 		}
 	}
-	/* The outgoing ChannelData header's words, as stored. */
+	/* The outgoing ChannelData header's words, and the UDP length
+	 * fields, as stored. */
 	const __be16 out_chan = t->channel;
 	const __be16 out_len = bpf_htons(data_len);
+	const __be16 old_ulen = p->udp.len;
+	const __be16 ulen = bpf_htons(new_ulen);
 
-	struct udphdr u;
-	__builtin_memcpy(&u, &p->udp, sizeof(u));
-	u.source = t->sport;
-	u.dest = t->dport;
-	u.len = bpf_htons(new_ulen);
-
-	struct iphdr n4;
-	struct ipv6hdr n6;
-	__u64 sum;
+	/* The new headers, word by word from the old ones (words.h), and
+	 * the checksum updates over the changed words. */
+	struct hr_new_hdrs h;
+	__u64 sum = hr_csum_start(p->udp.check);
 	if (v6) {
-		__builtin_memcpy(&n6, &p->ip6, sizeof(n6));
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			n6.saddr.in6_u.u6_addr32[i] = t->saddr[i];
-			n6.daddr.in6_u.u6_addr32[i] = t->daddr[i];
-		}
-		n6.payload_len = bpf_htons(new_ulen);
-		n6.hop_limit = ttl - 1;
-		sum = hr_csum_start(p->udp.check);
-		sum = hr_csum_replace32(sum, (const __u32 *)&p->ip6.saddr, (const __u32 *)&n6.saddr, 8);
+		h.ip[0] = p->ip_w[0]; /* version, traffic class (DSCP, ECN), flow label */
+		h.ip[1] = hr_w32(ulen, hr_w16(p->ip6.nexthdr, ttl - 1));
+		sum = hr_csum_replace32(sum, p->ip_w + HR_IP6_W_SADDR, t->saddr, 4);
+		sum = hr_csum_replace32(sum, p->ip_w + HR_IP6_W_DADDR, t->daddr, 4);
 	} else {
-		__builtin_memcpy(&n4, &p->ip4, sizeof(n4));
-		n4.saddr = t->saddr[0];
-		n4.daddr = t->daddr[0];
-		n4.tot_len = bpf_htons(HR_IP4_HLEN + new_ulen);
-		n4.ttl = ttl - 1;
-		if (t->df != HR_DF_COPY)
-			n4.frag_off = t->df == HR_DF_SET ? bpf_htons(HR_IP_DF) : 0;
-		/* n4.check still holds the old value, so it cancels out. */
+		/* version, IHL, DSCP, ECN; total length */
+		h.ip[0] = hr_w32(hr_w32_first(p->ip_w[0]), bpf_htons(HR_IP4_HLEN + new_ulen));
+		/* identification; flags (no fragments get here) */
+		h.ip[1] = t->df == HR_DF_COPY ? p->ip_w[1]
+					      : hr_w32(p->ip4.id, t->df == HR_DF_SET ? bpf_htons(HR_IP_DF) : 0);
+		/* TTL, protocol; the old checksum, which cancels out */
+		h.ip[2] = hr_w32(hr_w16(ttl - 1, p->ip4.protocol), p->ip4.check);
 		__u64 isum = hr_csum_start(p->ip4.check);
-		isum = hr_csum_replace32(isum, (const __u32 *)&p->ip4, (const __u32 *)&n4, 5);
-		n4.check = hr_csum_finish(isum);
-		sum = hr_csum_start(p->udp.check);
-		sum = hr_csum_replace32(sum, (const __u32 *)&p->ip4.saddr, (const __u32 *)&n4.saddr, 2);
+		isum = hr_csum_replace32(isum, p->ip_w, h.ip, 3);
+		isum = hr_csum_replace32(isum, p->ip_w + HR_IP4_W_SADDR, t->saddr, 1);
+		isum = hr_csum_replace32(isum, p->ip_w + HR_IP4_W_DADDR, t->daddr, 1);
+		h.ip[2] = hr_w32(hr_w32_first(h.ip[2]), hr_csum_finish(isum));
+		sum = hr_csum_replace32(sum, p->ip_w + HR_IP4_W_SADDR, t->saddr, 1);
+		sum = hr_csum_replace32(sum, p->ip_w + HR_IP4_W_DADDR, t->daddr, 1);
 	}
+	h.udp[0] = hr_w32(t->sport, t->dport);
+	__u16 ucheck = 0;
 	/* RFC 768: a zero IPv4 UDP checksum means "none" and stays so. */
 	if (v6 || p->udp.check != 0) {
-		sum = hr_csum_sub(sum, p->udp.len); /* pseudo-header length */
-		sum = hr_csum_add(sum, u.len);
-		sum = hr_csum_replace(sum, (const __u16 *)&p->udp, (const __u16 *)&u, 3);
+		/* The length is in the pseudo-header and in the UDP header. */
+		sum = hr_csum_sub(sum, old_ulen);
+		sum = hr_csum_add(sum, ulen);
+		sum = hr_csum_sub(sum, old_ulen);
+		sum = hr_csum_add(sum, ulen);
+		sum = hr_csum_replace32(sum, p->udp_w, h.udp, 1);
 		/* Both headers start the payload, at an even offset. */
 		if (op == HR_CD_RENUMBER) {
 			/* The length word stays. */
@@ -367,10 +392,11 @@ static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p
 			sum = hr_csum_add(sum, out_len);
 		}
 		sum += pad_sub;
-		u.check = hr_csum_finish(sum);
-		if (u.check == 0)
-			u.check = 0xFFFF;
+		ucheck = hr_csum_finish(sum);
+		if (ucheck == 0)
+			ucheck = 0xFFFF;
 	}
+	h.udp[1] = hr_w32(ulen, ucheck);
 
 	const struct egress_entry *eg = 0;
 	__u16 tci = 0;
@@ -401,17 +427,18 @@ static __always_inline int hr_forward(struct xdp_md *ctx, const struct hr_pkt *p
 		return hr_pass(head_delta < 0 ? HR_CNT_PASS_HEADROOM : HR_CNT_PASS_MALFORMED);
 	if (hr_trim(ctx, hdrs + cd_out + data_len))
 		return hr_pass(HR_CNT_PASS_MALFORMED);
-	if (hr_write_headers(ctx, p, eg, tci, v6 ? (const void *)&n6 : (const void *)&n4, &u, l2, fam))
+	if (hr_write_headers(ctx, p, eg, tci, &h, t, l2, fam))
 		return hr_pass(HR_CNT_PASS_MALFORMED);
 	if (op != HR_CD_STRIP) {
 		void *data = (void *)(long)ctx->data;
 		void *end = (void *)(long)ctx->data_end;
-		__be16 *w = data + hdrs;
-		if ((void *)(w + 2) > end)
+		void *w = data + hdrs;
+		if (w + HR_CHANNELDATA_HLEN > end)
 			return hr_pass(HR_CNT_PASS_MALFORMED);
-		w[0] = out_chan;
 		if (op == HR_CD_PREPEND)
-			w[1] = out_len;
+			*(__u32 *)w = hr_w32(out_chan, out_len);
+		else
+			*(__be16 *)w = out_chan;
 	}
 
 	/* Count (the global pair, the channel's usage; a relay-to-relay
@@ -490,19 +517,56 @@ enum hr_end {
 	HR_END_DST,
 };
 
-/* dst is a key's 4-aligned address array. Word stores, so that the hash
- * and the key compare, which load words, read them without a
- * store-forwarding stall. */
-static __always_inline void hr_addr(__u8 *dst, const struct hr_pkt *p, const int fam, const enum hr_end end)
+/* The entry keys, built in the words the kernel's hash table reads them
+ * in: jhash loads 32-bit words, the key compare 64-bit ones (memcmp on a
+ * CPU with efficient unaligned access), and a load over several smaller
+ * stores cannot be served from the store buffer. Each word is composed in
+ * a register (words.h) and stored once. */
+union hr_entry_key {
+	struct c2p_key c2p;
+	struct p2c_key p2c;
+	__u64 w[5];
+};
+_Static_assert(sizeof(struct c2p_key) == 40 && sizeof(struct p2c_key) == 40, "entry key size");
+_Static_assert(__builtin_offsetof(struct c2p_key, listener_addr) == 16 &&
+		       __builtin_offsetof(struct c2p_key, client_port) == 32 &&
+		       __builtin_offsetof(struct c2p_key, listener_port) == 34 &&
+		       __builtin_offsetof(struct c2p_key, channel) == 36 &&
+		       __builtin_offsetof(struct c2p_key, family) == 38,
+	       "c2p_key words");
+_Static_assert(__builtin_offsetof(struct p2c_key, relay_addr) == 16 &&
+		       __builtin_offsetof(struct p2c_key, peer_port) == 32 &&
+		       __builtin_offsetof(struct p2c_key, relay_port) == 34 &&
+		       __builtin_offsetof(struct p2c_key, family) == 36,
+	       "p2c_key words");
+
+union hr_listener_key {
+	struct listener_key k;
+	__u32 w[5];
+};
+_Static_assert(sizeof(struct listener_key) == 20 && __builtin_offsetof(struct listener_key, port) == 16 &&
+		       __builtin_offsetof(struct listener_key, family) == 18,
+	       "listener_key words");
+
+/* One end's address words in the parsed headers. */
+static __always_inline const __u32 *hr_addr_words(const struct hr_pkt *p, const int fam, const enum hr_end end)
 {
-	__u32 *w = (__u32 *)dst;
+	if (fam == HR_FAMILY_V6)
+		return p->ip_w + (end == HR_END_SRC ? HR_IP6_W_SADDR : HR_IP6_W_DADDR);
+	return p->ip_w + (end == HR_END_SRC ? HR_IP4_W_SADDR : HR_IP4_W_DADDR);
+}
+
+/* One end's address as a key's two 64-bit words (an IPv4 address in the
+ * first 4 bytes, the rest zero, as structs.h lays it out). */
+static __always_inline void hr_key_addr(__u64 *w, const struct hr_pkt *p, const int fam, const enum hr_end end)
+{
+	const __u32 *a = hr_addr_words(p, fam, end);
 	if (fam == HR_FAMILY_V6) {
-		const __u32 *a = end == HR_END_SRC ? p->ip6.saddr.in6_u.u6_addr32 : p->ip6.daddr.in6_u.u6_addr32;
-#pragma unroll
-		for (int i = 0; i < 4; i++)
-			w[i] = a[i];
+		w[0] = hr_w64(a[0], a[1]);
+		w[1] = hr_w64(a[2], a[3]);
 	} else {
-		w[0] = end == HR_END_SRC ? p->ip4.saddr : p->ip4.daddr;
+		w[0] = hr_w64(a[0], 0);
+		w[1] = 0;
 	}
 }
 
@@ -520,26 +584,21 @@ static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, 
 	if (hr_parse_chandata(p, data + l2 + l3 + HR_UDP_HLEN, end, &cd, &shape) != HR_PARSE_OK)
 		return hr_pass(HR_CNT_PASS_MALFORMED);
 	if (shape == HR_CD_SHAPED) {
-		struct c2p_key k;
-		__builtin_memset(&k, 0, sizeof(k));
-		hr_addr(k.client_addr, p, fam, HR_END_SRC);
-		hr_addr(k.listener_addr, p, fam, HR_END_DST);
-		k.client_port = p->udp.source;
-		k.listener_port = p->udp.dest;
-		k.channel = cd.channel;
-		k.family = fam;
-		struct c2p_val *v = bpf_map_lookup_elem(&c2p_channels, &k);
+		union hr_entry_key k;
+		hr_key_addr(&k.w[0], p, fam, HR_END_SRC); /* client */
+		hr_key_addr(&k.w[2], p, fam, HR_END_DST); /* listener */
+		/* client port, listener port; channel, family, pad */
+		k.w[4] = hr_w64(p->udp_w[0], hr_w32(cd.channel, hr_w16(fam, 0)));
+		struct c2p_val *v = bpf_map_lookup_elem(&c2p_channels, &k.c2p);
 		if (v)
 			return hr_to_peer(ctx, p, v, &cd, l2, fam);
 	}
-	struct p2c_key pk;
-	__builtin_memset(&pk, 0, sizeof(pk));
-	hr_addr(pk.peer_addr, p, fam, HR_END_SRC);
-	hr_addr(pk.relay_addr, p, fam, HR_END_DST);
-	pk.peer_port = p->udp.source;
-	pk.relay_port = p->udp.dest;
-	pk.family = fam;
-	struct p2c_val *pv = bpf_map_lookup_elem(&p2c_channels, &pk);
+	union hr_entry_key pk;
+	hr_key_addr(&pk.w[0], p, fam, HR_END_SRC); /* peer */
+	hr_key_addr(&pk.w[2], p, fam, HR_END_DST); /* relayed address */
+	/* peer port, relay port; family, pad */
+	pk.w[4] = hr_w64(p->udp_w[0], hr_w32(hr_w16(fam, 0), 0));
+	struct p2c_val *pv = bpf_map_lookup_elem(&p2c_channels, &pk.p2c);
 	if (pv)
 		return hr_to_client(ctx, p, pv, l2, fam);
 
@@ -548,12 +607,13 @@ static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, 
 	 * costs the stack and userspace anything. Only listener addresses
 	 * the control plane installed, only UDP that parsed, only what is
 	 * not forwarded above. */
-	struct listener_key lk;
-	__builtin_memset(&lk, 0, sizeof(lk));
-	hr_addr(lk.addr, p, fam, HR_END_DST);
-	lk.port = p->udp.dest;
-	lk.family = fam;
-	const struct listener_val *l = bpf_map_lookup_elem(&listeners, &lk);
+	union hr_listener_key lk;
+	const __u32 *la = hr_addr_words(p, fam, HR_END_DST);
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		lk.w[i] = fam == HR_FAMILY_V6 || i == 0 ? la[i] : 0;
+	lk.w[4] = hr_w32(p->udp.dest, hr_w16(fam, 0));
+	const struct listener_val *l = bpf_map_lookup_elem(&listeners, &lk.k);
 	if (l && (l->flags & HR_L_PREFILTER)) {
 		__u32 reason = hr_prefilter_reason(hr_classify(p, data + l2 + l3 + HR_UDP_HLEN, end, &cd));
 		if (reason)
