@@ -24,7 +24,14 @@ struct c2p_key {
 } __attribute__((aligned(4))); /* word stores and loads of the addresses (relay.bpf.c hr_addr) */
 
 struct c2p_val {
-	__u64 expires_ns;     /* CLOCK_MONOTONIC_COARSE ns (bpf_ktime_get_coarse_ns); now >= expires -> PASS */
+	/* The expiry twice: in jiffies, which the program compares with
+	 * bpf_jiffies64() (inlined by the verifier: no helper call) on every
+	 * packet, now >= expires_jiffies -> PASS; and in CLOCK_MONOTONIC ns
+	 * for userspace (display, re-adoption). The loader converts
+	 * (pkg/loader/jiffies.go), early enough that the kernel never
+	 * forwards past the expiry. */
+	__u64 expires_jiffies;
+	__u64 expires_ns;
 	__u8 peer_addr[16];   /* new destination */
 	__u8 relay_addr[16];  /* new source (the allocation's relayed address) */
 	__be16 peer_port;
@@ -59,6 +66,7 @@ struct p2c_key {
 } __attribute__((aligned(4))); /* word stores and loads of the addresses (relay.bpf.c hr_addr) */
 
 struct p2c_val {
+	__u64 expires_jiffies; /* as in c2p_val */
 	__u64 expires_ns;
 	__u8 client_addr[16];   /* new destination */
 	__u8 listener_addr[16]; /* new source */

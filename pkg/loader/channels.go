@@ -79,6 +79,10 @@ func (x *XDP) PutChannel(c Channel) error {
 	if err != nil {
 		return fmt.Errorf("put channel: %w", err)
 	}
+	if cv.ExpiresJiffies, err = x.clock.expiry(MonotonicNanos(c.Expires)); err != nil {
+		return fmt.Errorf("put channel %#x: %w", c.Number, err)
+	}
+	pv.ExpiresJiffies = cv.ExpiresJiffies
 	// The way to each destination, resolved before the entries exist.
 	if cv.Egress, err = x.egress.acquire(c.Peer.Addr(), c.Relay.Addr()); err != nil {
 		return x.egressFailed(c, "peer", err)
@@ -168,8 +172,13 @@ func (x *XDP) UpdateExpiry(c Channel) error {
 		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, ErrNotFound)
 	}
 	ns := kernelExpiry(c.Expires)
+	jiffies, err := x.clock.expiry(MonotonicNanos(c.Expires))
+	if err != nil {
+		return fmt.Errorf("update expiry of channel %#x: %w", c.Number, err)
+	}
 	cv, pv := e.cv, e.pv
 	cv.ExpiresNs, pv.ExpiresNs = ns, ns
+	cv.ExpiresJiffies, pv.ExpiresJiffies = jiffies, jiffies
 	if err := x.objs.P2cChannels.Update(e.pk, pv, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("update expiry of channel %#x: peer entry: %w", c.Number, err)
 	}

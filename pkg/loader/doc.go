@@ -60,8 +60,9 @@
 // channel number are stored in network byte order exactly as on the wire;
 // IPv4 addresses occupy the first 4 of 16 address bytes (IPv4-mapped IPv6
 // addresses are unmapped first). All of that is done in one place, keys.go.
-// Expiry is CLOCK_MONOTONIC nanoseconds stored early by the coarse clock's
-// lag (the program reads bpf_ktime_get_coarse_ns), converted from time.Time
+// Expiry is stored twice: in jiffies, which the program compares with
+// bpf_jiffies64 (jiffies.go converts, early enough never to be late), and
+// as CLOCK_MONOTONIC nanoseconds for userspace, converted from time.Time
 // in one place (mono.go).
 //
 // # Namespaces

@@ -56,6 +56,7 @@ func (x *XDP) c2pValue(ck relayC2pKey, own relayC2pVal, probe relayP2cKey) relay
 	v.HpClientPort, v.HpListenerPort = y.pv.ClientPort, y.pv.ListenerPort
 	v.HpChannel, v.HpSlot, v.HpEgress = y.pv.Channel, y.pv.Slot, y.pv.Egress
 	v.ExpiresNs = min(own.ExpiresNs, y.pv.ExpiresNs)
+	v.ExpiresJiffies = min(own.ExpiresJiffies, y.pv.ExpiresJiffies)
 	return v
 }
 

@@ -81,6 +81,9 @@ type XDP struct {
 	stopRes chan struct{}
 	resDone chan struct{}
 
+	// clock converts expiries to the program's jiffies (jiffies.go).
+	clock jiffyClock
+
 	mu    sync.Mutex
 	index map[relayC2pKey]*entry
 	// byP2c finds an installed channel by its p2c key, deps the channels
@@ -179,6 +182,10 @@ func Load(opts Options) (*XDP, error) {
 		}
 		return x, nil
 	}
+	if x.clock, err = newJiffyClock(x.objs.HrClock); err != nil {
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: %w", err)
+	}
 	res, err := newHostResolver(opts.NetNS, log, x.canTransmit)
 	if err != nil {
 		x.objs.Close()
@@ -258,6 +265,7 @@ func (x *XDP) rebuildIndex() error {
 		if err != nil {
 			continue
 		}
+		pv.ExpiresJiffies = v.ExpiresJiffies
 		var storedP relayP2cVal
 		if x.objs.P2cChannels.Lookup(pk, &storedP) == nil {
 			pv.Egress = storedP.Egress

@@ -18,12 +18,9 @@ func MonotonicNanos(t time.Time) uint64 {
 	return uint64(ns)
 }
 
-// kernelExpiry is the expiry value stored in a map entry for t. The
-// program compares it with bpf_ktime_get_coarse_ns, which trails
-// CLOCK_MONOTONIC by up to coarseLag; storing the expiry that much earlier
-// makes the kernel stop forwarding at the latest when t has passed on the
-// monotonic clock, never later (userspace carries the channel for the
-// last few milliseconds).
+// kernelExpiry is the nanosecond expiry stored in a map entry for t (the
+// one userspace reads back; the program compares the jiffies one,
+// jiffies.go), early by coarseLag as the jiffies one is.
 func kernelExpiry(t time.Time) uint64 {
 	ns := MonotonicNanos(t)
 	if ns <= coarseLag {

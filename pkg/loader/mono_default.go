@@ -15,3 +15,6 @@ func monoNow() (int64, time.Time) {
 
 // coarseLag: see mono_linux.go.
 const coarseLag = uint64(70 * time.Millisecond)
+
+// tickNanos: see mono_linux.go.
+func tickNanos() uint64 { return uint64(10 * time.Millisecond) }

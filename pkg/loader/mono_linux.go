@@ -17,9 +17,9 @@ func monoNow() (int64, time.Time) {
 	return ts.Nano(), time.Now()
 }
 
-// coarseLag bounds how far the program's clock, bpf_ktime_get_coarse_ns
-// (CLOCK_MONOTONIC_COARSE: the timekeeper's value at the last jiffies
-// update, no clocksource read), trails CLOCK_MONOTONIC. One CPU, the
+// coarseLag bounds how far the tick-driven clocks, the jiffies the program
+// reads and CLOCK_MONOTONIC_COARSE (both the timekeeper's state at the last
+// jiffies update, no clocksource read), trail CLOCK_MONOTONIC. One CPU, the
 // do_timer CPU, advances it each tick (clock_getres reports the tick for
 // the coarse clock). When that CPU is held up (a VM exit, stop_machine) the
 // others wait MAX_STALLED_JIFFIES (5) of their own ticks before forcing the
@@ -34,3 +34,13 @@ var coarseLag = func() uint64 {
 	}
 	return uint64(max(7*ts.Nano(), int64(7*time.Millisecond)))
 }()
+
+// tickNanos is the length of a jiffy: the coarse clocks' resolution, which
+// the kernel reports as TICK_NSEC.
+func tickNanos() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
+		return uint64(10 * time.Millisecond)
+	}
+	return uint64(ts.Nano())
+}

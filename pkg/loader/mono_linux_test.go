@@ -8,7 +8,8 @@ import (
 )
 
 // TestCoarseLagBoundsTheProgramClock: the program compares expiries with
-// CLOCK_MONOTONIC_COARSE, which must never trail CLOCK_MONOTONIC by more
+// jiffies, which the timekeeper advances together with
+// CLOCK_MONOTONIC_COARSE; that must never trail CLOCK_MONOTONIC by more
 // than coarseLag, or a channel would forward past its expiry.
 func TestCoarseLagBoundsTheProgramClock(t *testing.T) {
 	// Each sample reads the coarse clock between two CLOCK_MONOTONIC

@@ -26,6 +26,7 @@ type relayC2pKey struct {
 
 type relayC2pVal struct {
 	_              structs.HostLayout
+	ExpiresJiffies uint64
 	ExpiresNs      uint64
 	PeerAddr       [16]uint8
 	RelayAddr      [16]uint8
@@ -178,18 +179,19 @@ type relayP2cKey struct {
 }
 
 type relayP2cVal struct {
-	_            structs.HostLayout
-	ExpiresNs    uint64
-	ClientAddr   [16]uint8
-	ListenerAddr [16]uint8
-	ClientPort   uint16
-	ListenerPort uint16
-	Channel      uint16
-	Pad          uint16
-	Slot         uint32
-	Egress       uint32
-	Meter        uint32
-	MeterPad     uint32
+	_              structs.HostLayout
+	ExpiresJiffies uint64
+	ExpiresNs      uint64
+	ClientAddr     [16]uint8
+	ListenerAddr   [16]uint8
+	ClientPort     uint16
+	ListenerPort   uint16
+	Channel        uint16
+	Pad            uint16
+	Slot           uint32
+	Egress         uint32
+	Meter          uint32
+	MeterPad       uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -204,6 +206,7 @@ const (
 	relayMapMeters       = "meters"
 	relayMapP2cChannels  = "p2c_channels"
 	relayMapTxPorts      = "tx_ports"
+	relayProgHrClock     = "hr_clock"
 	relayProgHybridrelay = "hybridrelay"
 	relayProgPassAll     = "pass_all"
 )
@@ -250,6 +253,7 @@ type relaySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type relayProgramSpecs struct {
+	HrClock     *ebpf.ProgramSpec `ebpf:"hr_clock"`
 	Hybridrelay *ebpf.ProgramSpec `ebpf:"hybridrelay"`
 	PassAll     *ebpf.ProgramSpec `ebpf:"pass_all"`
 }
@@ -327,12 +331,14 @@ type relayVariables struct {
 //
 // It can be passed to loadRelayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type relayPrograms struct {
+	HrClock     *ebpf.Program `ebpf:"hr_clock"`
 	Hybridrelay *ebpf.Program `ebpf:"hybridrelay"`
 	PassAll     *ebpf.Program `ebpf:"pass_all"`
 }
 
 func (p *relayPrograms) Close() error {
 	return _RelayClose(
+		p.HrClock,
 		p.Hybridrelay,
 		p.PassAll,
 	)
