@@ -62,6 +62,7 @@ enum hr_chan_flag {
 enum hr_map_size {
 	HR_DEFAULT_MAX_CHANNELS = 1024,
 	HR_DEFAULT_MAX_EGRESS = 2048,
+	HR_FAST_WAYS = 2, /* ways per set of the fast tables */
 	HR_MAX_IFACES = 64,
 	HR_MAX_LISTENERS = 256, /* UDP listener addresses (the loader expands wildcards) */
 };

@@ -29,6 +29,31 @@ struct {
 	__uint(max_entries, HR_DEFAULT_MAX_CHANNELS);
 } p2c_channels SEC(".maps");
 
+/* The fast tables: the entry maps' contents again, in arrays of
+ * HR_FAST_WAYS-way sets indexed by a hash the program computes itself
+ * (relay.bpf.c hr_fast_lookup). An array lookup is inlined by the
+ * verifier, a hash map lookup is a call into the kernel (three, with the
+ * hash and the key compare), and on a kernel with return-thunk
+ * mitigations every call costs tens of nanoseconds. An entry whose set is
+ * full stays in the hash map only, which the program asks on a miss.
+ * Mappable: the control plane writes the ways in place (pkg/loader/fast.go).
+ * Sized 2 x the next power of two of max channels by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fast_c2p_way);
+	__uint(max_entries, 2 * HR_DEFAULT_MAX_CHANNELS);
+} fast_c2p SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fast_p2c_way);
+	__uint(max_entries, 2 * HR_DEFAULT_MAX_CHANNELS);
+} fast_p2c SEC(".maps");
+
 /* Per-channel usage counters indexed by the entries' slot, per CPU; sized
  * like the entry maps. */
 struct {

@@ -43,6 +43,7 @@
 #include "words.h"
 #include "parse.h"
 #include "meter.h"
+#include "lookup.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -517,29 +518,6 @@ enum hr_end {
 	HR_END_DST,
 };
 
-/* The entry keys, built in the words the kernel's hash table reads them
- * in: jhash loads 32-bit words, the key compare 64-bit ones (memcmp on a
- * CPU with efficient unaligned access), and a load over several smaller
- * stores cannot be served from the store buffer. Each word is composed in
- * a register (words.h) and stored once. */
-union hr_entry_key {
-	struct c2p_key c2p;
-	struct p2c_key p2c;
-	__u64 w[5];
-};
-_Static_assert(sizeof(struct c2p_key) == 40 && sizeof(struct p2c_key) == 40, "entry key size");
-_Static_assert(__builtin_offsetof(struct c2p_key, listener_addr) == 16 &&
-		       __builtin_offsetof(struct c2p_key, client_port) == 32 &&
-		       __builtin_offsetof(struct c2p_key, listener_port) == 34 &&
-		       __builtin_offsetof(struct c2p_key, channel) == 36 &&
-		       __builtin_offsetof(struct c2p_key, family) == 38,
-	       "c2p_key words");
-_Static_assert(__builtin_offsetof(struct p2c_key, relay_addr) == 16 &&
-		       __builtin_offsetof(struct p2c_key, peer_port) == 32 &&
-		       __builtin_offsetof(struct p2c_key, relay_port) == 34 &&
-		       __builtin_offsetof(struct p2c_key, family) == 36,
-	       "p2c_key words");
-
 union hr_listener_key {
 	struct listener_key k;
 	__u32 w[5];
@@ -589,7 +567,9 @@ static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, 
 		hr_key_addr(&k.w[2], p, fam, HR_END_DST); /* listener */
 		/* client port, listener port; channel, family, pad */
 		k.w[4] = hr_w64(p->udp_w[0], hr_w32(cd.channel, hr_w16(fam, 0)));
-		struct c2p_val *v = bpf_map_lookup_elem(&c2p_channels, &k.c2p);
+		struct c2p_val *v = hr_fast_lookup(&fast_c2p, &k);
+		if (!v)
+			v = bpf_map_lookup_elem(&c2p_channels, &k.c2p);
 		if (v)
 			return hr_to_peer(ctx, p, v, &cd, l2, fam);
 	}
@@ -598,7 +578,9 @@ static __always_inline int hr_relay(struct xdp_md *ctx, const struct hr_pkt *p, 
 	hr_key_addr(&pk.w[2], p, fam, HR_END_DST); /* relayed address */
 	/* peer port, relay port; family, pad */
 	pk.w[4] = hr_w64(p->udp_w[0], hr_w32(hr_w16(fam, 0), 0));
-	struct p2c_val *pv = bpf_map_lookup_elem(&p2c_channels, &pk.p2c);
+	struct p2c_val *pv = hr_fast_lookup(&fast_p2c, &pk);
+	if (!pv)
+		pv = bpf_map_lookup_elem(&p2c_channels, &pk.p2c);
 	if (pv)
 		return hr_to_client(ctx, p, pv, l2, fam);
 

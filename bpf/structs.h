@@ -80,6 +80,25 @@ struct p2c_val {
 	__u32 meter_pad;
 };
 
+/* One way of the fast tables (maps.h fast_c2p, fast_p2c): a copy of an
+ * entry map's key and value, published by gen != 0. The control plane
+ * writes a way only while it is unpublished and no program can still be
+ * reading it (pkg/loader/fast.go), so a reader never sees a way change
+ * under it, except the expiry words, which are stored atomically. */
+struct fast_c2p_way {
+	__u32 gen;
+	__u32 pad;
+	struct c2p_key key;
+	struct c2p_val val;
+};
+
+struct fast_p2c_way {
+	__u32 gen;
+	__u32 pad;
+	struct p2c_key key;
+	struct p2c_val val;
+};
+
 /* Per-channel usage, shared by both directions of one channel, one copy
  * per CPU (no atomics on the packet path; userspace sums the CPUs). The
  * control plane only reads it (and zeroes it when it hands the slot to a

@@ -105,7 +105,7 @@ func (x *XDP) PutChannel(c Channel) error {
 	}
 	// Peer direction first: a client packet forwarded before the peer
 	// entry exists would only mean the answer takes userspace.
-	if err := x.objs.P2cChannels.Put(pk, pv); err != nil {
+	if err := x.putP2c(pk, pv, ebpf.UpdateAny); err != nil {
 		if isFull(err) {
 			x.countMapFull()
 			return fail(fmt.Errorf("put channel %#x: peer entry: %w", c.Number, ErrFull))
@@ -114,11 +114,11 @@ func (x *XDP) PutChannel(c Channel) error {
 	}
 	hpProbe := hairpinProbe(cv, pk)
 	written := x.c2pValue(ck, cv, hpProbe)
-	if err := x.objs.C2pChannels.Put(ck, written); err != nil {
+	if err := x.putC2p(ck, written, ebpf.UpdateAny); err != nil {
 		if old != nil && old.pk == pk {
-			_ = x.objs.P2cChannels.Put(pk, old.pv)
+			_ = x.putP2c(pk, old.pv, ebpf.UpdateAny)
 		} else {
-			_ = x.objs.P2cChannels.Delete(pk)
+			_ = x.deleteP2c(pk)
 		}
 		if isFull(err) {
 			x.countMapFull()
@@ -133,7 +133,7 @@ func (x *XDP) PutChannel(c Channel) error {
 			// targeted the old peer key fall back, then the old
 			// reverse entry goes.
 			_ = x.rewriteDependentsLocked(old.pk)
-			_ = x.objs.P2cChannels.Delete(old.pk)
+			_ = x.deleteP2c(old.pk)
 		}
 		x.egress.release(old.cv.Egress)
 		x.egress.release(old.pv.Egress)
@@ -179,11 +179,11 @@ func (x *XDP) UpdateExpiry(c Channel) error {
 	cv, pv := e.cv, e.pv
 	cv.ExpiresNs, pv.ExpiresNs = ns, ns
 	cv.ExpiresJiffies, pv.ExpiresJiffies = jiffies, jiffies
-	if err := x.objs.P2cChannels.Update(e.pk, pv, ebpf.UpdateExist); err != nil {
+	if err := x.putP2c(e.pk, pv, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("update expiry of channel %#x: peer entry: %w", c.Number, err)
 	}
 	written := x.c2pValue(ck, cv, e.probe)
-	if err := x.objs.C2pChannels.Update(ck, written, ebpf.UpdateExist); err != nil {
+	if err := x.putC2p(ck, written, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("update expiry of channel %#x: client entry: %w", c.Number, err)
 	}
 	e.cv, e.pv, e.written = cv, pv, written
@@ -226,10 +226,10 @@ func (x *XDP) deleteLocked(ck relayC2pKey) error {
 	if err := x.rewriteDependentsLocked(e.pk); err != nil {
 		errs = append(errs, err)
 	}
-	if err := x.objs.C2pChannels.Delete(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := x.deleteC2p(ck); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("client entry: %w", err))
 	}
-	if err := x.objs.P2cChannels.Delete(e.pk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := x.deleteP2c(e.pk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("peer entry: %w", err))
 	}
 	if len(errs) > 0 {

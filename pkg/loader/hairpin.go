@@ -98,7 +98,7 @@ func (x *XDP) rewriteDependentsLocked(pk relayP2cKey) error {
 		if v == e.written {
 			continue
 		}
-		if err := x.objs.C2pChannels.Update(ck, v, ebpf.UpdateExist); err != nil {
+		if err := x.putC2p(ck, v, ebpf.UpdateExist); err != nil {
 			if first == nil {
 				first = fmt.Errorf("rewrite relay-to-relay entry of channel %#x: %w", host16(ck.Channel), err)
 			}

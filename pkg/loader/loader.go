@@ -110,6 +110,14 @@ type XDP struct {
 	// meters are the bandwidth meters (meter.go), with a lock of their
 	// own: Meter.Allow runs on the userspace packet path.
 	meters meterTable
+
+	// The fast tables (fast.go), guarded by mu: their set count and hash
+	// seed (the program's hr_fast_mask + 1 and hr_fast_seed), and what
+	// stops their settler. nil when read-only.
+	fastSets         uint32
+	fastSeed         uint64
+	fastC2p, fastP2c *fastTable
+	stopSettle       chan struct{}
 }
 
 // Load loads the program with maps sized from opts, pinned under
@@ -136,6 +144,20 @@ func Load(opts Options) (*XDP, error) {
 	// slot 0.
 	egressSize := 2*opts.MaxChannels + 1
 	spec.Maps[relayMapEgress].MaxEntries = uint32(egressSize)
+	fastSets := fastSets(opts.MaxChannels)
+	fastSeed, err := newFastSeed()
+	if err != nil {
+		return nil, fmt.Errorf("load xdp: %w", err)
+	}
+	for _, name := range []string{relayMapFastC2p, relayMapFastP2c} {
+		spec.Maps[name].MaxEntries = fastSets * uint32(fastWays)
+	}
+	if err := spec.Variables[relayVarHrFastMask].Set(fastSets - 1); err != nil {
+		return nil, fmt.Errorf("load xdp: fast table mask: %w", err)
+	}
+	if err := spec.Variables[relayVarHrFastSeed].Set(fastSeed); err != nil {
+		return nil, fmt.Errorf("load xdp: fast table seed: %w", err)
+	}
 	x := &XDP{
 		opts:     opts,
 		max:      opts.MaxChannels,
@@ -147,6 +169,8 @@ func Load(opts Options) (*XDP, error) {
 		adopted:  map[relayC2pKey]bool{},
 		links:    map[int]xdpLink{},
 		transmit: map[int]bool{},
+		fastSets: fastSets,
+		fastSeed: fastSeed,
 	}
 	var copts ebpf.CollectionOptions
 	if !opts.DisablePin {
@@ -160,8 +184,12 @@ func Load(opts Options) (*XDP, error) {
 		if err := os.MkdirAll(x.pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("load xdp: create pin directory (is bpffs mounted?): %w", err)
 		}
-		for _, m := range spec.Maps {
-			m.Pinning = ebpf.PinByName
+		for name, m := range spec.Maps {
+			// Not the global data (.rodata): it holds this load's
+			// fast table seed.
+			if !strings.HasPrefix(name, ".") {
+				m.Pinning = ebpf.PinByName
+			}
 		}
 		copts.Maps.PinPath = x.pinDir
 	}
@@ -212,8 +240,16 @@ func Load(opts Options) (*XDP, error) {
 		x.objs.Close()
 		return nil, err
 	}
+	if err := x.openFastTables(); err != nil {
+		x.closeResolver()
+		x.unmapMeters()
+		x.objs.Close()
+		return nil, fmt.Errorf("load xdp: %w", err)
+	}
 	if err := x.applyPrefilterSetting(); err != nil {
 		x.closeResolver()
+		x.unmapMeters()
+		x.closeFastTables()
 		x.objs.Close()
 		return nil, fmt.Errorf("load xdp: %w", err)
 	}
@@ -292,7 +328,7 @@ func (x *XDP) rebuildIndex() error {
 		}
 		for ck, e := range x.index {
 			if _, ok := x.byP2c[e.probe]; !ok && e.written != e.cv {
-				if err := x.objs.C2pChannels.Update(ck, e.cv, ebpf.UpdateExist); err != nil {
+				if err := x.putC2p(ck, e.cv, ebpf.UpdateExist); err != nil {
 					return fmt.Errorf("load xdp: rewrite re-adopted channel: %w", err)
 				}
 				e.written = e.cv
@@ -337,6 +373,7 @@ func (x *XDP) Close() error {
 	}
 	x.closeResolver()
 	x.unmapMeters()
+	x.closeFastTables()
 	if err := x.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close xdp objects: %w", err))
 	}
@@ -360,7 +397,8 @@ func (x *XDP) Unpin() error {
 	}
 	if !x.closed {
 		for _, m := range []*ebpf.Map{x.objs.C2pChannels, x.objs.P2cChannels, x.objs.ChanUsage,
-			x.objs.Counters, x.objs.TxPorts, x.objs.Egress, x.objs.Meters, x.objs.Listeners} {
+			x.objs.Counters, x.objs.TxPorts, x.objs.Egress, x.objs.Meters, x.objs.Listeners, x.objs.FastC2p,
+			x.objs.FastP2c} {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map: %w", err))
 			}
@@ -392,6 +430,7 @@ func (x *XDP) Unpin() error {
 var pinnedMapNames = map[string]bool{
 	relayMapC2pChannels: true, relayMapP2cChannels: true, relayMapChanUsage: true,
 	relayMapCounters: true, relayMapTxPorts: true, relayMapEgress: true, relayMapMeters: true, relayMapListeners: true,
+	relayMapFastC2p: true, relayMapFastP2c: true,
 }
 
 // linkPin is the pin path of the link on ifindex.

@@ -160,7 +160,9 @@ func TestGCRAConcurrent(t *testing.T) {
 func TestMeterReadopted(t *testing.T) {
 	e := newProgEnv(t, 16)
 	dir := e.x.PinDir()
-	m, err := e.x.AcquireMeter(chV4.Client, chV4.Listener, 1000, 1000)
+	// 100 bytes/s: the restart (which reads the clocks over ten ticks)
+	// refills far less than the 100 bytes asked after it.
+	m, err := e.x.AcquireMeter(chV4.Client, chV4.Listener, 100, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +181,7 @@ func TestMeterReadopted(t *testing.T) {
 	}
 	e.x = x2
 	t.Cleanup(func() { x2.Unpin(); x2.Close() })
-	m2, err := x2.AcquireMeter(chV4.Client, chV4.Listener, 1000, 1000)
+	m2, err := x2.AcquireMeter(chV4.Client, chV4.Listener, 100, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}

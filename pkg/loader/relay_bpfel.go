@@ -66,6 +66,22 @@ type relayEgressEntry struct {
 	Pad     uint32
 }
 
+type relayFastC2pWay struct {
+	_   structs.HostLayout
+	Gen uint32
+	Pad uint32
+	Key relayC2pKey
+	Val relayC2pVal
+}
+
+type relayFastP2cWay struct {
+	_   structs.HostLayout
+	Gen uint32
+	Pad uint32
+	Key relayP2cKey
+	Val relayP2cVal
+}
+
 type relayHrChanFlag uint32
 
 const (
@@ -134,6 +150,7 @@ type relayHrMapSize uint32
 const (
 	relayHrMapSizeHR_DEFAULT_MAX_CHANNELS relayHrMapSize = 1024
 	relayHrMapSizeHR_DEFAULT_MAX_EGRESS   relayHrMapSize = 2048
+	relayHrMapSizeHR_FAST_WAYS            relayHrMapSize = 2
 	relayHrMapSizeHR_MAX_IFACES           relayHrMapSize = 64
 	relayHrMapSizeHR_MAX_LISTENERS        relayHrMapSize = 256
 )
@@ -202,6 +219,8 @@ const (
 	relayMapChanUsage    = "chan_usage"
 	relayMapCounters     = "counters"
 	relayMapEgress       = "egress"
+	relayMapFastC2p      = "fast_c2p"
+	relayMapFastP2c      = "fast_p2c"
 	relayMapListeners    = "listeners"
 	relayMapMeters       = "meters"
 	relayMapP2cChannels  = "p2c_channels"
@@ -209,6 +228,8 @@ const (
 	relayProgHrClock     = "hr_clock"
 	relayProgHybridrelay = "hybridrelay"
 	relayProgPassAll     = "pass_all"
+	relayVarHrFastMask   = "hr_fast_mask"
+	relayVarHrFastSeed   = "hr_fast_seed"
 )
 
 // loadRelay returns the embedded CollectionSpec for relay.
@@ -266,6 +287,8 @@ type relayMapSpecs struct {
 	ChanUsage   *ebpf.MapSpec `ebpf:"chan_usage"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Egress      *ebpf.MapSpec `ebpf:"egress"`
+	FastC2p     *ebpf.MapSpec `ebpf:"fast_c2p"`
+	FastP2c     *ebpf.MapSpec `ebpf:"fast_p2c"`
 	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	Meters      *ebpf.MapSpec `ebpf:"meters"`
 	P2cChannels *ebpf.MapSpec `ebpf:"p2c_channels"`
@@ -276,6 +299,8 @@ type relayMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type relayVariableSpecs struct {
+	HrFastMask *ebpf.VariableSpec `ebpf:"hr_fast_mask"`
+	HrFastSeed *ebpf.VariableSpec `ebpf:"hr_fast_seed"`
 }
 
 // relayObjects contains all objects after they have been loaded into the kernel.
@@ -302,6 +327,8 @@ type relayMaps struct {
 	ChanUsage   *ebpf.Map `ebpf:"chan_usage"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Egress      *ebpf.Map `ebpf:"egress"`
+	FastC2p     *ebpf.Map `ebpf:"fast_c2p"`
+	FastP2c     *ebpf.Map `ebpf:"fast_p2c"`
 	Listeners   *ebpf.Map `ebpf:"listeners"`
 	Meters      *ebpf.Map `ebpf:"meters"`
 	P2cChannels *ebpf.Map `ebpf:"p2c_channels"`
@@ -314,6 +341,8 @@ func (m *relayMaps) Close() error {
 		m.ChanUsage,
 		m.Counters,
 		m.Egress,
+		m.FastC2p,
+		m.FastP2c,
 		m.Listeners,
 		m.Meters,
 		m.P2cChannels,
@@ -325,6 +354,8 @@ func (m *relayMaps) Close() error {
 //
 // It can be passed to loadRelayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type relayVariables struct {
+	HrFastMask *ebpf.Variable `ebpf:"hr_fast_mask"`
+	HrFastSeed *ebpf.Variable `ebpf:"hr_fast_seed"`
 }
 
 // relayPrograms contains all programs after they have been loaded into the kernel.
