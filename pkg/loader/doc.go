@@ -48,6 +48,11 @@
 // is ErrUnsupported. Channel numbers 0x4000-0x7FFF are accepted (RFC 8656
 // and RFC 5766 ranges): the control plane decides what it binds.
 //
+// fast_c2p and fast_p2c (mappable arrays of 2-way sets) hold the same
+// entries again for a lookup the verifier inlines; every entry map write
+// goes through fast.go, which writes a way only when no program can be
+// reading it (docs/design.md "Entry lookup").
+//
 // listeners (hash) holds the server's UDP listener addresses
 // (SetListeners, listeners.go); with Options.Prefilter (or SetPrefilter)
 // the program drops datagrams to them that the server would discard by
